@@ -1,0 +1,1 @@
+"""Built-in gradloop plugins, grouped by kind (optimizers, schedulers, models, datasets, losses)."""

@@ -1,0 +1,1 @@
+"""Built-in models: one module per plugin; each registers itself on import."""

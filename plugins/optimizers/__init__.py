@@ -1,0 +1,1 @@
+"""Built-in optimizers: one module per plugin; each registers itself on import."""

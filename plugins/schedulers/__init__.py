@@ -1,0 +1,1 @@
+"""Built-in schedulers: one module per plugin; each registers itself on import."""

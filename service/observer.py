@@ -1,0 +1,87 @@
+"""What the trainer tells whoever watches a run (MLflow tracking, job progress, tests).
+
+The trainer calls these methods at fixed points of its loop, in plain sight in Trainer.fit();
+an observer never decides anything about the optimisation (no zeroing, no stepping). Metric
+values may be 0-d tensors still on the device: an observer moves them to the host once per
+logging window, so the training step never waits on a host synchronisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import RunConfig
+
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+MetricValue = "float | torch.Tensor"
+
+
+@dataclass
+class RunContext:
+    """Everything an observer may need once the run's components are built."""
+
+    config: "RunConfig"
+    run_dir: Path
+    model: "torch.nn.Module"
+    optimizer: "torch.optim.Optimizer"
+    device: "torch.device"
+    param_names: list[str]                      # optimizer parameters' names, in group order
+    total_steps: int                            # optimizer steps the run will take in all
+    start_step: int = 0                         # > 0 when resumed from a checkpoint
+    mlflow_run_id: str | None = None            # the run to continue, when resumed
+    job_id: str | None = None                   # set when the HTTP service runs the job
+    extra_tags: dict[str, str] = field(default_factory=dict)
+    example_input: Any = None                   # one batch of inputs (for a model signature)
+
+
+class Observer(Protocol):
+    def start(self, ctx: RunContext) -> None: ...
+
+    def wants_step_stats(self, step: int) -> bool:
+        """True when optimizer step `step` (1-based) should be observed in detail."""
+        ...
+
+    def before_optimizer_step(self, step: int, model: "torch.nn.Module") -> Any:
+        """Gradients are complete, unscaled and not yet clipped; return a snapshot for after."""
+        ...
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        """The optimizer has stepped (gradients not yet zeroed); `metrics` e.g. train/loss."""
+        ...
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+
+    def log_checkpoint(self, path: Path, step: int) -> None: ...
+
+    def finish(self, status: RunStatus, error: BaseException | None = None) -> None: ...
+
+
+class NullObserver:
+    """Watches nothing: a run with tracking disabled."""
+
+    mlflow_run_id: str | None = None
+
+    def start(self, ctx: RunContext) -> None:
+        pass
+
+    def wants_step_stats(self, step: int) -> bool:
+        return False
+
+    def before_optimizer_step(self, step: int, model: Any) -> Any:
+        return None
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        pass
+
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        pass
+
+    def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
+        pass
