@@ -4,6 +4,13 @@ The trainer calls these methods at fixed points of its loop, in plain sight in T
 an observer never decides anything about the optimisation (no zeroing, no stepping). Metric
 values may be 0-d tensors still on the device: an observer moves them to the host once per
 logging window, so the training step never waits on a host synchronisation.
+
+Cadence: at every `tracking.log_every`-th optimizer step (and the last one) the trainer calls
+`after_optimizer_step` on every observer with the window's metrics (train/loss as the mean over
+the window, train/lr/<group>, train/grad_norm when known, epoch, samples_per_s, steps_per_s).
+Independently, an observer whose `wants_step_stats(step)` is True gets `before_optimizer_step`
+(gradients present, pre-clip) and then `after_optimizer_step` with that snapshot, even between
+logging steps (then `metrics` may be empty). Validation results go through `log_metrics`.
 """
 from __future__ import annotations
 
