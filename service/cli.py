@@ -1,0 +1,241 @@
+"""The `gradloop` command: run, validate, plugins, sync (and the job-service commands).
+
+Every command goes through the same config loading as train() and the HTTP service, so a bad
+config gets the same message everywhere; here it is printed without a traceback, exit code 2.
+Exit codes: 0 success, 1 a run failed, 2 bad input (config, arguments), 130 stopped by a signal.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, GradloopError
+
+app = typer.Typer(
+    name="gradloop",
+    help="Train PyTorch models from a YAML/JSON config, log to MLflow, run jobs over HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+SetOption = typer.Option(None, "--set", "-s", help="override a config value: key.path=value (YAML value); repeatable")
+
+
+def _report_error(exc: BaseException, source: str | None = None) -> None:
+    text = str(exc)
+    if source and isinstance(exc, ConfigError) and not exc.source:
+        text = f"{source}: {text}"
+    err.print(f"[bold red]error:[/] {text}", highlight=False, markup=True, soft_wrap=True)
+
+
+@app.command()
+def run(
+    configs: List[Path] = typer.Argument(..., help="one or more config files, run one after another"),
+    set_: Optional[List[str]] = SetOption,
+    resume: Optional[str] = typer.Option(None, "--resume", help="checkpoint file, run directory, or 'latest'"),
+) -> None:
+    """Train each CONFIG; print a summary of every run."""
+    from .runner import train
+
+    if resume and len(configs) > 1:
+        _report_error(GradloopError("--resume applies to one config; run the configs separately"))
+        raise typer.Exit(EXIT_USAGE)
+    outcomes: list[tuple[str, str, Any]] = []
+    for path in configs:
+        try:
+            result = train(path, overrides=set_ or [], resume=resume)
+        except KeyboardInterrupt:
+            outcomes.append((str(path), "KILLED", "interrupted"))
+            break
+        except ConfigError as exc:
+            _report_error(exc, str(path))
+            outcomes.append((str(path), "INVALID", exc))
+            continue
+        except GradloopError as exc:
+            _report_error(exc, str(path))
+            outcomes.append((str(path), "FAILED", exc))
+            continue
+        _print_result(result)
+        outcomes.append((str(path), getattr(result, "status", "FINISHED"), result))
+    if len(configs) > 1:
+        _print_outcomes(outcomes)
+    statuses = {status for _, status, _ in outcomes}
+    if "INVALID" in statuses:
+        raise typer.Exit(EXIT_USAGE)
+    if "FAILED" in statuses:
+        raise typer.Exit(EXIT_FAILED)
+    if "KILLED" in statuses:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _print_result(result: Any) -> None:
+    children = getattr(result, "children", None)
+    if children is not None:  # a sweep: one row per child run
+        table = Table(title=f"sweep {getattr(result, 'name', '')}: {len(children)} runs")
+        for col in ("run", "status", "train/loss", "val/loss", "val/accuracy", "steps"):
+            table.add_column(col)
+        for label, child in children:
+            m = getattr(child, "metrics", {}) or {}
+            table.add_row(label, getattr(child, "status", "?"), _fmt(m.get("train/loss")), _fmt(m.get("val/loss")), _fmt(m.get("val/accuracy")), _fmt(getattr(child, "steps", None)))
+        out.print(table)
+        best = getattr(result, "best_label", None)
+        if best:
+            out.print(f"best: {best}")
+        return
+    m = result.metrics or {}
+    table = Table(title=f"{result.name}: {result.status.lower()}", show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
+        if key in m:
+            table.add_row(key, _fmt(m[key]))
+    table.add_row("steps", f"{result.steps} ({result.epochs} epochs)")
+    table.add_row("time", f"{result.duration_s:.2f} s")
+    table.add_row("checkpoint", str(result.checkpoint_path or "-"))
+    table.add_row("run dir", str(result.run_dir))
+    if result.mlflow_run_id:
+        table.add_row("mlflow run", result.mlflow_run_id)
+    out.print(table)
+
+
+def _print_outcomes(outcomes: list[tuple[str, str, Any]]) -> None:
+    table = Table(title="runs")
+    for col in ("config", "outcome", "val/loss", "steps", "detail"):
+        table.add_column(col)
+    for path, status, payload in outcomes:
+        if hasattr(payload, "metrics"):
+            m = payload.metrics or {}
+            table.add_row(path, status, _fmt(m.get("val/loss")), _fmt(payload.steps), str(payload.run_dir))
+        else:
+            table.add_row(path, status, "-", "-", str(payload).splitlines()[0][:100])
+    out.print(table)
+
+
+@app.command()
+def validate(
+    configs: List[Path] = typer.Argument(..., help="config files to check"),
+    set_: Optional[List[str]] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="print the resolved config as JSON"),
+) -> None:
+    """Print each CONFIG fully resolved (defaults filled in), or every error in it."""
+    from .config import load_config
+
+    failed = False
+    for path in configs:
+        try:
+            cfg = load_config(path, set_ or [])
+        except ConfigError as exc:
+            _report_error(exc, str(path))
+            failed = True
+            continue
+        if len(configs) > 1:
+            out.print(f"# {path}", style="bold")
+        if as_json:
+            print(json.dumps(cfg.to_dict(), indent=2))
+        else:
+            print(cfg.to_yaml(), end="")
+    if failed:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def plugins(
+    kind: Optional[str] = typer.Argument(None, help="optimizers, schedulers, models, datasets or losses"),
+    as_json: bool = typer.Option(False, "--json", help="print descriptions and option schemas as JSON"),
+) -> None:
+    """List registered plugins with their descriptions and options."""
+    from . import registry
+
+    try:
+        kinds = [registry.registry(kind).kind] if kind else list(registry.KINDS)
+    except GradloopError as exc:
+        _report_error(exc)
+        raise typer.Exit(EXIT_USAGE)
+    described = {k: [p.describe() for p in registry.registry(k)] for k in kinds}
+    if as_json:
+        print(json.dumps(described, indent=2, default=str))
+        return
+    for k in kinds:
+        table = Table(title=k, title_justify="left", show_lines=True)
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("description")
+        table.add_column("options (type = default, constraints)")
+        for d in described[k]:
+            opts = "\n".join(_describe_option(o) for o in d["options"]) or "-"
+            table.add_row(d["name"], d["description"] + ("" if d["source"] == "builtin" else f"\n[dim]{d['source']}[/]"), opts)
+        out.print(table)
+    for k in kinds:
+        for w in registry.registry(k).load_warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _describe_option(o: dict) -> str:
+    text = f"{o['name']}: {o['type']}"
+    text += " (required)" if o["required"] else f" = {json.dumps(o['default'])}"
+    symbols = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    cons = [f"{symbols[k]} {v}" for k, v in o["constraints"].items() if k in symbols]
+    cons += [f"{k} {v}" for k, v in o["constraints"].items() if k not in symbols]
+    if cons:
+        text += f" [{', '.join(cons)}]"
+    return text
+
+
+@app.command()
+def sync(run_dirs: List[Path] = typer.Argument(..., help="run directories whose metrics.jsonl has unsent points")) -> None:
+    """Send what a run could not send to MLflow (idempotent: nothing is sent twice)."""
+    from .tracking.sync import sync_run_dir
+
+    failed = False
+    for run_dir in run_dirs:
+        try:
+            report = sync_run_dir(run_dir)
+        except GradloopError as exc:
+            _report_error(exc, str(run_dir))
+            failed = True
+            continue
+        out.print(f"{run_dir}: {report}")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _mount_job_commands() -> None:
+    """serve, submit, jobs, status, cancel, logs live in cli_jobs; they share this command."""
+    try:
+        from . import cli_jobs
+    except ImportError:
+        return
+    jobs_app = getattr(cli_jobs, "app", None)
+    if jobs_app is not None:
+        app.registered_commands.extend(jobs_app.registered_commands)
+
+
+_mount_job_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="gradloop")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

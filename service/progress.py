@@ -1,0 +1,148 @@
+"""Progress on the terminal: a live bar on a TTY, plain periodic lines otherwise.
+
+It is an Observer like MLflow tracking, so it sees the same window metrics at the logging
+cadence and never forces a host sync of its own between logging steps.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any, Mapping
+
+from .config import RunConfig
+from .observer import NullObserver, RunContext, RunStatus
+
+
+def _as_float(value: Any) -> float:
+    return float(value.item()) if hasattr(value, "item") else float(value)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class _ProgressBase(NullObserver):
+    def __init__(self) -> None:
+        self.total = 0
+        self.epochs = 1
+        self.start_step = 0
+        self.t0 = time.perf_counter()
+        self.loss: float | None = None
+        self.val: dict[str, float] = {}
+
+    def start(self, ctx: RunContext) -> None:
+        self.total = ctx.total_steps
+        self.epochs = ctx.config.trainer.epochs
+        self.start_step = ctx.start_step
+        self.t0 = time.perf_counter()
+
+    def _rate_and_eta(self, step: int) -> tuple[float, float]:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        return rate, eta
+
+
+class LineProgress(_ProgressBase):
+    """One plain line every `every_s` seconds (and at the end), for logs and pipes."""
+
+    def __init__(self, stream: IO[str] | None = None, every_s: float = 5.0) -> None:
+        super().__init__()
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self._last_print = 0.0
+
+    def start(self, ctx: RunContext) -> None:
+        super().start(ctx)
+        resumed = f", resuming at step {ctx.start_step}" if ctx.start_step else ""
+        self._print(f"training {ctx.config.name}: {self.total} steps, {self.epochs} epoch(s) on {ctx.device}{resumed}")
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        if "train/loss" in metrics:
+            self.loss = _as_float(metrics["train/loss"])
+        now = time.perf_counter()
+        if metrics and (now - self._last_print >= self.every_s or step >= self.total):
+            self._last_print = now
+            rate, eta = self._rate_and_eta(step)
+            epoch = int(_as_float(metrics.get("epoch", 0))) + 1 if "epoch" in metrics else "?"
+            loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+            eta_s = _fmt_duration(eta) if eta == eta else "?"
+            self._print(f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {loss} {rate:.1f} steps/s eta {eta_s}")
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        shown = " ".join(f"{k} {_as_float(v):.4f}" for k, v in metrics.items() if k.startswith("val/"))
+        if shown:
+            self._print(f"step {step}: {shown}")
+
+    def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
+        elapsed = time.perf_counter() - self.t0
+        self._print(f"{status.lower()} after {_fmt_duration(elapsed)}")
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+class BarProgress(_ProgressBase):
+    """A rich progress bar: epoch, step/total, loss, steps/s and ETA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.fields[name]}[/] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} steps/s"),
+            TextColumn("{task.fields[val]}"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task: Any = None
+
+    def start(self, ctx: RunContext) -> None:
+        super().start(ctx)
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=self.total, completed=ctx.start_step, name=ctx.config.name,
+            epoch=f"1/{self.epochs}", loss="-", rate="-", val="",
+        )
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        if not metrics:
+            return
+        if "train/loss" in metrics:
+            self.loss = _as_float(metrics["train/loss"])
+        rate, _ = self._rate_and_eta(step)
+        epoch = int(_as_float(metrics["epoch"])) + 1 if "epoch" in metrics else 1
+        self._progress.update(
+            self._task, completed=step, epoch=f"{min(epoch, self.epochs)}/{self.epochs}",
+            loss=f"{self.loss:.4f}" if self.loss is not None else "-", rate=f"{rate:.0f}",
+        )
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        shown = " ".join(f"{k} {_as_float(v):.3f}" for k, v in metrics.items() if k.startswith("val/"))
+        if shown and self._task is not None:
+            self._progress.update(self._task, val=shown)
+
+    def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
+        self._progress.stop()
+
+
+def make_progress_observer(config: RunConfig, stream: IO[str] | None = None) -> NullObserver:
+    """The bar on an interactive terminal, lines otherwise, nothing with progress: none."""
+    mode = config.trainer.progress
+    stream = stream or sys.stderr
+    if mode == "none":
+        return NullObserver()
+    if mode == "bar" or (mode == "auto" and stream.isatty()):
+        return BarProgress()
+    return LineProgress(stream)
+
+
+__all__ = ["make_progress_observer", "LineProgress", "BarProgress"]
