@@ -1,0 +1,110 @@
+"""Claiming queued jobs as leases, renewing them by heartbeat, and re-queueing expired ones.
+
+A claim moves one queued job to running, adds 1 to its attempt and records the worker id and a
+lease expiry. The holder renews the lease by heartbeat; a job whose lease ran out (its worker
+died, or its host) is re-queued by whichever service notices first, or failed once it has used
+`max_attempts`. Writes from the old attempt are then refused (see store.Fence).
+
+PostgreSQL: several services share one queue; SELECT ... FOR UPDATE SKIP LOCKED lets each take
+a different job without waiting on the others. SQLite: one host; a single UPDATE ... RETURNING
+on the head of the queue is atomic under SQLite's one-writer lock.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from .models import ACTIVE_STATES, JobState, jobs
+from .store import Fence, JobRecord, JobStore, StaleAttemptError, append_event
+
+_QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+
+
+def claim_next(store: JobStore, worker_id: str, lease_s: float, *, pid: int | None = None) -> JobRecord | None:
+    """Take the highest-priority, oldest queued job for `worker_id`, or None when none waits."""
+    now = time.time()
+    values: dict[str, Any] = {
+        "status": JobState.running.value,
+        "attempt": jobs.c.attempt + 1,
+        "worker_id": worker_id,
+        "pid": pid,
+        "started_at": now,
+        "heartbeat_at": now,
+        "lease_expires_at": now + lease_s,
+        "error": None,
+        "finished_at": None,
+    }
+    with store.write() as conn:
+        head = select(jobs.c.id).where(jobs.c.status == JobState.queued.value).order_by(*_QUEUE_ORDER).limit(1)
+        if store.is_sqlite:
+            claimed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == head.scalar_subquery(), jobs.c.status == JobState.queued.value)
+                .values(**values)
+                .returning(jobs.c.id, jobs.c.attempt)
+            ).first()
+        else:
+            job_id = conn.execute(head.with_for_update(skip_locked=True)).scalar()
+            claimed = None
+            if job_id is not None:
+                claimed = conn.execute(
+                    update(jobs).where(jobs.c.id == job_id).values(**values).returning(jobs.c.id, jobs.c.attempt)
+                ).first()
+        if claimed is None:
+            return None
+        append_event(conn, claimed.id, "state", {"status": JobState.running.value, "attempt": claimed.attempt, "worker": worker_id}, now)
+    return store.require(claimed.id)
+
+
+def renew(store: JobStore, job_id: str, fence: Fence, lease_s: float) -> str:
+    """Extend the lease; returns the job's status (running or cancelling).
+
+    Raises StaleAttemptError when the lease was lost: the worker must stop that job."""
+    now = time.time()
+    return store.report(job_id, fence, heartbeat_at=now, lease_expires_at=now + lease_s)
+
+
+def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str | None = None) -> list[str]:
+    """Re-queue running jobs whose lease has expired (or, with `worker_id`, every job that worker
+    held: a restarted service re-queues its own jobs at once instead of waiting for the lease).
+
+    A job that was being cancelled ends cancelled; one that used all its attempts ends failed."""
+    now = time.time() if now is None else now
+    with store.read() as conn:
+        query = select(jobs.c.id, jobs.c.attempt, jobs.c.worker_id).where(jobs.c.status.in_(sorted(ACTIVE_STATES)))
+        if worker_id is not None:
+            query = query.where(jobs.c.worker_id == worker_id)
+        else:
+            query = query.where(jobs.c.lease_expires_at < now)
+        candidates = conn.execute(query).all()
+    done: list[str] = []
+    for job_id, attempt, holder in candidates:
+        fence = Fence(attempt, holder or "")
+        job = store.get(job_id)
+        if job is None:
+            continue
+        reason = "its worker stopped sending heartbeats" if worker_id is None else "the service restarted while it ran"
+        expired_before = now if worker_id is None else None
+        try:
+            if job.status == JobState.cancelling.value:
+                store.finish(job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": f"cancelled; {reason}"}, expired_before=expired_before)
+            elif attempt >= job.max_attempts:
+                store.finish(
+                    job_id,
+                    fence,
+                    JobState.failed.value,
+                    error={"type": "WorkerLost", "message": f"attempt {attempt} of {job.max_attempts} was lost: {reason}", "step": _step(job)},
+                    expired_before=expired_before,
+                )
+            else:
+                store.finish(job_id, fence, JobState.queued.value, error={"type": "WorkerLost", "message": f"re-queued: {reason}"}, expired_before=expired_before)
+        except StaleAttemptError:
+            continue  # its worker came back in time, or another service got there first
+        done.append(job_id)
+    return done
+
+
+def _step(job: JobRecord) -> int | None:
+    return (job.progress or {}).get("step")

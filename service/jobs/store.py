@@ -1,0 +1,449 @@
+"""JobStore: the jobs table and its event log, behind one small typed interface.
+
+Every state transition and the event that announces it are written in one transaction, so
+what a client is told has already been committed. SQLite (the embedded default, WAL mode) and
+PostgreSQL run the same statements; where they differ (write locks, row locks) the difference
+stays in this module and in claims.py.
+
+Worker writes are fenced: they name the attempt and worker id they hold (a Fence), and are
+refused with StaleAttemptError once the job has moved on without them.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
+
+from ..errors import GradloopError
+from .models import ACTIVE_STATES, TERMINAL_STATES, JobState, job_events, jobs
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class JobNotFoundError(GradloopError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"no job has id {job_id!r}; list jobs with GET /v1/jobs")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class JobConflictError(GradloopError):
+    """The job's state does not allow this (e.g. cancelling a finished job)."""
+
+
+class IdempotencyConflictError(GradloopError, ValueError):
+    """An Idempotency-Key was used before with a different request body."""
+
+
+class StaleAttemptError(Exception):
+    """A worker wrote for an attempt it no longer holds (the job was re-queued or re-claimed)."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a worker holds while it runs a job: the claim's attempt number and its own id."""
+
+    attempt: int
+    worker_id: str
+
+
+class JobRecord(BaseModel):
+    """One job as stored."""
+
+    id: str
+    status: str
+    priority: int
+    name: str
+    device: str
+    config: dict[str, Any]
+    request_hash: str
+    idempotency_key: str | None = None
+    attempt: int
+    max_attempts: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested_at: float | None = None
+    worker_id: str | None = None
+    pid: int | None = None
+    heartbeat_at: float | None = None
+    lease_expires_at: float | None = None
+    progress: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_run_id: str | None = None
+    run_dir: str | None = None
+    checkpoint_path: str | None = None
+    log_path: str | None = None
+    event_seq: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.attempt, self.worker_id or "")
+
+
+class JobEvent(BaseModel):
+    job_id: str
+    seq: int
+    ts: float
+    type: str
+    data: dict[str, Any]
+
+
+def sqlite_url(state_dir: str | Path) -> str:
+    return f"sqlite:///{Path(state_dir).resolve() / 'jobs.db'}"
+
+
+class JobStore:
+    """The job store on one database URL (sqlite:///... or postgresql+psycopg://...)."""
+
+    def __init__(self, url: str, *, pooled: bool = True):
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # A job's child process writes to the same file: wait for the lock, never fail fast.
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+            if not pooled:
+                kwargs["poolclass"] = NullPool
+            self.engine: Engine = create_engine(url, **kwargs)
+            _sqlite_pragmas(self.engine)
+        else:
+            kwargs = {"pool_pre_ping": True}
+            if not pooled:
+                kwargs["poolclass"] = NullPool
+            else:
+                kwargs.update(pool_size=5, max_overflow=20)
+            self.engine = create_engine(url, **kwargs)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic); safe to run on every start."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Two services starting at once on one database must not both create the tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(74100501)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    # -- transactions -------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
+        so that a read-then-write never fails halfway with 'database is locked'."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    # -- submitting and reading ---------------------------------------------------------
+    def submit(
+        self,
+        config: Mapping[str, Any],
+        *,
+        request_hash: str,
+        name: str,
+        device: str,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int = 3,
+        job_id: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Queue a job; returns (job, created). One Idempotency-Key makes at most one job."""
+        if idempotency_key is not None:
+            existing = self._by_key(idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, request_hash), False
+        now = time.time()
+        row = {
+            "id": job_id or str(uuid.uuid4()),
+            "status": JobState.queued.value,
+            "priority": priority,
+            "name": name,
+            "device": device,
+            "config": dict(config),
+            "request_hash": request_hash,
+            "idempotency_key": idempotency_key,
+            "attempt": 0,
+            "max_attempts": max_attempts,
+            "created_at": now,
+            "event_seq": 0,
+        }
+        try:
+            with self.write() as conn:
+                conn.execute(insert(jobs).values(**row))
+                append_event(conn, row["id"], "state", {"status": JobState.queued.value, "attempt": 0}, now)
+        except IntegrityError:
+            # Another request with the same key won the race; answer with its job.
+            existing = self._by_key(idempotency_key) if idempotency_key is not None else None
+            if existing is None:
+                raise
+            return self._same_request(existing, request_hash), False
+        job = self.get(row["id"])
+        assert job is not None
+        return job, True
+
+    def _by_key(self, key: str) -> JobRecord | None:
+        with self.read() as conn:
+            found = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).mappings().first()
+        return JobRecord.model_validate(dict(found)) if found else None
+
+    @staticmethod
+    def _same_request(existing: JobRecord, request_hash: str) -> JobRecord:
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflictError(
+                f"Idempotency-Key {existing.idempotency_key!r} was already used for job {existing.id} with a different "
+                "body; send the same body to get that job again, or use a new key for a new job"
+            )
+        return existing
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self.read() as conn:
+            found = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        return JobRecord.model_validate(dict(found)) if found else None
+
+    def require(self, job_id: str) -> JobRecord:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
+
+    def list(self, *, statuses: Sequence[str] = (), limit: int = 50, cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """Jobs newest first; `cursor` continues after the last job of the previous page."""
+        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        if statuses:
+            query = query.where(jobs.c.status.in_(list(statuses)))
+        if cursor:
+            created, last_id = decode_cursor(cursor)
+            query = query.where(or_(jobs.c.created_at < created, (jobs.c.created_at == created) & (jobs.c.id < last_id)))
+        with self.read() as conn:
+            rows = [JobRecord.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        with self.read() as conn:
+            return {r.id: r.status for r in conn.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(list(job_ids))))}
+
+    def counts(self) -> dict[str, int]:
+        with self.read() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all()
+        counts = {s.value: 0 for s in JobState}
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def events_after(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[JobEvent]:
+        query = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.seq > after_seq)
+            .order_by(job_events.c.seq)
+            .limit(limit)
+        )
+        with self.read() as conn:
+            return [JobEvent.model_validate(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- cancelling ---------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobRecord:
+        """Queued -> cancelled at once; running -> cancelling (the worker stops it). 409 when done."""
+        now = time.time()
+        with self.write() as conn:
+            row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id).with_for_update()).first()
+            if row is None:
+                raise JobNotFoundError(job_id)
+            status = row.status
+            if status in TERMINAL_STATES:
+                raise JobConflictError(f"job {job_id} is already {status}; only queued or running jobs can be cancelled")
+            if status == JobState.queued.value:
+                values = {"status": JobState.cancelled.value, "finished_at": now, "cancel_requested_at": now}
+                data = {"status": JobState.cancelled.value, "attempt": row.attempt, "reason": "cancelled while queued"}
+            elif status == JobState.running.value:
+                values = {"status": JobState.cancelling.value, "cancel_requested_at": now}
+                data = {"status": JobState.cancelling.value, "attempt": row.attempt}
+            else:  # already cancelling: asking again changes nothing
+                values, data = {}, {}
+            if values:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+                append_event(conn, job_id, "state", data, now)
+        return self.require(job_id)
+
+    # -- worker writes (fenced) ---------------------------------------------------------
+    def report(
+        self,
+        job_id: str,
+        fence: Fence,
+        *,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **values: Any,
+    ) -> str:
+        """Record what a running job reports (progress, metrics, run id, checkpoint, pid).
+
+        Returns the job's status (so the worker learns of a cancel); raises StaleAttemptError
+        when `fence` no longer holds the job."""
+        unknown = set(values) - _REPORTABLE
+        if unknown:
+            raise ValueError(f"not reportable by a worker: {sorted(unknown)}")
+        with self.write() as conn:
+            status = conn.execute(
+                update(jobs).where(*_fenced(job_id, fence)).values(**values).returning(jobs.c.status)
+                if values
+                else select(jobs.c.status).where(*_fenced(job_id, fence)).with_for_update()
+            ).scalar()
+            if status is None:
+                raise StaleAttemptError(f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it")
+            if event is not None:
+                append_event(conn, job_id, event[0], event[1])
+        return status
+
+    def finish(
+        self,
+        job_id: str,
+        fence: Fence,
+        status: str,
+        *,
+        error: Mapping[str, Any] | None = None,
+        expired_before: float | None = None,
+        **values: Any,
+    ) -> JobRecord:
+        """Move a running job to a terminal state (or back to queued, to resume later).
+
+        `expired_before`: only if the lease ran out before then (a heartbeat since wins)."""
+        if status not in TERMINAL_STATES and status != JobState.queued.value:
+            raise ValueError(f"finish() takes a terminal state or queued, not {status!r}")
+        unknown = set(values) - _REPORTABLE
+        if unknown:
+            raise ValueError(f"not reportable by a worker: {sorted(unknown)}")
+        now = time.time()
+        terminal = status in TERMINAL_STATES
+        with self.write() as conn:
+            where = _fenced(job_id, fence)
+            if expired_before is not None:
+                where += (jobs.c.lease_expires_at < expired_before,)
+            changed = conn.execute(
+                update(jobs)
+                .where(*where)
+                .values(
+                    status=status,
+                    error=dict(error) if error else None,
+                    finished_at=now if terminal else None,
+                    lease_expires_at=None,
+                    worker_id=fence.worker_id if terminal else None,
+                    pid=None,
+                    **values,
+                )
+                .returning(jobs.c.id)
+            ).scalar()
+            if changed is None:
+                raise StaleAttemptError(f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it")
+            data: dict[str, Any] = {"status": status, "attempt": fence.attempt}
+            if error:
+                data["error"] = dict(error)
+            append_event(conn, job_id, "state", data, now)
+        return self.require(job_id)
+
+
+_REPORTABLE = frozenset(
+    {"progress", "metrics", "mlflow_experiment_id", "mlflow_run_id", "run_dir", "checkpoint_path", "log_path", "pid", "heartbeat_at", "lease_expires_at"}
+)
+
+
+def _fenced(job_id: str, fence: Fence) -> tuple[Any, ...]:
+    return (
+        jobs.c.id == job_id,
+        jobs.c.attempt == fence.attempt,
+        jobs.c.worker_id == fence.worker_id,
+        jobs.c.status.in_(sorted(ACTIVE_STATES)),
+    )
+
+
+def append_event(conn: Connection, job_id: str, type_: str, data: Mapping[str, Any], ts: float | None = None) -> int:
+    """Append one event; numbering through the job's row keeps each job's sequence gap-free
+    and in commit order (the row lock serialises writers of one job)."""
+    seq = conn.execute(
+        update(jobs).where(jobs.c.id == job_id).values(event_seq=jobs.c.event_seq + 1).returning(jobs.c.event_seq)
+    ).scalar_one()
+    conn.execute(insert(job_events).values(job_id=job_id, seq=seq, ts=ts or time.time(), type=type_, data=dict(data)))
+    return int(seq)
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, job_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created), str(job_id)
+    except Exception:
+        raise InvalidCursorError("cursor is not one this service handed out; use the next_cursor of the previous page") from None
+
+
+class InvalidCursorError(GradloopError, ValueError):
+    """A list cursor that this service did not produce."""
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself, so writes can ask for IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))

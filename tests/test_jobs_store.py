@@ -1,0 +1,202 @@
+"""The job store and its claims, written once and run against SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service.jobs.claims import claim_next, renew, requeue_expired
+from service.jobs.store import (
+    Fence,
+    IdempotencyConflictError,
+    InvalidCursorError,
+    JobConflictError,
+    JobNotFoundError,
+    JobStore,
+    StaleAttemptError,
+    sqlite_url,
+)
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_schema_url() -> tuple[str, str]:
+    """A fresh schema per test so parallel runs on one server never see each other's jobs."""
+    schema = f"gl_test_{uuid.uuid4().hex[:12]}"
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+    except Exception as exc:  # no server here: the SQLite half still runs
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer ({type(exc).__name__}); start it to run the postgres store tests")
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        s = JobStore(sqlite_url(tmp_path))
+        s.migrate()
+        yield s
+        s.close()
+        return
+    url, schema = _pg_schema_url()
+    s = JobStore(url)
+    s.migrate()
+    yield s
+    s.close()
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def _submit(store: JobStore, key: str | None = None, body: str = "a", priority: int = 0):
+    return store.submit({"name": body}, request_hash=body, name=body, device="cpu", priority=priority, idempotency_key=key)
+
+
+def test_migrate_is_idempotent(store: JobStore) -> None:
+    store.migrate()
+    assert store.ping()
+    job, created = _submit(store)
+    assert created and job.status == "queued" and job.attempt == 0
+
+
+def test_idempotency_key_same_body_returns_job_and_other_body_conflicts(store: JobStore) -> None:
+    first, created = _submit(store, key="k1", body="a")
+    again, created_again = _submit(store, key="k1", body="a")
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(IdempotencyConflictError, match="different body"):
+        _submit(store, key="k1", body="b")
+
+
+def test_concurrent_submits_with_one_key_create_one_job(store: JobStore) -> None:
+    ids: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def go() -> None:
+        barrier.wait()
+        ids.append(_submit(store, key="same", body="x")[0].id)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert store.counts()["queued"] == 1
+
+
+def test_list_is_newest_first_with_cursor_and_status_filter(store: JobStore) -> None:
+    made = [_submit(store, body=f"j{i}")[0].id for i in range(5)]
+    page1, cursor = store.list(limit=2)
+    page2, cursor2 = store.list(limit=2, cursor=cursor)
+    page3, cursor3 = store.list(limit=2, cursor=cursor2)
+    seen = [j.id for j in page1 + page2 + page3]
+    assert seen == list(reversed(made)) and cursor3 is None
+    store.cancel(made[0])
+    cancelled, _ = store.list(statuses=["cancelled"])
+    assert [j.id for j in cancelled] == [made[0]]
+    with pytest.raises(InvalidCursorError):
+        store.list(cursor="not-a-cursor")
+
+
+def test_claim_takes_priority_then_age_and_counts_attempts(store: JobStore) -> None:
+    low, _ = _submit(store, body="low")
+    high, _ = _submit(store, body="high", priority=5)
+    first = claim_next(store, "w1", lease_s=30)
+    second = claim_next(store, "w1", lease_s=30)
+    assert first is not None and second is not None
+    assert (first.id, second.id) == (high.id, low.id)
+    assert first.status == "running" and first.attempt == 1 and first.worker_id == "w1"
+    assert claim_next(store, "w1", lease_s=30) is None
+
+
+def test_concurrent_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
+    for i in range(12):
+        _submit(store, body=f"c{i}")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (job := claim_next(store, name, lease_s=30)) is not None:
+            with lock:
+                got.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 12 and len(set(got)) == 12
+
+
+def test_cancel_queued_running_and_finished(store: JobStore) -> None:
+    queued, _ = _submit(store, body="q")
+    assert store.cancel(queued.id).status == "cancelled"
+    with pytest.raises(JobConflictError, match="already cancelled"):
+        store.cancel(queued.id)
+    _submit(store, body="r")
+    running = claim_next(store, "w", lease_s=30)
+    assert running is not None
+    assert store.cancel(running.id).status == "cancelling"
+    assert renew(store, running.id, running.fence, 30) == "cancelling"
+    done = store.finish(running.id, running.fence, "cancelled")
+    assert done.status == "cancelled" and done.finished_at is not None
+    with pytest.raises(JobNotFoundError):
+        store.cancel(str(uuid.uuid4()))
+
+
+def test_stale_attempt_writes_are_refused_after_requeue(store: JobStore) -> None:
+    _submit(store)
+    job = claim_next(store, "w-old", lease_s=0.05)
+    assert job is not None
+    old = job.fence
+    store.report(job.id, old, progress={"step": 3})
+    time.sleep(0.1)
+    assert requeue_expired(store) == [job.id]
+    requeued = store.require(job.id)
+    assert requeued.status == "queued" and requeued.error["type"] == "WorkerLost"
+    again = claim_next(store, "w-new", lease_s=30)
+    assert again is not None and again.attempt == 2 and again.error is None
+    with pytest.raises(StaleAttemptError):
+        store.report(job.id, old, progress={"step": 4})
+    with pytest.raises(StaleAttemptError):
+        store.finish(job.id, old, "succeeded")
+    assert store.finish(job.id, again.fence, "succeeded").status == "succeeded"
+
+
+def test_heartbeat_keeps_lease_and_restart_requeues_own_jobs(store: JobStore) -> None:
+    _submit(store, body="a")
+    job = claim_next(store, "w", lease_s=0.2)
+    assert job is not None
+    renew(store, job.id, job.fence, lease_s=30)
+    assert requeue_expired(store) == []
+    assert requeue_expired(store, worker_id="w") == [job.id]
+    assert store.require(job.id).status == "queued"
+
+
+def test_lost_job_fails_after_max_attempts(store: JobStore) -> None:
+    job, _ = store.submit({}, request_hash="h", name="n", device="cpu", max_attempts=1)
+    claimed = claim_next(store, "w", lease_s=0.01)
+    assert claimed is not None
+    time.sleep(0.05)
+    requeue_expired(store)
+    failed = store.require(job.id)
+    assert failed.status == "failed" and "attempt 1 of 1" in failed.error["message"]
+
+
+def test_events_are_numbered_per_job_and_follow_transitions(store: JobStore) -> None:
+    job, _ = _submit(store)
+    claimed = claim_next(store, "w", lease_s=30)
+    assert claimed is not None
+    store.report(job.id, claimed.fence, progress={"step": 1}, event=("progress", {"step": 1}))
+    store.finish(job.id, claimed.fence, "succeeded")
+    events = store.events_after(job.id)
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert [(e.type, e.data.get("status")) for e in events] == [("state", "queued"), ("state", "running"), ("progress", None), ("state", "succeeded")]
+    assert [e.seq for e in store.events_after(job.id, after_seq=2)] == [3, 4]
