@@ -4,6 +4,10 @@ A dataset factory is called as `factory(options=..., ctx=DataContext)` and retur
 In-memory data is a TensorData (features and targets as tensors): the trainer batches it by
 indexing with a permutation, with no per-sample DataLoader. Anything else may be a
 torch.utils.data.Dataset, which the trainer wraps in a DataLoader.
+
+Plugin authors with in-memory data call make_splits(): the seeded split, then standardisation
+with training-split statistics only. Target conventions: classification int64 (N,) class
+indices, binary float (N, 1) in {0, 1}, regression float (N, k).
 """
 from __future__ import annotations
 
@@ -91,9 +95,73 @@ def split_tensors(data: TensorData, ctx: DataContext) -> tuple[TensorData, Tenso
     return data.subset(train_idx), (data.subset(val_idx) if len(val_idx) else None)
 
 
-def standardize(train: TensorData, val: TensorData | None) -> tuple[TensorData, TensorData | None]:
-    """Scale features with mean/std of the training split only (no leak from validation)."""
-    mean = train.x.mean(dim=0, keepdim=True)
-    std = train.x.std(dim=0, keepdim=True).clamp_min(1e-8)
+def standardize(
+    train: TensorData, val: TensorData | None, dims: tuple[int, ...] = (0,)
+) -> tuple[TensorData, TensorData | None]:
+    """Scale features with mean/std of the training split only (no leak from validation).
+
+    `dims` are reduced over: (0,) gives one statistic per feature (or per pixel); (0, 2, 3)
+    one per image channel. A feature that is constant in the training split keeps scale 1
+    (like scikit-learn's StandardScaler): dividing by a clamped ~0 std would turn any
+    different value in validation into ~1e8.
+    """
+    mean = train.x.mean(dim=dims, keepdim=True)
+    std = train.x.std(dim=dims, keepdim=True, correction=0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
     scale = lambda d: TensorData((d.x - mean) / std, d.y)  # noqa: E731
     return scale(train), (scale(val) if val is not None else None)
+
+
+def standardize_targets(train: TensorData, val: TensorData | None) -> tuple[TensorData, TensorData | None]:
+    """Scale float regression targets with the training split's mean/std (per target column)."""
+    mean = train.y.mean(dim=0, keepdim=True)
+    std = train.y.std(dim=0, keepdim=True, correction=0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    scale = lambda d: TensorData(d.x, (d.y - mean) / std)  # noqa: E731
+    return scale(train), (scale(val) if val is not None else None)
+
+
+def sample_shape(x: torch.Tensor) -> int | tuple[int, ...]:
+    """Per-sample input size as DataSplits.num_features wants it: an int for flat features."""
+    shape = tuple(int(d) for d in x.shape[1:])
+    return shape[0] if len(shape) == 1 else shape
+
+
+def make_splits(
+    data: TensorData,
+    ctx: DataContext,
+    task: Task,
+    *,
+    num_classes: int | None = None,
+    standardize_x: bool = False,
+    standardize_dims: tuple[int, ...] = (0,),
+    standardize_y: bool = False,
+    description: str = "",
+) -> DataSplits:
+    """Split in-memory data with the context's seed, then standardise with train statistics.
+
+    Targets must already follow the task's convention: classification int64 (N,) class
+    indices, binary float (N, 1) in {0, 1}, regression float (N, k).
+    """
+    train, val = split_tensors(data, ctx)
+    if standardize_x:
+        train, val = standardize(train, val, standardize_dims)
+    if standardize_y and task == "regression":
+        train, val = standardize_targets(train, val)
+    if task == "classification":
+        if num_classes is None:
+            num_classes = int(data.y.max().item()) + 1 if len(data) else 0
+        outputs = num_classes
+    elif task == "binary":
+        outputs = 1
+    else:
+        outputs = int(data.y.shape[1]) if data.y.dim() > 1 else 1
+    return DataSplits(
+        train=train,
+        val=val,
+        task=task,
+        num_features=sample_shape(data.x),
+        num_outputs=outputs,
+        num_classes=num_classes if task == "classification" else None,
+        description=description,
+    )
