@@ -16,6 +16,8 @@ from service.registry import datasets
 
 _REGRESSION = {"diabetes"}
 _BINARY_OK = {"breast_cancer"}
+# The full datasets' class counts, so a small max_samples subset cannot shrink the output layer.
+_NUM_CLASSES = {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}
 
 
 class SklearnOptions(BaseModel):
@@ -73,13 +75,9 @@ def sklearn_dataset(*, options: SklearnOptions, ctx: DataContext) -> DataSplits:
         return make_splits(
             TensorData(x, y.float().reshape(-1, 1)), ctx, "binary", standardize_x=options.standardize, description=desc,
         )
-    num_classes = int(_load_classes(options.dataset))
+    num_classes = _NUM_CLASSES[options.dataset]
     return make_splits(
         TensorData(x, y.long()), ctx, "classification", num_classes=num_classes,
         standardize_x=options.standardize, standardize_dims=dims, description=desc,
     )
 
-
-def _load_classes(name: str) -> int:
-    # The full dataset's class count, so a small max_samples subset cannot shrink the output layer.
-    return {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}[name]
