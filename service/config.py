@@ -95,6 +95,7 @@ class TrackingConfig(Strict):
     log_model: bool = True
     system_metrics: bool = True
     plots: bool = True
+    flush_timeout_s: float = Field(30.0, ge=0, description="at the end of a run, how long to keep trying to send unsent points (the rest waits for `gradloop sync`)")
 
 
 class RunConfig(Strict):
@@ -210,8 +211,8 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             idx = _index(part, node, here)
             node = node[idx]
         elif isinstance(node, dict):
-            if node.get(part) is None:
-                node[part] = {}
+            if node.get(part) is None:  # create what is missing: a list when indexed by number next
+                node[part] = [] if parts[i + 1].isdigit() else {}
             node = node[part]
         else:
             raise TypeError(f"{here} is a {_type_name(node)}, not a mapping")
@@ -272,60 +273,47 @@ def validate_config(
         errors.append(FieldError(path, message, _line_for(path, lines)))
 
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg: RunConfig | None = RunConfig.model_validate(raw)
     except ValidationError as exc:
+        cfg = None
         for e in exc.errors():
             path = ".".join(str(p) for p in e["loc"])
             err(path, _pydantic_message(e, RunConfig))
-        raise ConfigError(errors, source) from None
 
-    resolved = cfg.model_copy(deep=True)
+    # Plugin options are checked from the raw sections, so that they are reported together with
+    # any structural errors elsewhere in the config rather than only after those are fixed.
+    resolved_options: dict[str, dict[str, Any]] = {}
     for field_name, kind in PLUGIN_FIELDS:
-        spec = getattr(cfg, field_name)
-        if spec is None:
+        spec = raw.get(field_name) if isinstance(raw, Mapping) else None
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str) or not spec["name"]:
             continue
-        if field_name == "model" and is_import_path(spec.name):
-            if not allow_import_paths:
-                err("model.name", f"import path {spec.name!r} is refused here; use a registered model: {', '.join(registry.models.names())}")
-                continue
-            from .imports import resolve_import_path
-
-            try:
-                resolve_import_path(spec.name)
-            except ConfigError as exc:
-                err("model.name", exc.errors[0].message)
+        name, options = spec["name"], spec.get("options") or {}
+        if not isinstance(options, Mapping):
+            continue  # the structural pass has reported it
+        if field_name == "model" and is_import_path(name):
+            _check_import_path(name, allow_import_paths, err)
             continue
         try:
-            plugin = registry.registry(kind).get(spec.name)
+            plugin = registry.registry(kind).get(name)
         except PluginNotFoundError as exc:
             err(f"{field_name}.name", str(exc))
             continue
         try:
-            parsed = plugin.parse_options({**spec.options})
+            parsed = plugin.parse_options(dict(options))
         except ValidationError as exc:
             for e in exc.errors():
                 path = ".".join([field_name, "options", *(str(p) for p in e["loc"])])
                 err(path, _pydantic_message(e, plugin.options))
             continue
-        getattr(resolved, field_name).options = parsed.model_dump(mode="json")
+        resolved_options[field_name] = parsed.model_dump(mode="json")
+        if field_name == "optimizer":
+            _check_param_group_options(plugin, spec, err)
 
-    # Per-group optimizer options are the optimizer's own options: validate them with its model.
-    if cfg.optimizer.param_groups and cfg.optimizer.name in registry.optimizers:
-        plugin = registry.optimizers.get(cfg.optimizer.name)
-        for i, rule in enumerate(cfg.optimizer.param_groups):
-            overrides = rule.model_extra or {}
-            unknown = [k for k in overrides if k not in plugin.options.model_fields]
-            for k in unknown:
-                err(f"optimizer.param_groups.{i}.{k}", f"{cfg.optimizer.name} has no option {k!r}; allowed: {', '.join(plugin.options.model_fields)}{_did_you_mean(k, plugin.options.model_fields)}")
-            if unknown:
-                continue
-            try:
-                plugin.parse_options({**cfg.optimizer.options, **overrides})
-            except ValidationError as exc:
-                for e in exc.errors():
-                    loc = [str(p) for p in e["loc"]]
-                    where = "param_groups." + str(i) if loc and loc[0] in overrides else "options"
-                    err(".".join(["optimizer", where, *loc]), _pydantic_message(e, plugin.options))
+    if cfg is None:
+        raise ConfigError(errors, source)
+    resolved = cfg.model_copy(deep=True)
+    for field_name, options in resolved_options.items():
+        getattr(resolved, field_name).options = options
 
     _cross_field_checks(resolved, err)
     if check_runtime:
@@ -333,6 +321,43 @@ def validate_config(
     if errors:
         raise ConfigError(errors, source)
     return resolved
+
+
+def _check_import_path(name: str, allowed: bool, err: Any) -> None:
+    from . import registry
+    from .imports import resolve_import_path
+
+    if not allowed:
+        err("model.name", f"import path {name!r} is refused here; use a registered model: {', '.join(registry.models.names())}")
+        return
+    try:
+        resolve_import_path(name)
+    except ConfigError as exc:
+        err("model.name", exc.errors[0].message)
+
+
+def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -> None:
+    """Per-group options are the optimizer's own options: validate each group's with its model."""
+    groups = spec.get("param_groups") or []
+    if not isinstance(groups, list):
+        return
+    fields = plugin.options.model_fields
+    for i, rule in enumerate(groups):
+        if not isinstance(rule, Mapping):
+            continue
+        overrides = {k: v for k, v in rule.items() if k != "match"}
+        unknown = [k for k in overrides if k not in fields]
+        for k in unknown:
+            err(f"optimizer.param_groups.{i}.{k}", f"{plugin.name} has no option {k!r}{_did_you_mean(k, fields)}; allowed: {', '.join(fields)}")
+        if unknown:
+            continue
+        try:
+            plugin.parse_options({**(spec.get("options") or {}), **overrides})
+        except ValidationError as exc:
+            for e in exc.errors():
+                loc = [str(p) for p in e["loc"]]
+                if loc and loc[0] in overrides:  # errors in the base options are reported once, above
+                    err(".".join(["optimizer", "param_groups", str(i), *loc]), _pydantic_message(e, plugin.options))
 
 
 def _cross_field_checks(cfg: RunConfig, err: Any) -> None:

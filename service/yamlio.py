@@ -16,6 +16,9 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 
 
+_PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Limits:
     def __init__(self) -> None:
         self.nodes = 0
@@ -52,6 +55,11 @@ def _construct(node: yaml.Node, path: str, lines: dict[str, int], depth: int, li
     limits.nodes += 1
     if limits.nodes > MAX_NODES:
         raise ConfigError.single(path, f"the document has more than {MAX_NODES} values (aliases count each time they are used)", source)
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
+        raise ConfigError(
+            [FieldError(path, f"YAML tag {node.tag!r} is not allowed; configs hold plain values only", node.start_mark.line + 1)],
+            source,
+        )
     if id(node) in active:
         raise ConfigError.single(path, "the document refers to itself through an alias; remove the recursive alias", source)
     if isinstance(node, yaml.MappingNode):
