@@ -101,7 +101,9 @@ _CONSTRAINT_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"
 def _type_label(prop: dict) -> str:
     if "type" in prop:
         t = prop["type"]
-        if t == "array" and isinstance(prop.get("items"), dict):
+        if t == "array" and isinstance(prop.get("prefixItems"), list):
+            return f"tuple[{', '.join(_type_label(p) for p in prop['prefixItems'])}]"
+        if t == "array" and isinstance(prop.get("items"), dict) and prop["items"]:
             return f"list[{_type_label(prop['items'])}]"
         return str(t)
     if "enum" in prop:
