@@ -1,0 +1,30 @@
+"""Adagrad (torch.optim.Adagrad)."""
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+
+from service.registry import optimizers
+
+from ._common import Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay, one_implementation
+
+
+class AdagradOptions(OptimizerOptions):
+    lr: LearningRate = 1e-2
+    lr_decay: float = Field(0.0, ge=0, description="learning-rate decay per step")
+    weight_decay: WeightDecay = 0.0
+    initial_accumulator_value: float = Field(0.0, ge=0)
+    eps: Eps = 1e-10
+    maximize: bool = False
+    foreach: Foreach = None
+    fused: Fused = None
+
+    @model_validator(mode="after")
+    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
+        one_implementation(self.foreach, self.fused)
+        return self
+
+
+@optimizers.register("adagrad", options=AdagradOptions, description="Adagrad (torch.optim.Adagrad)", closure=False)
+def adagrad(param_groups: list[dict], *, options: AdagradOptions) -> torch.optim.Optimizer:
+    return torch.optim.Adagrad(param_groups, **options.model_dump())

@@ -1,0 +1,30 @@
+"""Adam (torch.optim.Adam): L2-style weight decay added to the gradient."""
+from __future__ import annotations
+
+import torch
+from pydantic import model_validator
+
+from service.registry import optimizers
+
+from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay, one_implementation
+
+
+class AdamOptions(OptimizerOptions):
+    lr: LearningRate = 1e-3
+    betas: Betas = (0.9, 0.999)
+    eps: Eps = 1e-8
+    weight_decay: WeightDecay = 0.0
+    amsgrad: bool = False
+    maximize: bool = False
+    foreach: Foreach = None
+    fused: Fused = None
+
+    @model_validator(mode="after")
+    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
+        one_implementation(self.foreach, self.fused)
+        return self
+
+
+@optimizers.register("adam", options=AdamOptions, description="Adam (torch.optim.Adam); weight_decay is L2 added to the gradient", closure=False)
+def adam(param_groups: list[dict], *, options: AdamOptions) -> torch.optim.Optimizer:
+    return torch.optim.Adam(param_groups, **options.model_dump())

@@ -1,0 +1,30 @@
+"""AdamW (torch.optim.AdamW): Adam with decoupled weight decay."""
+from __future__ import annotations
+
+import torch
+from pydantic import model_validator
+
+from service.registry import optimizers
+
+from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay, one_implementation
+
+
+class AdamWOptions(OptimizerOptions):
+    lr: LearningRate = 1e-3
+    betas: Betas = (0.9, 0.999)
+    eps: Eps = 1e-8
+    weight_decay: WeightDecay = 0.01
+    amsgrad: bool = False
+    maximize: bool = False
+    foreach: Foreach = None
+    fused: Fused = None
+
+    @model_validator(mode="after")
+    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
+        one_implementation(self.foreach, self.fused)
+        return self
+
+
+@optimizers.register("adamw", options=AdamWOptions, description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay", closure=False)
+def adamw(param_groups: list[dict], *, options: AdamWOptions) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups, **options.model_dump())
