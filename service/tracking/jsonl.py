@@ -1,0 +1,120 @@
+"""The run's local metric journal: metrics.jsonl (every point, written first) and what was sent.
+
+Each logging window is one line, `{"seq": n, "step": s, "ts": ms, "metrics": {key: value}}`,
+appended and flushed by the training thread before anything is queued for MLflow, so a dead
+server or a killed process never loses a point that was computed. The sender appends the seq
+ranges MLflow has acknowledged to metrics.sent (`first last` per line, inclusive); `gradloop
+sync` sends exactly the records that are in the journal but in no acknowledged range.
+The timestamp is kept in the journal so that a re-sent point is the identical MLflow Metric,
+which the stores de-duplicate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+JOURNAL_NAME = "metrics.jsonl"
+SENT_NAME = "metrics.sent"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One logging window's points: all share a step and a timestamp."""
+
+    seq: int
+    step: int
+    ts: int
+    metrics: dict[str, float]
+
+    def to_line(self) -> str:
+        # allow_nan: a non-finite loss is a fact worth keeping, and our own reader accepts NaN.
+        return json.dumps({"seq": self.seq, "step": self.step, "ts": self.ts, "metrics": self.metrics}, separators=(",", ":"))
+
+
+class Journal:
+    """Append-only metrics.jsonl plus the acknowledged ranges in metrics.sent."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / JOURNAL_NAME
+        self.sent_path = Path(run_dir) / SENT_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A resumed run in the same directory continues the numbering, so old ranges stay valid.
+        self._next_seq = last_seq(self.path) + 1
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._sent_lock = threading.Lock()
+
+    def append(self, step: int, ts: int, metrics: Mapping[str, float]) -> Record:
+        record = Record(self._next_seq, int(step), int(ts), dict(metrics))
+        self._next_seq += 1
+        self._file.write(record.to_line() + "\n")
+        self._file.flush()
+        return record
+
+    def mark_sent(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        lines = "".join(f"{a} {b}\n" for a, b in _ranges(sorted(set(seqs))))
+        with self._sent_lock, open(self.sent_path, "a", encoding="utf-8") as f:
+            f.write(lines)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Every complete record of a journal; a torn last line (a killed process) is skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            yield Record(int(d["seq"]), int(d["step"]), int(d["ts"]), {k: float(v) for k, v in d["metrics"].items()})
+
+
+def read_sent(path: Path) -> set[int]:
+    sent: set[int] = set()
+    if not path.exists():
+        return sent
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and all(p.lstrip("-").isdigit() for p in parts):
+                sent.update(range(int(parts[0]), int(parts[1]) + 1))
+    return sent
+
+
+def unsent_records(run_dir: Path) -> list[Record]:
+    sent = read_sent(Path(run_dir) / SENT_NAME)
+    return [r for r in read_records(Path(run_dir) / JOURNAL_NAME) if r.seq not in sent]
+
+
+def last_seq(path: Path) -> int:
+    last = -1
+    for r in read_records(path):
+        last = max(last, r.seq)
+    return last
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _ranges(seqs: list[int]) -> Iterator[tuple[int, int]]:
+    start = prev = seqs[0]
+    for s in seqs[1:]:
+        if s != prev + 1:
+            yield start, prev
+            start = s
+        prev = s
+    yield start, prev

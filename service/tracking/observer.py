@@ -1,0 +1,387 @@
+"""MlflowObserver: what the trainer's observer calls become in MLflow.
+
+On the training thread this class does only cheap things: fused device-side statistics
+(gradstats), one device->host transfer per logging window, one appended line in
+metrics.jsonl, and a put_nowait on the sender's queue. Everything that talks to MLflow
+(params, tags, metrics, artifacts, status) runs on the sender's thread.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import socket
+import subprocess
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from ..observer import RunContext, RunStatus
+from . import gradstats, histograms, plots
+from .gradstats import GradSnapshot, StatLayout, metric_safe
+from .jsonl import Journal, read_records
+from .params import config_params
+from .sender import Op, Sender
+from .state import TrackingState
+from .status import SigtermGuard, error_tags, status_for
+from .store import experiment_id, open_client, resolve_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from ..config import RunConfig
+
+log = logging.getLogger("gradloop.tracking")
+
+ARTIFACT_DIR = "tracking"   # run_dir/tracking/: what this package writes besides the journal
+
+
+class TrackingWarning(UserWarning):
+    """Something did not reach MLflow; the message says what and how to send it later."""
+
+
+@dataclass
+class StepSnapshot:
+    grads: GradSnapshot | None
+    hist: tuple[list[str], torch.Tensor] | None
+
+
+class MlflowObserver:
+    """Logs one run to MLflow; see the module docstring for what runs where."""
+
+    def __init__(self, config: "RunConfig", run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None):
+        self.config = config
+        self.tcfg = config.tracking
+        self.run_dir = Path(run_dir)
+        self.job_id = job_id
+        self.parent_run_id = parent_run_id
+        self.mlflow_run_id: str | None = None
+        self.uri = resolve_uri(self.tcfg.uri)
+        self.unsent_points = 0
+        self._sender: Sender | None = None
+        self._journal: Journal | None = None
+        self._client: MlflowClient | None = None
+        self._state: TrackingState | None = None
+        self._layout: StatLayout | None = None
+        self._last_step: dict[str, int] = {}     # resume: per key, the last step MLflow has
+        self._checkpoint: Path | None = None
+        self._monitor: Any = None
+        self._guard = SigtermGuard()
+        self._finished = False
+        self._ctx: RunContext | None = None
+
+    # -- start --------------------------------------------------------------------------
+    def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        (self.run_dir / ARTIFACT_DIR).mkdir(parents=True, exist_ok=True)
+        self._journal = Journal(self.run_dir)
+        params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+        self._layout = StatLayout.build(list(zip(ctx.param_names, params)), self.tcfg.grad_stats)
+
+        run_name = f"{self.config.name}-{uuid.uuid4().hex[:6]}"
+        tags = self._tags(ctx)
+        self._state = TrackingState(uri=self.uri, experiment=self.tcfg.experiment, run_name=run_name)
+        resumed = ctx.mlflow_run_id is not None
+        try:
+            self._client = open_client(self.uri)
+            if resumed:
+                self.mlflow_run_id = self._reopen(ctx.mlflow_run_id)
+            else:
+                exp = experiment_id(self._client, self.tcfg.experiment, self.uri)
+                run = self._client.create_run(exp, tags=tags, run_name=run_name)
+                self.mlflow_run_id = run.info.run_id
+        except Exception as exc:
+            # Training does not depend on the tracking server: keep the journal, sync later.
+            self.mlflow_run_id = ctx.mlflow_run_id
+            self._state.create = None if resumed else {"tags": tags}
+            warnings.warn(TrackingWarning(
+                f"MLflow at {self.uri} is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"metrics go to {self.run_dir / 'metrics.jsonl'} only; run `gradloop sync {self.run_dir}` later"
+            ), stacklevel=2)
+        self._state.run_id = self.mlflow_run_id
+
+        config_file = self.run_dir / ARTIFACT_DIR / "config.yaml"
+        config_file.write_text(self.config.to_yaml())
+        total = sum(p.numel() for p in ctx.model.parameters())
+        trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+        all_params = {**config_params(self.config.to_dict()),
+                      "model.num_params": str(total), "model.num_trainable_params": str(trainable)}
+        if resumed and self._client is not None and self.mlflow_run_id:
+            # MLflow params are immutable: a resumed run only adds what it lacks.
+            try:
+                have = self._client.get_run(self.mlflow_run_id).data.params
+                all_params = {k: v for k, v in all_params.items() if k not in have}
+            except Exception:
+                all_params = {}
+        start_ops = [Op("log_params", {"params": all_params}),
+                     Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"})]
+        if resumed:
+            start_ops.insert(0, Op("set_tags", {"tags": {"gradloop.resumed_from_step": str(ctx.start_step)}}))
+
+        if self._state.create is None and self._client is not None and self.mlflow_run_id:
+            self._sender = Sender(self._client, self.mlflow_run_id, self._journal)
+            for op in start_ops:
+                self._sender.submit_op(op)
+            self._start_system_metrics(resumed)
+        else:
+            self._state.pending_ops = [op.to_dict() for op in start_ops]
+        self._state.save(self.run_dir)
+        self._guard.install()
+        atexit.register(self._at_exit)
+
+    def _reopen(self, run_id: str) -> str:
+        assert self._client is not None
+        run = self._client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")
+        for m in getattr(run.data, "_metric_objs", None) or []:
+            self._last_step[m.key] = max(self._last_step.get(m.key, -1), m.step)
+        return run_id
+
+    def _tags(self, ctx: RunContext) -> dict[str, str]:
+        from .. import __version__
+        from ..devices import device_name
+
+        tags = {
+            "gradloop.version": __version__,
+            "torch.version": torch.__version__,
+            "gradloop.device": str(ctx.device),
+            "gradloop.device_name": device_name(ctx.device),
+            "gradloop.precision": self.config.trainer.precision,
+            "gradloop.config_hash": self.config.config_hash(),
+            "gradloop.host": socket.gethostname(),
+            "gradloop.run_dir": str(self.run_dir.resolve()),
+        }
+        commit = _git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        job_id = self.job_id or ctx.job_id
+        if job_id:
+            tags["gradloop.job_id"] = job_id
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        tags.update({k: str(v) for k, v in ctx.extra_tags.items()})
+        return tags
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        if not self.tcfg.system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.mlflow_run_id, resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as exc:  # psutil missing or the like: the run goes on without them
+            log.warning("system metrics are off: %s", exc)
+            self._monitor = None
+
+    # -- the training loop's calls ------------------------------------------------------
+    def wants_step_stats(self, step: int) -> bool:
+        return self._grad_step(step) or self._hist_step(step)
+
+    def _grad_step(self, step: int) -> bool:
+        total = self._ctx.total_steps if self._ctx else 0
+        return self.tcfg.grad_stats != "none" and (step % self.tcfg.log_every == 0 or step == total)
+
+    def _hist_step(self, step: int) -> bool:
+        return bool(self.tcfg.histogram_every) and step % self.tcfg.histogram_every == 0
+
+    @torch.no_grad()
+    def before_optimizer_step(self, step: int, model: torch.nn.Module) -> StepSnapshot | None:
+        layout = self._layout
+        if layout is None:
+            return None
+        grads = None
+        if self._grad_step(step):
+            grads = gradstats.snapshot(step, layout, with_layers=layout.mode in ("per_layer", "per_module"))
+        hist = histograms.compute(layout.names, layout.params) if self._hist_step(step) else None
+        return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        scalars: dict[str, Any] = {metric_safe(k): v for k, v in metrics.items() if v is not None}
+        vectors: list[tuple[str, list[str], torch.Tensor]] = []
+        if isinstance(snapshot, StepSnapshot) and snapshot.grads is not None and self._layout is not None:
+            g = snapshot.grads
+            scalars.setdefault("train/grad_norm", g.total_norm)
+            scalars["train/grad_nonfinite"] = g.nonfinite
+            if g.grad_norms is not None:
+                labels = self._layout.labels
+                vectors.append(("grad_norm/", labels, g.grad_norms))
+                ratios = gradstats.update_ratios(g, self._layout)
+                if ratios is not None:
+                    vectors.append(("weight_norm/", labels, ratios[0]))
+                    vectors.append(("update_ratio/", labels, ratios[1]))
+        if scalars or vectors:
+            self._record(step, _to_host(scalars, vectors))
+        if isinstance(snapshot, StepSnapshot) and snapshot.hist is not None:
+            labels, table = snapshot.hist
+            histograms.write(self.run_dir / ARTIFACT_DIR / "histograms", step, labels, table.cpu().tolist())
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        if metrics:
+            self._record(step, _to_host({metric_safe(k): v for k, v in metrics.items()}, []))
+
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        self._checkpoint = Path(path)
+
+    def _record(self, step: int, values: dict[str, float]) -> None:
+        if self._journal is None:
+            return
+        if self._last_step:
+            # Resumed: steps the earlier process already logged are not logged twice.
+            values = {k: v for k, v in values.items() if step > self._last_step.get(k, -1)}
+            if not values:
+                return
+        record = self._journal.append(step, int(time.time() * 1000), values)
+        if self._sender is not None:
+            self._sender.submit(record)
+
+    # -- finish -------------------------------------------------------------------------
+    def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
+        if self._finished or self._journal is None or self._state is None:
+            return
+        self._finished = True
+        if error is not None and status == "FAILED":
+            status = status_for(error)  # an interrupt that escaped the loop is a kill, not a failure
+        self._guard.uninstall()
+        atexit.unregister(self._at_exit)
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as exc:
+                log.warning("system metrics monitor did not stop cleanly: %s", exc)
+        ops = self._final_ops(status, error)
+        self._state.status = status
+        timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
+        if self._sender is not None:
+            for op in ops:
+                self._sender.submit_op(op)
+            report = self._sender.close(timeout)
+            self._state.pending_ops = [op.to_dict() for op in report.pending_ops if op.persistable]
+            self.unsent_points = report.unsent_points
+            lost_model = [op.name for op in report.pending_ops if not op.persistable]
+            if report.failed_requests:
+                log.warning("MLflow refused %d tracking request(s); last error: %s", report.failed_requests, self._sender.last_error)
+        else:
+            self._state.pending_ops += [op.to_dict() for op in ops if op.persistable]
+            self.unsent_points = sum(len(r.metrics) for r in read_records(self._journal.path))
+            lost_model = [op.name for op in ops if not op.persistable]
+        self._state.unsent_points = self.unsent_points
+        self._state.save(self.run_dir)
+        self._journal.close()
+        if self.unsent_points or self._state.pending_ops:
+            warnings.warn(TrackingWarning(
+                f"{self.unsent_points} metric points and {len(self._state.pending_ops)} other tracking calls "
+                f"did not reach MLflow at {self.uri}; they are kept in {self.run_dir}; "
+                f"run `gradloop sync {self.run_dir}` to send them"
+                + (f" ({', '.join(lost_model)} cannot be sent later)" if lost_model else "")
+            ), stacklevel=2)
+
+    def _final_ops(self, status: RunStatus, error: BaseException | None) -> list[Op]:
+        art = self.run_dir / ARTIFACT_DIR
+        ops: list[Op] = []
+        if self.tcfg.plots:
+            records = list(read_records(self._journal.path)) if self._journal else []
+            title = self.config.name
+            try:
+                plots.loss_curves(records, art / "plots" / "loss_curves.png", title)
+                plots.grad_norm_heatmap(records, art / "plots" / "grad_norm_heatmap.png", f"{title}: gradient norm per layer")
+            except Exception as exc:  # a plot is never worth a failed run
+                log.warning("could not draw the tracking plots: %s", exc)
+            ops.append(Op("log_artifacts", {"local_dir": str(art / "plots"), "artifact_path": "plots"}))
+        if (art / "histograms").is_dir():
+            ops.append(Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"}))
+        if self.tcfg.log_checkpoint and self._checkpoint is not None:
+            ops.append(Op("log_artifact", {"local_path": str(self._checkpoint), "artifact_path": "checkpoints"}))
+        for log_file in sorted(self.run_dir.glob("*.log")):
+            ops.append(Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"}))
+        if self.tcfg.log_model and status == "FINISHED" and self._ctx is not None:
+            fn = _model_logger(self._ctx, self.uri)
+            if fn is not None:
+                ops.append(Op("log_model", fn=fn))
+        tags = error_tags(error)
+        if tags:
+            ops.append(Op("set_tags", {"tags": tags}))
+        ops.append(Op("set_terminated", {"status": status}))
+        return ops
+
+    def _at_exit(self) -> None:
+        # Nobody called finish (an exception escaped past the trainer): never leave RUNNING.
+        try:
+            self.finish("KILLED", None)
+        except Exception:
+            pass
+
+
+def _to_host(scalars: Mapping[str, Any], vectors: list[tuple[str, list[str], torch.Tensor]]) -> dict[str, float]:
+    """Every tensor value to a Python float in one device->host transfer."""
+    out: dict[str, float] = {}
+    keys: list[str] = []
+    parts: list[torch.Tensor] = []
+    for key, value in scalars.items():
+        if value is None:
+            continue  # e.g. no gradient norm in a window whose steps were all skipped
+        if isinstance(value, torch.Tensor):
+            keys.append(key)
+            parts.append(value.detach().reshape(1))
+        else:
+            out[key] = float(value)
+    for prefix, labels, vec in vectors:
+        keys.extend(prefix + label for label in labels)
+        parts.append(vec.detach().reshape(-1))
+    if parts:
+        device = parts[0].device
+        flat = torch.cat([p.to(device=device, dtype=torch.float32) for p in parts])
+        out.update(zip(keys, flat.cpu().tolist()))
+    return out
+
+
+def _model_logger(ctx: RunContext, uri: str) -> Any:
+    """A closure that logs the final model with a signature (runs on the sender's thread)."""
+    model = ctx.model
+    signature = None
+    example = None
+    if isinstance(ctx.example_input, torch.Tensor):
+        try:
+            from mlflow.models import infer_signature
+
+            x = ctx.example_input[:5]
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                y = model(x)
+            model.train(was_training)
+            example = x.detach().cpu().numpy()
+            signature = infer_signature(example, y.detach().float().cpu().numpy())
+        except Exception as exc:
+            log.warning("no model signature: %s", exc)
+
+    def log_model(client: "MlflowClient", run_id: str) -> None:
+        import mlflow.pytorch
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        # The logged model is created here, in the run's experiment: left to itself, log_model
+        # would put it in the process's active experiment (Default, artifacts under ./mlruns).
+        experiment = client.get_run(run_id).info.experiment_id
+        logged = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+        # log_model resolves the store from the process-wide tracking URI; point it at ours.
+        with _use_tracking_uri(uri):
+            mlflow.pytorch.log_model(
+                model, name="model", run_id=run_id, model_id=logged.model_id, signature=signature,
+                serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+
+    return log_model
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,102 @@
+"""End-of-run PNGs for the MLflow artifact view: loss curves and a gradient-norm heatmap.
+
+Both are drawn from the run's metrics.jsonl (every point the run computed, sent or not), with
+matplotlib's Agg backend so that no display is needed. The heatmap shows log10 of each
+layer's gradient norm (rows) over optimizer steps (columns): vanishing gradients are a dark
+band, exploding ones a bright one.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from .jsonl import Record  # noqa: E402
+
+GRAD_PREFIX = "grad_norm/"
+
+
+def series(records: Iterable[Record], key: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, float] = {}
+    for r in records:
+        if key in r.metrics:
+            by_step[r.step] = r.metrics[key]  # a re-logged step keeps its latest value
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def loss_curves(records: list[Record], path: Path, title: str = "") -> Path | None:
+    train = series(records, "train/loss")
+    val = series(records, "val/loss")
+    acc = series(records, "val/accuracy")
+    if not train[0] and not val[0]:
+        return None
+    ncols = 2 if acc[0] else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    if train[0]:
+        ax.plot(*train, label="train/loss", color="tab:blue")
+    if val[0]:
+        ax.plot(*val, label="val/loss", color="tab:orange", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    values = [v for v in train[1] + val[1] if math.isfinite(v)]
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if acc[0]:
+        ax2 = axes[0][1]
+        ax2.plot(*acc, label="val/accuracy", color="tab:green", marker="o")
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel("accuracy")
+        ax2.set_title("validation accuracy")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Path | None:
+    layers: list[str] = []
+    for r in records:
+        for k in r.metrics:
+            if k.startswith(GRAD_PREFIX) and k[len(GRAD_PREFIX):] not in layers:
+                layers.append(k[len(GRAD_PREFIX):])
+    if not layers:
+        return None
+    steps = sorted({r.step for r in records if any(k.startswith(GRAD_PREFIX) for k in r.metrics)})
+    col = {s: i for i, s in enumerate(steps)}
+    row = {name: i for i, name in enumerate(layers)}
+    grid = [[math.nan] * len(steps) for _ in layers]
+    for r in records:
+        for k, v in r.metrics.items():
+            if k.startswith(GRAD_PREFIX) and r.step in col:
+                grid[row[k[len(GRAD_PREFIX):]]][col[r.step]] = math.log10(v) if v > 0 and math.isfinite(v) else math.nan
+    fig, ax = plt.subplots(figsize=(max(6.0, min(14.0, 0.08 * len(steps) + 4)), max(2.5, 0.35 * len(layers) + 1.5)))
+    # Columns are evenly spaced logging steps: centre each column on its step.
+    half = (steps[-1] - steps[0]) / (2 * (len(steps) - 1)) if len(steps) > 1 else 0.5
+    image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
+                      extent=(steps[0] - half, steps[-1] + half, len(layers) - 0.5, -0.5))
+    ax.set_yticks(range(len(layers)))
+    ax.set_yticklabels(layers, fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_title(title or "gradient norm per layer")
+    fig.colorbar(image, ax=ax, label="log10 ||grad||")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: "plt.Figure", path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,100 @@
+"""`gradloop sync RUN_DIR`: send what a run directory holds but MLflow does not.
+
+Reads tracking.json (which run, which store, what is owed) and metrics.jsonl minus the
+acknowledged ranges in metrics.sent; creates the run if it never reached MLflow, sends the
+missing records in batches of <= 1000 metrics, performs the owed ops (params, artifacts,
+the final status) and records what it did, so a second sync sends nothing twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import GradloopError
+from .jsonl import Journal, read_records, unsent_records
+from .sender import Op, is_permanent, metric_requests, run_op
+from .state import TrackingState
+from .store import experiment_id, open_client
+
+
+class SyncError(GradloopError):
+    """A run directory cannot be synced (not a tracked run directory, or MLflow refuses)."""
+
+
+@dataclass
+class SyncReport:
+    run_dir: Path
+    run_id: str
+    uri: str
+    records_total: int = 0
+    records_sent: int = 0          # sent by this sync
+    points_sent: int = 0
+    ops_done: list[str] = field(default_factory=list)
+    created_run: bool = False
+    status: str = ""
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.records_sent or self.ops_done or self.created_run)
+
+    def __str__(self) -> str:
+        if self.nothing_to_do:
+            return f"{self.run_dir}: already in sync with MLflow run {self.run_id} ({self.records_total} records)"
+        parts = [f"sent {self.points_sent} metric points ({self.records_sent} of {self.records_total} records)"]
+        if self.created_run:
+            parts.insert(0, "created the run")
+        if self.ops_done:
+            parts.append("did " + ", ".join(self.ops_done))
+        return f"{self.run_dir} -> MLflow run {self.run_id} at {self.uri}: " + "; ".join(parts) + f"; status {self.status}"
+
+
+def sync_run_dir(path: str | Path) -> SyncReport:
+    run_dir = Path(path)
+    state = TrackingState.load(run_dir)
+    if state is None:
+        raise SyncError(f"{run_dir} has no tracking.json; give the directory of a gradloop run (under output_dir, e.g. runs/<name>-<id>)")
+    try:
+        client = open_client(state.uri)
+        created = False
+        if state.run_id is None or state.create is not None:
+            exp = experiment_id(client, state.experiment, state.uri)
+            run = client.create_run(exp, tags=(state.create or {}).get("tags") or {}, run_name=state.run_name)
+            state.run_id, state.create, created = run.info.run_id, None, True
+            state.save(run_dir)
+        report = SyncReport(run_dir, state.run_id, state.uri, created_run=created)
+        final_status = state.status if state.status != "RUNNING" else None
+
+        journal = Journal(run_dir)
+        try:
+            report.records_total = sum(1 for _ in read_records(journal.path))
+            for metrics, seqs in metric_requests(unsent_records(run_dir)):
+                if metrics:
+                    client.log_batch(state.run_id, metrics=metrics, synchronous=True)
+                journal.mark_sent(seqs)
+                report.records_sent += len(seqs)
+                report.points_sent += len(metrics)
+        finally:
+            journal.close()
+
+        remaining = list(state.pending_ops)
+        if final_status and not any(op["name"] == "set_terminated" for op in remaining):
+            if client.get_run(state.run_id).info.status == "RUNNING":
+                remaining.append(Op("set_terminated", {"status": final_status}).to_dict())
+        # set_terminated goes last: the run must be open while the rest is logged.
+        remaining.sort(key=lambda op: op["name"] == "set_terminated")
+        while remaining:
+            op = Op(remaining[0]["name"], remaining[0].get("args", {}))
+            run_op(client, state.run_id, op)
+            report.ops_done.append(op.name)
+            remaining.pop(0)
+            state.pending_ops = remaining
+            state.save(run_dir)
+        state.unsent_points = 0
+        state.save(run_dir)
+        report.status = client.get_run(state.run_id).info.status
+        return report
+    except SyncError:
+        raise
+    except Exception as exc:
+        hint = "MLflow refused the data" if is_permanent(exc) else "is the tracking server up?"
+        raise SyncError(f"could not sync {run_dir} to {state.uri} ({hint}): {type(exc).__name__}: {str(exc)[:300]}") from exc
