@@ -278,7 +278,7 @@ def validate_config(
         cfg = None
         for e in exc.errors():
             path = ".".join(str(p) for p in e["loc"])
-            err(path, _pydantic_message(e, RunConfig))
+            err(path, pydantic_message(e, RunConfig))
 
     # Plugin options are checked from the raw sections, so that they are reported together with
     # any structural errors elsewhere in the config rather than only after those are fixed.
@@ -303,7 +303,7 @@ def validate_config(
         except ValidationError as exc:
             for e in exc.errors():
                 path = ".".join([field_name, "options", *(str(p) for p in e["loc"])])
-                err(path, _pydantic_message(e, plugin.options))
+                err(path, pydantic_message(e, plugin.options))
             continue
         resolved_options[field_name] = parsed.model_dump(mode="json")
         if field_name == "optimizer":
@@ -348,7 +348,7 @@ def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -
         overrides = {k: v for k, v in rule.items() if k != "match"}
         unknown = [k for k in overrides if k not in fields]
         for k in unknown:
-            err(f"optimizer.param_groups.{i}.{k}", f"{plugin.name} has no option {k!r}{_did_you_mean(k, fields)}; allowed: {', '.join(fields)}")
+            err(f"optimizer.param_groups.{i}.{k}", f"{plugin.name} has no option {k!r}{did_you_mean(k, fields)}; allowed: {', '.join(fields)}")
         if unknown:
             continue
         try:
@@ -357,7 +357,7 @@ def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -
             for e in exc.errors():
                 loc = [str(p) for p in e["loc"]]
                 if loc and loc[0] in overrides:  # errors in the base options are reported once, above
-                    err(".".join(["optimizer", "param_groups", str(i), *loc]), _pydantic_message(e, plugin.options))
+                    err(".".join(["optimizer", "param_groups", str(i), *loc]), pydantic_message(e, plugin.options))
 
 
 def _cross_field_checks(cfg: RunConfig, err: Any) -> None:
@@ -400,12 +400,12 @@ def _line_for(path: str, lines: Mapping[str, int]) -> int | None:
     return None
 
 
-def _pydantic_message(e: Mapping[str, Any], root_model: type[BaseModel]) -> str:
+def pydantic_message(e: Mapping[str, Any], root_model: type[BaseModel]) -> str:
     kind = e.get("type", "")
     loc = [str(p) for p in e.get("loc", ())]
     if kind == "extra_forbidden":
         allowed = _allowed_fields(root_model, loc[:-1])
-        hint = _did_you_mean(loc[-1], allowed)
+        hint = did_you_mean(loc[-1], allowed)
         return f"unknown field{hint}; allowed here: {', '.join(allowed)}" if allowed else "unknown field; remove it"
     if kind == "missing":
         return "field required"
@@ -441,7 +441,7 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -106,17 +106,17 @@ def _overrides(
 
 def _field_errors(exc: ValidationError, plugin: registry.Plugin, path: str) -> list[FieldError]:
     # One wording for option errors, whether they come from a config file or from Python.
-    from .config import _did_you_mean, _pydantic_message
+    from .config import did_you_mean, pydantic_message
 
     allowed = list(plugin.options.model_fields)
     out = []
     for e in exc.errors():
         loc = [str(p) for p in e["loc"]]
         if e.get("type") == "extra_forbidden":
-            message = f"{plugin.name} has no option {loc[-1]!r}{_did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
+            message = f"{plugin.name} has no option {loc[-1]!r}{did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
         elif e.get("type") == "value_error":  # our validators' own sentences, without pydantic's prefix
             message = str(e.get("ctx", {}).get("error", e["msg"]))
         else:
-            message = _pydantic_message(e, plugin.options)
+            message = pydantic_message(e, plugin.options)
         out.append(FieldError(".".join(p for p in (path, *loc) if p) or "options", message))
     return out
