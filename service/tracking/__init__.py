@@ -7,15 +7,31 @@ background thread), params, plots, status, state (tracking.json), store (URI, sq
 """
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ..observer import NullObserver, Observer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["make_observer", "resolve_uri"]
+__all__ = ["make_observer", "resolve_uri", "parent_run"]
+
+# The sweep's parent run, for runs built while a sweep trains its children: the runner builds
+# observers without knowing about sweeps, and a context variable reaches it without a global.
+_parent_run_id: ContextVar[str | None] = ContextVar("gradloop_parent_run_id", default=None)
+
+
+@contextlib.contextmanager
+def parent_run(run_id: str | None) -> Iterator[None]:
+    """Runs tracked inside this block are nested under MLflow run `run_id`."""
+    token = _parent_run_id.set(run_id)
+    try:
+        yield
+    finally:
+        _parent_run_id.reset(token)
 
 
 def make_observer(config: "RunConfig", run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None) -> Observer:
@@ -24,7 +40,8 @@ def make_observer(config: "RunConfig", run_dir: Path, job_id: str | None = None,
         return NullObserver()
     from .observer import MlflowObserver
 
-    return MlflowObserver(config, Path(run_dir), job_id=job_id, parent_run_id=parent_run_id)
+    parent = parent_run_id or _parent_run_id.get()
+    return MlflowObserver(config, Path(run_dir), job_id=job_id, parent_run_id=parent)
 
 
 def resolve_uri(uri: str | None = None) -> str:
