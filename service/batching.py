@@ -1,0 +1,185 @@
+"""Turning a dataset into the micro-batches of each epoch, with the sizes known upfront.
+
+Two sources, one API (`Batches`):
+- `TensorBatches` for in-memory TensorData: the whole dataset moves to the run's device once,
+  and each epoch is a permutation plus slices -- no DataLoader, no per-sample collation.
+- `LoaderBatches` for any other torch Dataset: a DataLoader (workers, pin_memory on CUDA) fed
+  with the same per-epoch index batches.
+
+Each epoch's order comes from a generator seeded by (seed, epoch) alone, never from the global
+RNG, so a run resumed in the middle of an epoch can skip the batches it already consumed and see
+exactly the order an uninterrupted run sees. `plan` gives every micro-batch size before the epoch
+starts; the trainer needs them to scale a partial accumulation window by its real sample count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import TensorData
+from .errors import ConfigError
+from .seeding import derive_seed
+
+Batch = tuple[Any, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One accumulation window: micro-batches [start, stop) of an epoch and their sizes."""
+
+    start: int
+    sizes: tuple[int, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.sizes)
+
+    @property
+    def samples(self) -> int:
+        return sum(self.sizes)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The micro-batch sizes of one epoch (the same every epoch) grouped into windows of `accum`."""
+
+    sizes: tuple[int, ...]
+    accum: int = 1
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.sizes) / self.accum)
+
+    def windows(self, start: int = 0) -> list[Window]:
+        """Windows of the epoch from micro-batch `start` (a window boundary) to the end.
+
+        The last window of an epoch may hold fewer than `accum` micro-batches (and its last
+        micro-batch fewer samples); windows never span two epochs.
+        """
+        if start % self.accum and start != len(self.sizes):
+            raise ValueError(f"micro-batch {start} is not the start of a window of {self.accum}")
+        return [Window(i, self.sizes[i:i + self.accum]) for i in range(start, len(self.sizes), self.accum)]
+
+
+def plan_sizes(n: int, batch_size: int, drop_last: bool) -> tuple[int, ...]:
+    full, rest = divmod(n, batch_size)
+    return (batch_size,) * full + ((rest,) if rest and not drop_last else ())
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """Sample indices of an epoch, on the CPU: the same on every device and after a resume."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch))
+    return torch.randperm(n, generator=g)
+
+
+class Batches(Protocol):
+    plan: BatchPlan
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Micro-batches of `epoch` from micro-batch index `start`, already on the device."""
+        ...
+
+    def example_input(self) -> Any:
+        """A few inputs (for a model signature or a compile warm-up)."""
+        ...
+
+
+class TensorBatches:
+    """Batches of an in-memory TensorData by permutation and slicing, on the device."""
+
+    def __init__(self, data: TensorData, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+                 device: torch.device, accum: int = 1) -> None:
+        self.data = data.to(device)  # once: every epoch then indexes device memory
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = device
+        self.plan = BatchPlan(plan_sizes(len(data), batch_size, drop_last), accum)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        x, y, b = self.data.x, self.data.y, self.batch_size
+        if not self.shuffle:
+            for i in range(start, len(self.plan)):
+                yield x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+            return
+        order = epoch_order(len(self.data), self.seed, epoch, True).to(self.device)
+        for i in range(start, len(self.plan)):
+            idx = order[i * b:(i + 1) * b]
+            yield x[idx], y[idx]
+
+    def example_input(self) -> Any:
+        return self.data.x[: min(self.batch_size, 8)]
+
+
+class LoaderBatches:
+    """Batches of a torch Dataset through a DataLoader, in the same seeded order."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+                 device: torch.device, num_workers: int = 0, accum: int = 1) -> None:
+        try:
+            n = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError.single("data.name", f"the dataset {type(dataset).__name__} has no length; gradloop needs a map-style Dataset (with __len__ and __getitem__)") from None
+        self.dataset = dataset
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = device
+        self.num_workers = num_workers
+        self.pin = device.type == "cuda"
+        self.plan = BatchPlan(plan_sizes(n, batch_size, drop_last), accum)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order = epoch_order(self.n, self.seed, epoch, self.shuffle).tolist()
+        b = self.batch_size
+        index_batches = [order[i * b:(i + 1) * b] for i in range(start, len(self.plan))]
+        if not index_batches:
+            return
+        # The loader's generator seeds its workers; taking it from (seed, epoch) rather than the
+        # global RNG keeps worker-side randomness reproducible and leaves dropout's RNG alone.
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "workers"))
+        loader = DataLoader(self.dataset, batch_sampler=index_batches, num_workers=self.num_workers,
+                            pin_memory=self.pin, generator=g, persistent_workers=False)
+        for batch in loader:
+            x, y = _split_batch(batch)
+            yield _to_device(x, self.device), y.to(self.device, non_blocking=self.pin)
+
+    def example_input(self) -> Any:
+        x, _ = _split_batch(self.dataset[0])
+        return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
+
+
+def make_batches(data: TensorData | Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+                 device: torch.device, num_workers: int = 0, accum: int = 1) -> TensorBatches | LoaderBatches:
+    """TensorData is sliced in place; any other Dataset goes through a DataLoader."""
+    if isinstance(data, TensorData):
+        return TensorBatches(data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, accum=accum)
+    return LoaderBatches(data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device,
+                         num_workers=num_workers, accum=accum)
+
+
+def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ConfigError.single("data.name", f"dataset items must be (input, target) pairs, got {type(batch).__name__}; make __getitem__ return (x, y)")
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=device.type == "cuda")
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+__all__ = ["Window", "BatchPlan", "Batches", "TensorBatches", "LoaderBatches", "make_batches", "epoch_order", "plan_sizes"]

@@ -1,0 +1,243 @@
+"""`train()`: one run from a config to a RunResult -- the same path for the CLI, the job worker and Python.
+
+Order matters and is fixed: load and validate the config; seed; build the data, check it against
+the model and loss, build the model, loss, optimizer and scheduler; only then create the run
+directory and start training. A run that is going to fail on its config fails before it has
+written anything or spent a step.
+
+Run directories are `{output_dir}/{name}/{run_id}` (see service.checkpoint for what lies inside);
+a resumed run continues in the directory of the checkpoint it resumes from.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+
+import torch
+
+from . import registry
+from .batching import make_batches
+from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, run_dir_of
+from .config import RunConfig, load_config
+from .devices import resolve_device
+from .observer import NullObserver, Observer
+from .seeding import seed_everything
+from .trainer import Components, Trainer
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run reports back."""
+
+    steps: int
+    epochs: int
+    duration_s: float
+    metrics: dict[str, float]
+    run_dir: Path
+    checkpoint_path: Path | None
+    mlflow_run_id: str | None
+    status: Literal["FINISHED", "KILLED", "FAILED"]
+    name: str
+    config_hash: str
+    skipped_steps: int = 0
+    resumed_from: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> bool:
+        """True when a stop request (SIGTERM/SIGINT, a cancel) ended the run early."""
+        return self.status == "KILLED"
+
+
+def train(
+    config: RunConfig | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    overrides: Iterable[str] = (),
+    resume: str | os.PathLike[str] | None = None,
+    observers: Sequence[Observer] = (),
+    job_id: str | None = None,
+    stop_event: threading.Event | None = None,
+) -> RunResult:
+    """Train one run (or a sweep, when the config has a `sweep:` block).
+
+    resume: a checkpoint file, a run directory, or "latest" (the newest checkpoint of a run with
+    this config's name). stop_event: set it (from any thread) to stop at the next optimizer step
+    with a checkpoint; SIGTERM and SIGINT do the same when train() runs on the main thread.
+    Raises GradloopError subclasses for problems the user can fix; a failing run tells its
+    observers finish("FAILED") before the error propagates.
+    """
+    cfg = load_config(config, overrides)
+    if cfg.sweep:
+        from .sweep import run_sweep  # written alongside; a sweep is many train() calls
+
+        return run_sweep(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    checkpoint_path = resolve_resume(resume, cfg.output_dir, cfg.name) if resume is not None else None
+    checkpoint = load_checkpoint(checkpoint_path, device) if checkpoint_path is not None else None
+    if checkpoint is not None:
+        _check_resumable(cfg, checkpoint, checkpoint_path)
+
+    parts = build_components(cfg, device)
+    run_dir = (run_dir_of(checkpoint_path) if checkpoint_path is not None else None) or new_run_dir(cfg)
+    stop_event = stop_event if stop_event is not None else threading.Event()
+    trainer = Trainer(cfg, parts, device=device, run_dir=run_dir, stop_event=stop_event, job_id=job_id)
+
+    # Everything is validated: from here on the run leaves traces (directory, tracking run).
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    trainer.observers = [*default_observers(cfg, run_dir, job_id), *observers]
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        del checkpoint  # its tensors are now the model's and optimizer's; free the copies
+
+    with _stop_on_signals(trainer.request_stop):
+        outcome = trainer.fit()
+    return RunResult(
+        steps=outcome.steps,
+        epochs=outcome.epochs,
+        duration_s=outcome.duration_s,
+        metrics=outcome.metrics,
+        run_dir=run_dir,
+        checkpoint_path=outcome.checkpoint_path,
+        mlflow_run_id=trainer._mlflow_run_id(),
+        status=outcome.status,
+        name=cfg.name,
+        config_hash=cfg.config_hash(),
+        skipped_steps=outcome.skipped_steps,
+        resumed_from=checkpoint_path,
+    )
+
+
+def build_components(cfg: RunConfig, device: torch.device) -> Components:
+    """Data, model, loss, optimizer and scheduler, in that order, all checked before any training."""
+    from .compat import accuracy_fn, build_data, build_loss, build_model, check_compatible
+    from .optim import build_optimizer_from_config
+
+    splits = build_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model)
+    check_compatible(cfg, splits, model)
+    loss_fn = build_loss(cfg.loss)
+    if isinstance(loss_fn, torch.nn.Module):
+        loss_fn = loss_fn.to(device)
+    model = model.to(device)  # before the optimizer, so its state is created on the device
+    optimizer = build_optimizer_from_config(cfg.optimizer, model)
+    accum = cfg.trainer.grad_accum_steps
+    data_seed = cfg.seed
+    train_batches = make_batches(splits.train, cfg.data.batch_size, shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last,
+                                 seed=data_seed, device=device, num_workers=cfg.data.num_workers, accum=accum)
+    val_batches = None
+    if splits.val is not None and len(splits.val) > 0:
+        val_batches = make_batches(splits.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False, drop_last=False,
+                                   seed=data_seed, device=device, num_workers=cfg.data.num_workers)
+    scheduler, caps = None, {}
+    if cfg.scheduler is not None:
+        plan = train_batches.plan
+        total = plan.steps_per_epoch * cfg.trainer.epochs
+        if cfg.trainer.max_steps is not None:
+            total = min(total, cfg.trainer.max_steps)
+        scheduler = registry.schedulers.build(cfg.scheduler.name, cfg.scheduler.options, optimizer,
+                                              total_steps=total, steps_per_epoch=plan.steps_per_epoch)
+        caps = dict(registry.schedulers.get(cfg.scheduler.name).capabilities)
+    closure = bool(registry.optimizers.get(cfg.optimizer.name).capabilities.get("closure"))
+    return Components(model=model, loss_fn=loss_fn, optimizer=optimizer, train=train_batches, val=val_batches,
+                      scheduler=scheduler, scheduler_capabilities=caps, closure=closure, accuracy=accuracy_fn(splits.task))
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    """`{output_dir}/{name}/{YYYYmmdd-HHMMSS}-{6 hex}`: sorts by start time, unique across processes."""
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return Path(cfg.output_dir) / cfg.name / run_id
+
+
+def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list[Observer]:
+    """MLflow tracking (when enabled) and terminal progress."""
+    found: list[Observer] = []
+    if cfg.tracking.enabled:
+        make = _optional("service.tracking", "make_observer")
+        found.append(make(cfg, run_dir, job_id=job_id) if make else NullObserver())
+    make_progress = _optional("service.progress", "make_progress_observer")
+    progress = make_progress(cfg) if make_progress else None
+    if progress is not None:
+        found.append(progress)
+    return found
+
+
+def _optional(module: str, attr: str) -> Any:
+    """`module.attr`, or None while that module is not written yet (other parts of gradloop)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            warnings.warn(f"{module} is not available; running without it", RuntimeWarning, stacklevel=3)
+            return None
+        raise
+    found = getattr(mod, attr, None)
+    if found is None:
+        warnings.warn(f"{module} has no {attr}; running without it", RuntimeWarning, stacklevel=3)
+    return found
+
+
+# Settings that shape the trajectory: a checkpoint resumed under different ones would not be
+# the same run continued, and its position in the epoch would point at other samples.
+_RESUME_KEYS = ("seed", "model", "data", "loss", "optimizer.name", "trainer.grad_accum_steps")
+
+
+def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None) -> None:
+    saved = checkpoint.get("config") or {}
+    now = cfg.to_dict()
+    for key in _RESUME_KEYS:
+        a, b = _dig(saved, key), _dig(now, key)
+        if a != b:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was saved with {key} = {_short(a)} but this config has {_short(b)}; "
+                f"resume with the config it was saved with (or start a new run without --resume)"
+            )
+
+
+def _dig(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _stop_on_signals(request_stop: Any) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the trainer to stop at the next step; a second SIGINT interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    asked = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if asked.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the user insists: do not wait for the step to finish
+        asked.set()
+        request_stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+__all__ = ["train", "RunResult", "build_components", "new_run_dir", "default_observers"]

@@ -1,0 +1,527 @@
+"""The training loop: accumulation, precision, clipping, stepping, validation, checkpoints, resume.
+
+`Trainer.fit()` is meant to be read top to bottom in one sitting. Everything that decides the
+optimisation is in plain sight there -- the accumulation window, backward, unscale, the gradient
+norm, the non-finite check, clipping, the optimizer step, zero_grad and the scheduler -- and no
+callback or observer decides any of it. Observers (MLflow, progress, tests) only watch, through
+service/observer.py's protocol.
+
+The trainer is handed built components (service.runner builds them from a config); it owns the
+loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
+checkpoint, which is what makes a stopped run resume to bitwise-identical weights on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .batching import Batch, Batches, Window
+from .checkpoint import CheckpointError, write_checkpoint
+from .config import RunConfig
+from .devices import autocast_dtype
+from .errors import ConfigError, TrainingError
+from .observer import Observer, RunContext, RunStatus
+from .seeding import capture_rng_state, restore_rng_state
+
+AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Components:
+    """What a run trains with, built and validated before anything trains (see service.runner)."""
+
+    model: nn.Module
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    train: Batches
+    val: Batches | None = None
+    scheduler: Any = None
+    scheduler_capabilities: Mapping[str, Any] = field(default_factory=dict)
+    closure: bool = False                    # optimizer re-evaluates the loss (L-BFGS)
+    accuracy: AccuracyFn | None = None       # counts correct predictions as a 0-d tensor
+
+
+@dataclass
+class FitOutcome:
+    status: RunStatus
+    steps: int
+    epochs: int                              # epochs completed
+    metrics: dict[str, float]
+    checkpoint_path: Path | None
+    duration_s: float
+    skipped_steps: int = 0
+
+
+class _SkipStep(Exception):
+    """Raised inside a closure to abandon a step whose gradient is not finite (skip_step)."""
+
+
+class Trainer:
+    """Runs one training run over built components; `fit()` is the loop."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        parts: Components,
+        *,
+        device: torch.device,
+        run_dir: Path,
+        observers: Sequence[Observer] = (),
+        stop_event: threading.Event | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.tc = config.trainer
+        self.parts = parts
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.observers = list(observers)
+        self.job_id = job_id
+        self._stop = stop_event if stop_event is not None else threading.Event()
+
+        self.model = parts.model
+        self.loss_fn = parts.loss_fn
+        self.optimizer = parts.optimizer
+        self.scheduler = parts.scheduler
+        self.plan = parts.train.plan
+        if len(self.plan) == 0:
+            raise ConfigError.single("data.batch_size", f"the training split gives no batch of data.batch_size={config.data.batch_size} (data.drop_last={config.data.drop_last}); lower batch_size or set drop_last: false")
+        self.total_steps = self.plan.steps_per_epoch * self.tc.epochs
+        if self.tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.tc.max_steps)
+
+        dtype = autocast_dtype(self.tc.precision)
+        self._autocast: Callable[[], Any] = (
+            functools.partial(torch.autocast, device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext
+        )
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none. A disabled
+        # scaler passes everything through, so the loop below reads the same for all three.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
+        self.forward: Callable[[Any], Any] = torch.compile(self.model) if self.tc.compile else self.model
+
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.param_names = _param_names(self.optimizer, self.model)
+        self._monitor = self._plateau_monitor()
+
+        # Loop state: what a checkpoint records and a resume restores.
+        self.step = 0                 # optimizer steps done
+        self.epoch = 0                # current epoch (0-based)
+        self.batch_in_epoch = 0       # next micro-batch of the current epoch (a window boundary)
+        self.skipped_steps = 0
+        self.last_val_step = -1
+        self.start_step = 0
+        self.resumed_mlflow_run_id: str | None = None
+        self._pending_rng: dict[str, Any] | None = None
+
+        self.last_checkpoint: Path | None = None
+        self._last_checkpoint_at: tuple[int, int, int] | None = None
+        self.val_metrics: dict[str, torch.Tensor] = {}
+        self.train_loss: torch.Tensor | None = None
+        self._zero = torch.zeros((), device=device)
+        self._reset_log_window()
+
+    # -- control ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop at the next optimizer-step boundary (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _finished(self) -> bool:
+        return self._stop.is_set() or self.step >= self.total_steps
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> FitOutcome:
+        """Train to the end (or max_steps, or a stop request); checkpoint; report to observers."""
+        started = time.perf_counter()
+        self._start_observers()
+        status: RunStatus = "FAILED"
+        error: BaseException | None = None
+        try:
+            self._loop()
+            completed = self.step >= self.total_steps or self.epoch >= self.tc.epochs
+            status = "KILLED" if self._stop.is_set() and not completed else "FINISHED"
+            if status == "FINISHED" and self.parts.val is not None and self.last_val_step != self.step:
+                self._validate(step_scheduler=False)  # final metrics; training is over, so no scheduler step
+            if status == "KILLED" or self.tc.checkpoint_at_end:
+                self.save_checkpoint()
+            return FitOutcome(status, self.step, self._epochs_done(), self.final_metrics(), self.last_checkpoint,
+                              time.perf_counter() - started, self.skipped_steps)
+        except BaseException as exc:
+            error = exc
+            if self.tc.compile and _is_compile_error(exc):
+                error = TrainingError(f"trainer.compile: torch.compile could not compile the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false to train without it")
+                raise error from exc
+            raise
+        finally:
+            self._finish_observers(status, error)
+
+    def _loop(self) -> None:
+        tc, model, opt = self.tc, self.model, self.optimizer
+        clip_norm, clip_value = tc.grad_clip_norm, tc.grad_clip_value
+        step_scheduler_per_step = self.scheduler is not None and self.parts.scheduler_capabilities.get("interval", "step") == "step" and not self._monitor
+        model.train()
+        # Gradients left on the model by whoever built it must not leak into the first step.
+        opt.zero_grad(set_to_none=True)
+
+        while self.epoch < tc.epochs and not self._finished():
+            batches = self.parts.train.epoch(self.epoch, start=self.batch_in_epoch)
+            for window in self.plan.windows(self.batch_in_epoch):
+                step = self.step + 1
+
+                # 1. Gradients of the window. Each micro-batch's mean loss is weighted by its
+                #    share of the window's samples, so the accumulated gradient is the gradient
+                #    of the mean loss over the whole window -- also for a short last window.
+                if self.parts.closure:
+                    window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
+                else:
+                    window_loss = self._zero
+                    for size in window.sizes:
+                        x, y = next(batches)
+                        with self._autocast():
+                            loss = self.loss_fn(self.forward(x), y)
+                        scaled = loss if len(window.sizes) == 1 else loss * (size / window.samples)
+                        self.scaler.scale(scaled).backward()
+                        window_loss = window_loss + loss.detach().float() * size
+
+                    # 2. Unscale (fp16), measure the pre-clip norm, decide whether to step.
+                    self.scaler.unscale_(opt)
+                    grad_norm = self._total_grad_norm()
+                    ok = self._check_finite(step, window_loss, grad_norm)
+                    stats = [(o, o.before_optimizer_step(step, model)) for o in self.observers if o.wants_step_stats(step)] if ok else []
+
+                    # 3. Clip and step; a skipped step leaves the weights untouched.
+                    if ok:
+                        if clip_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
+                        elif clip_value is not None:
+                            torch.nn.utils.clip_grad_value_(self.params, clip_value)
+                        self.scaler.step(opt)  # with fp16, skips the step if the scaled grads overflowed
+                        self.scaler.update()
+                self.batch_in_epoch = window.stop
+                self.step = step
+                if not ok:
+                    self.skipped_steps += 1
+
+                # 4. Watchers see the step (gradients still there, per the observer protocol),
+                #    then the gradients go: once per optimizer step, never inside a window.
+                self._after_step(step, window, window_loss, grad_norm, ok, stats)
+                opt.zero_grad(set_to_none=True)
+                if step_scheduler_per_step:
+                    self.scheduler.step()
+
+                # 5. Validation, checkpoint, and whether to go on.
+                if tc.val_every_steps and step % tc.val_every_steps == 0:
+                    self._validate()
+                if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
+                    self.save_checkpoint()
+                # Stop mid-epoch only: a run that ends with its epoch still gets the epoch's
+                # validation and scheduler step below.
+                if self._finished() and self.batch_in_epoch < len(self.plan):
+                    break
+            else:  # the epoch ran to its end (no break)
+                self._end_of_epoch()
+            _close(batches)
+
+    def _end_of_epoch(self) -> None:
+        epoch_done = self.epoch + 1
+        if self.scheduler is not None and self.parts.scheduler_capabilities.get("interval") == "epoch" and not self._monitor:
+            self.scheduler.step()
+        if self.tc.val_every_epochs and epoch_done % self.tc.val_every_epochs == 0 and self.last_val_step != self.step:
+            self._validate()
+        self.epoch, self.batch_in_epoch = epoch_done, 0
+
+    def _closure_step(self, window: Window, batches: Iterator[Batch], step: int) -> tuple[torch.Tensor, torch.Tensor, bool, list]:
+        """One step of an optimizer that re-evaluates the loss itself (L-BFGS)."""
+        (size,) = window.sizes  # config validation forbids accumulation with closure optimizers
+        x, y = next(batches)
+        first: dict[str, Any] = {}
+
+        def closure() -> torch.Tensor:
+            # The optimizer calls this several times within ONE step (line search, inner
+            # iterations), each time at new weights. It must zero the gradients first: without
+            # that, each evaluation's gradient would be added to the previous ones and the
+            # optimizer would follow their sum instead of the gradient at the current weights.
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = self.loss_fn(self.forward(x), y)
+            loss.backward()
+            if not first:  # the first evaluation is at the step's starting weights: check it and show it
+                first["loss"], first["norm"] = loss.detach().float() * size, self._total_grad_norm()
+                if not self._check_finite(step, first["loss"], first["norm"]):
+                    raise _SkipStep
+                first["stats"] = [(o, o.before_optimizer_step(step, self.model)) for o in self.observers if o.wants_step_stats(step)]
+            if self.tc.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip_norm)
+            elif self.tc.grad_clip_value is not None:
+                torch.nn.utils.clip_grad_value_(self.params, self.tc.grad_clip_value)
+            return loss
+
+        try:
+            self.optimizer.step(closure)
+            ok = True
+        except _SkipStep:
+            ok = False
+        return first["loss"], first["norm"], ok, first.get("stats", [])
+
+    # -- pieces of a step ---------------------------------------------------------------------
+    def _total_grad_norm(self) -> torch.Tensor:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return self._zero
+        if hasattr(torch.nn.utils, "get_total_norm"):
+            return torch.nn.utils.get_total_norm(grads, 2.0)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    def _check_finite(self, step: int, window_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """True when the step may go ahead. This is the loop's one host sync per step: whether
+        to step must be decided on the host before the step, so it cannot be deferred."""
+        if self.scaler.is_enabled():
+            # fp16: an overflowing gradient is the scaler's business (it skips the step and
+            # lowers the scale); only a non-finite loss is a real problem.
+            finite = bool(torch.isfinite(window_loss))
+        else:
+            finite = bool(torch.isfinite(window_loss) & torch.isfinite(grad_norm))
+        if finite:
+            return True
+        if self.tc.on_nonfinite == "fail":
+            raise TrainingError(self._nonfinite_message(step, window_loss))
+        return False
+
+    def _nonfinite_message(self, step: int, window_loss: torch.Tensor) -> str:
+        what = []
+        if not bool(torch.isfinite(window_loss)):
+            what.append(f"the loss is {float(window_loss)}")
+        for name, p in zip(self.param_names, self.params):
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                what.append(f"the gradient of parameter {name!r} is not finite")
+                break
+        if not what:
+            what.append("the total gradient norm overflowed")
+        return (f"step {step}: {' and '.join(what)}; lower optimizer.options.lr, set trainer.grad_clip_norm, "
+                "or set trainer.on_nonfinite: skip_step to skip such steps")
+
+    def _after_step(self, step: int, window: Window, window_loss: torch.Tensor, grad_norm: torch.Tensor,
+                    ok: bool, stats: list[tuple[Observer, Any]]) -> None:
+        if ok:  # a skipped step's loss is not finite and would poison the window's mean
+            self._log_loss = self._log_loss + window_loss
+            self._log_samples += window.samples
+        self._log_steps += 1
+        self._log_grad_norm = grad_norm
+        log_now = step % self.config.tracking.log_every == 0 or self._finished()
+        metrics = self._window_metrics() if log_now else {}
+        snapshots = {id(o): snap for o, snap in stats}
+        for obs in self.observers:
+            if log_now or id(obs) in snapshots:
+                obs.after_optimizer_step(step, snapshots.get(id(obs)), metrics)
+
+    def _window_metrics(self) -> dict[str, Any]:
+        """The logging window's metrics; losses stay 0-d device tensors (observers sync them)."""
+        now = time.perf_counter()
+        elapsed = max(now - self._log_t0, 1e-9)
+        metrics: dict[str, Any] = {}
+        if self._log_samples:
+            self.train_loss = self._log_loss / self._log_samples
+            metrics["train/loss"] = self.train_loss
+        metrics["train/grad_norm"] = self._log_grad_norm
+        for i, group in enumerate(self.optimizer.param_groups):
+            metrics[f"train/lr/{group.get('group_name', i)}"] = float(group["lr"])
+        metrics["epoch"] = float(self.epoch)
+        metrics["samples_per_s"] = self._log_samples / elapsed
+        metrics["steps_per_s"] = self._log_steps / elapsed
+        if self.skipped_steps:
+            metrics["train/skipped_steps"] = float(self.skipped_steps)
+        self._reset_log_window(now)
+        return metrics
+
+    def _reset_log_window(self, now: float | None = None) -> None:
+        self._log_loss = self._zero
+        self._log_samples = 0
+        self._log_steps = 0
+        self._log_grad_norm: torch.Tensor | None = None
+        self._log_t0 = now if now is not None else time.perf_counter()
+
+    # -- validation ---------------------------------------------------------------------------
+    def _validate(self, step_scheduler: bool = True) -> dict[str, torch.Tensor]:
+        metrics = self.evaluate()
+        self.val_metrics = metrics
+        self.last_val_step = self.step
+        for obs in self.observers:
+            obs.log_metrics(metrics, self.step)
+        if step_scheduler and self._monitor is not None:
+            # reduce-on-plateau needs the value on the host: one sync per validation.
+            self.scheduler.step(float(metrics[self._monitor]))
+        return metrics
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """val/loss (sample-weighted mean) and, for classification, val/accuracy; back to train mode after."""
+        val = self.parts.val
+        if val is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                loss_sum, correct, n = self._zero, self._zero, 0
+                for x, y in val.epoch(0):
+                    with self._autocast():
+                        out = self.forward(x)
+                        loss = self.loss_fn(out, y)
+                    size = len(y)
+                    loss_sum = loss_sum + loss.float() * size
+                    if self.parts.accuracy is not None:
+                        correct = correct + self.parts.accuracy(out, y)
+                    n += size
+        finally:
+            self.model.train(was_training)
+        if n == 0:
+            return {}
+        metrics = {"val/loss": loss_sum / n}
+        if self.parts.accuracy is not None:
+            metrics["val/accuracy"] = correct.float() / n
+        return metrics
+
+    def _plateau_monitor(self) -> str | None:
+        """The metric a monitoring scheduler (reduce-on-plateau) steps on, checked upfront."""
+        if self.scheduler is None or not self.parts.scheduler_capabilities.get("monitor"):
+            return None
+        monitor = str((self.config.scheduler.options if self.config.scheduler else {}).get("monitor", "val/loss"))
+        available = ["val/loss"] + (["val/accuracy"] if self.parts.accuracy is not None else [])
+        if monitor not in available:
+            raise ConfigError.single("scheduler.options.monitor", f"{monitor!r} is not a metric this run produces; use one of: {', '.join(available)}")
+        if self.parts.val is None:
+            raise ConfigError.single("scheduler.name", f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; set data.val_fraction above 0")  # type: ignore[union-attr]
+        if not self.tc.val_every_epochs and not self.tc.val_every_steps:
+            raise ConfigError.single("trainer.val_every_epochs", f"{self.config.scheduler.name} steps after each validation but validation is off; set trainer.val_every_epochs or trainer.val_every_steps")  # type: ignore[union-attr]
+        return monitor
+
+    # -- results --------------------------------------------------------------------------------
+    def _epochs_done(self) -> int:
+        return self.epoch + (1 if self.batch_in_epoch == len(self.plan) else 0)
+
+    def final_metrics(self) -> dict[str, float]:
+        """Host floats of the last train/loss and validation metrics (syncs; call at the end)."""
+        out: dict[str, float] = {}
+        if self.train_loss is not None:
+            out["train/loss"] = float(self.train_loss)
+        out.update({k: float(v) for k, v in self.val_metrics.items()})
+        if self.skipped_steps:
+            out["train/skipped_steps"] = float(self.skipped_steps)
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs to continue exactly where this run is now."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "skipped_steps": self.skipped_steps, "last_val_step": self.last_val_step},
+            "metrics": self.final_metrics(),
+            "config": self.config.to_dict(),
+            "config_hash": self.config.config_hash(),
+            "mlflow_run_id": self._mlflow_run_id(),
+            "saved_at": time.time(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint (already mapped onto this run's device)."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this run's model or optimizer ({str(exc).splitlines()[0]}); resume with the config it was saved with") from None
+        progress = state["progress"]
+        self.step = self.start_step = int(progress["step"])
+        self.epoch = int(progress["epoch"])
+        self.batch_in_epoch = int(progress["batch_in_epoch"])
+        self.skipped_steps = int(progress.get("skipped_steps", 0))
+        self.last_val_step = int(progress.get("last_val_step", -1))
+        self.resumed_mlflow_run_id = state.get("mlflow_run_id")
+        # Restored in fit(), after the observers start: nothing they draw may shift dropout's RNG.
+        self._pending_rng = state["rng"]
+
+    def save_checkpoint(self) -> Path:
+        position = (self.step, self.epoch, self.batch_in_epoch)
+        if self._last_checkpoint_at == position and self.last_checkpoint is not None:
+            return self.last_checkpoint  # this exact state is on disk already
+        path = write_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(), self.tc.keep_checkpoints)
+        self.last_checkpoint, self._last_checkpoint_at = path, position
+        for obs in self.observers:
+            obs.log_checkpoint(path, self.step)
+        return path
+
+    # -- observers ----------------------------------------------------------------------------
+    def _start_observers(self) -> None:
+        ctx = RunContext(
+            config=self.config, run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
+            device=self.device, param_names=list(self.param_names), total_steps=self.total_steps,
+            start_step=self.start_step, mlflow_run_id=self.resumed_mlflow_run_id, job_id=self.job_id,
+            example_input=self.parts.train.example_input(),
+        )
+        for obs in self.observers:
+            obs.start(ctx)
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def _finish_observers(self, status: RunStatus, error: BaseException | None) -> None:
+        first: BaseException | None = None
+        for obs in self.observers:
+            try:
+                obs.finish(status, error)
+            except Exception as exc:  # one observer's failure must not hide the others' finish
+                first = first or exc
+        if first is not None and error is None:
+            raise first
+
+    def _mlflow_run_id(self) -> str | None:
+        for obs in self.observers:
+            run_id = getattr(obs, "mlflow_run_id", None)
+            if run_id:
+                return str(run_id)
+        return self.resumed_mlflow_run_id
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    """Names of the optimizer's parameters in group order (from the groups, else the model)."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    names: list[str] = []
+    for gi, group in enumerate(optimizer.param_groups):
+        given = group.get("param_names")
+        for pi, p in enumerate(group["params"]):
+            names.append(given[pi] if given and pi < len(given) else by_id.get(id(p), f"group{gi}.param{pi}"))
+    return names
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    dynamo = getattr(torch, "_dynamo", None)
+    exc_mod = getattr(dynamo, "exc", None)
+    base = getattr(exc_mod, "TorchDynamoException", None)
+    return base is not None and isinstance(exc, base)
+
+
+def _close(batches: Iterator[Batch]) -> None:
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()  # an abandoned DataLoader iterator shuts its workers down now, not at GC
+
+
+__all__ = ["Trainer", "Components", "FitOutcome"]
