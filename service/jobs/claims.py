@@ -66,9 +66,10 @@ def renew(store: JobStore, job_id: str, fence: Fence, lease_s: float) -> str:
     return store.report(job_id, fence, heartbeat_at=now, lease_expires_at=now + lease_s)
 
 
-def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str | None = None) -> list[str]:
-    """Re-queue running jobs whose lease has expired (or, with `worker_id`, every job that worker
-    held: a restarted service re-queues its own jobs at once instead of waiting for the lease).
+def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str | None = None, all_active: bool = False) -> list[str]:
+    """Re-queue running jobs whose lease has expired; with `worker_id`, every job that worker
+    held; with `all_active`, every running job (a restarted single-host service re-queues its
+    orphans at once instead of waiting out their leases).
 
     A job that was being cancelled ends cancelled; one that used all its attempts ends failed."""
     now = time.time() if now is None else now
@@ -76,17 +77,18 @@ def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str
         query = select(jobs.c.id, jobs.c.attempt, jobs.c.worker_id).where(jobs.c.status.in_(sorted(ACTIVE_STATES)))
         if worker_id is not None:
             query = query.where(jobs.c.worker_id == worker_id)
-        else:
+        elif not all_active:
             query = query.where(jobs.c.lease_expires_at < now)
         candidates = conn.execute(query).all()
+    expired_only = worker_id is None and not all_active
     done: list[str] = []
     for job_id, attempt, holder in candidates:
         fence = Fence(attempt, holder or "")
         job = store.get(job_id)
         if job is None:
             continue
-        reason = "its worker stopped sending heartbeats" if worker_id is None else "the service restarted while it ran"
-        expired_before = now if worker_id is None else None
+        reason = "its worker stopped sending heartbeats" if expired_only else "the service restarted while it ran"
+        expired_before = now if expired_only else None
         try:
             if job.status == JobState.cancelling.value:
                 store.finish(job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": f"cancelled; {reason}"}, expired_before=expired_before)

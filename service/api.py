@@ -1,0 +1,96 @@
+"""The FastAPI app of the job service: create_app(settings) wires the store, the worker pool,
+auth, the body limit, problem+json errors and metrics around the routers.
+
+Routes live in api_jobs.py (/v1/jobs...) and api_ops.py (/v1/plugins..., /healthz, /readyz,
+/metrics). The app holds its state on `app.state` (settings, store, pool, metrics): nothing is
+global, so tests can build as many apps as they like. The API knows nothing of torch beyond the
+config schema; it is imported here only through the plugin registry, for option models.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+from fastapi import FastAPI
+
+from . import __version__
+from .api_guard import BodyLimitMiddleware
+from .api_jobs import router as jobs_router
+from .api_metrics import MetricsMiddleware, ServiceMetrics
+from .api_ops import ops_router, plugins_router
+from .api_problems import install_problem_handlers
+from .api_settings import ServiceSettings
+from .jobs.pool import PoolSettings, WorkerPool
+from .jobs.store import JobStore
+from .jobs.worker import WorkerSettings
+
+
+def default_slots() -> tuple[int, list[str]]:
+    """One job per visible GPU, else one; the GPUs as CUDA_VISIBLE_DEVICES values."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    else:
+        try:
+            import torch
+
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+        except Exception:
+            gpus = []
+    return (len(gpus) or 1), gpus
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = (settings or ServiceSettings()).resolved()
+    metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.db and settings.jobs_dir
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        store = JobStore(settings.db)
+        await anyio.to_thread.run_sync(store.migrate)
+        app.state.store = store
+        pool = None
+        slots, gpus = default_slots()
+        max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
+        if max_concurrent > 0:
+            pool = WorkerPool(
+                store,
+                WorkerSettings(db_url=settings.db, jobs_dir=str(settings.jobs_dir), data_root=str(settings.data_root), tracking_uri=settings.tracking_uri),
+                PoolSettings(max_concurrent=max_concurrent, lease_s=settings.lease_s, cancel_grace_s=settings.cancel_grace_s, gpus=gpus, worker_id=settings.worker_id or ""),
+                on_job_end=metrics.job_ended,
+            )
+            await anyio.to_thread.run_sync(pool.start)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            if pool is not None:
+                await anyio.to_thread.run_sync(pool.stop)
+            store.close()
+
+    app = FastAPI(
+        title="gradloop job service",
+        version=__version__,
+        description="Submit, watch, cancel and inspect PyTorch training jobs; every run logs to MLflow.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.store = None
+    app.state.pool = None
+    app.state.draining = False
+    install_problem_handlers(app)
+    app.include_router(jobs_router)
+    app.include_router(plugins_router)
+    app.include_router(ops_router)
+    # The last added is outermost: metrics see every answer, 413s included; the body limit
+    # answers before any route reads the body.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

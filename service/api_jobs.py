@@ -1,0 +1,183 @@
+"""/v1/jobs: submit, list, inspect, cancel, follow (SSE) and read the log of training jobs.
+
+Handlers are plain `def` where they touch the database (FastAPI runs them in its thread pool);
+the event stream is async and polls the store from a worker thread.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Annotated
+
+import anyio
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
+
+from .api_guard import bearer, require_token
+from .api_problems import PROBLEM_RESPONSES
+from .api_schemas import JobOut, JobPage, JobStatus, job_out
+from .api_submit import UnsupportedMediaTypeError, parse_body, request_hash, validate_http_config
+from .jobs.events import job_events
+from .jobs.store import JobStore
+from .jobs.worker import log_path
+
+MAX_LOG_CHUNK = 1024 * 1024
+
+
+def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    require_token(request, credentials)
+
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(_auth)], responses={401: PROBLEM_RESPONSES[401]})
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _uuid(job_id: str) -> str:
+    """Job ids are UUIDs; anything else cannot name a job (and never reaches a file path)."""
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise HTTPException(404, f"no job has id {job_id!r}; job ids are UUIDs from POST /v1/jobs") from None
+
+
+_YAML_BODY = {"application/yaml": {"schema": {"type": "string", "description": "the run config as YAML (the file `gradloop run` takes)"}}}
+_JSON_BODY = {"application/json": {"schema": {"type": "object", "description": "the run config (see `gradloop validate --json`)"}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a training job",
+    responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}, **{k: PROBLEM_RESPONSES[k] for k in (413, 415, 422)}, 503: {"description": "the service is shutting down"}},
+    openapi_extra={"requestBody": {"required": True, "content": {**_JSON_BODY, **_YAML_BODY}}},
+)
+async def submit_job(
+    request: Request,
+    priority: Annotated[int, Query(ge=-1000, le=1000, description="higher runs first; equal priorities run oldest first")] = 0,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="retry-safe submission: one key makes one job")] = None,
+) -> Response:
+    body = await request.body()  # the body limit middleware has already bounded it
+    return await anyio.to_thread.run_sync(_submit, request, body, priority, idempotency_key)
+
+
+def _submit(request: Request, body: bytes, priority: int, idempotency_key: str | None) -> Response:
+    app = request.app
+    pool = app.state.pool
+    if app.state.draining or (pool is not None and pool._draining.is_set()):
+        raise HTTPException(503, "the service is shutting down and takes no new jobs; submit again once it is back", headers={"Retry-After": "5"})
+    settings = app.state.settings
+    try:
+        raw, lines = parse_body(body, request.headers.get("content-type", ""))
+    except UnsupportedMediaTypeError as exc:
+        raise HTTPException(415, str(exc)) from None
+    key_hash = request_hash(raw, priority)
+    config = validate_http_config(raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri)
+    store = _store(request)
+    job, created = store.submit(
+        config.to_dict(),
+        request_hash=key_hash,
+        name=config.name,
+        device=config.device,
+        priority=priority,
+        idempotency_key=idempotency_key,
+        max_attempts=settings.max_attempts,
+    )
+    if created and pool is not None:
+        pool.wake()
+    out = job_out(job, mlflow_ui=settings.mlflow_ui)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(out.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first", responses={400: {"description": "bad cursor"}})
+def list_jobs(
+    request: Request,
+    status: Annotated[list[JobStatus] | None, Query(description="only jobs in these states (repeat the parameter for several)")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+) -> JobPage:
+    jobs, next_cursor = _store(request).list(statuses=status or (), limit=limit, cursor=cursor)
+    ui = request.app.state.settings.mlflow_ui
+    return JobPage(jobs=[job_out(j, mlflow_ui=ui) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job: status, progress, metrics, error, MLflow run", responses={404: PROBLEM_RESPONSES[404]})
+def get_job(request: Request, job_id: str) -> JobOut:
+    job = _store(request).require(_uuid(job_id))
+    return job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui, with_config=True)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job: queued ends at once, running is stopped at a step boundary",
+    responses={404: PROBLEM_RESPONSES[404], 409: PROBLEM_RESPONSES[409]},
+)
+def cancel_job(request: Request, job_id: str) -> JobOut:
+    job = _store(request).cancel(_uuid(job_id))
+    if request.app.state.pool is not None:
+        request.app.state.pool.wake()
+    return job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-Sent Events: state changes, progress and metrics; ends after a terminal state",
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, 404: PROBLEM_RESPONSES[404]},
+    response_class=Response,
+)
+def job_event_stream(
+    request: Request,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header(max_length=20, description="resume after this event id")] = None,
+) -> Response:
+    job_id = _uuid(job_id)
+    store = _store(request)
+    store.require(job_id)
+    after = 0
+    if last_event_id:
+        try:
+            after = max(0, int(last_event_id))
+        except ValueError:
+            after = 0  # not one of ours: replay from the start rather than fail the reconnect
+    return EventSourceResponse(job_events(store, job_id, after), ping=15, headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/{job_id}/logs",
+    summary="The job's own log; ?offset= continues where the last read ended (X-Next-Offset)",
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 404: PROBLEM_RESPONSES[404]},
+    response_class=Response,
+)
+def job_logs(
+    request: Request,
+    job_id: str,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 256 * 1024,
+) -> Response:
+    job_id = _uuid(job_id)
+    job = _store(request).require(job_id)
+    path = log_path(request.app.state.settings.jobs_dir, job_id)
+    data, size = b"", 0
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(min(offset, size))
+            data = fh.read(limit)
+    except FileNotFoundError:
+        pass  # not started yet: an empty log
+    start = min(offset, size)
+    headers = {"X-Next-Offset": str(start + len(data)), "X-Log-Size": str(size), "X-Job-Status": job.status}
+    return Response(data, media_type="text/plain; charset=utf-8", headers=headers)
+

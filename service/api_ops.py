@@ -1,0 +1,61 @@
+"""Plugins, health and metrics: /v1/plugins..., /healthz, /readyz, /metrics."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import registry
+from .api_guard import bearer, require_token
+from .api_problems import PROBLEM_RESPONSES, problem_response
+
+
+def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    require_token(request, credentials)
+
+
+plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(_auth)], responses={401: PROBLEM_RESPONSES[401]})
+ops_router = APIRouter(tags=["operations"])
+
+
+@plugins_router.get("", summary="Every registered plugin, by kind")
+def all_plugins() -> dict[str, list[dict[str, Any]]]:
+    return {kind: [p.describe() for p in registry.registry(kind)] for kind in registry.KINDS}
+
+
+@plugins_router.get("/{kind}", summary="The plugins of one kind", responses={404: PROBLEM_RESPONSES[404]})
+def plugins_of(kind: str) -> list[dict[str, Any]]:
+    return [p.describe() for p in registry.registry(kind)]
+
+
+@plugins_router.get("/{kind}/{name}", summary="One plugin: description, options and their JSON schema", responses={404: PROBLEM_RESPONSES[404]})
+def plugin(kind: str, name: str) -> dict[str, Any]:
+    return registry.registry(kind).get(name).describe()
+
+
+@ops_router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops_router.get("/readyz", summary="The database answers and the workers are alive", responses={503: {"description": "not ready"}})
+async def readyz(request: Request) -> Response:
+    store = request.app.state.store
+    pool = request.app.state.pool
+    db_ok = await anyio.to_thread.run_sync(store.ping)
+    workers_ok = pool is None or pool.alive()
+    body = {"database": "ok" if db_ok else "unreachable", "workers": ("ok" if workers_ok else "down") if pool is not None else "disabled"}
+    if db_ok and workers_ok:
+        return JSONResponse({"status": "ready", **body})
+    problems = [k for k, v in body.items() if v not in ("ok", "disabled")]
+    return problem_response(503, f"not ready: {', '.join(problems)} ({body})")
+
+
+@ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    data = await anyio.to_thread.run_sync(generate_latest, request.app.state.metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,86 @@
+"""Problem details (RFC 9457): every error the API answers is application/problem+json.
+
+A config error is 422 and lists each problem with its dotted field path, the same message the
+CLI prints, and the line when the body was YAML.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .errors import ConfigError, FieldError, GradloopError, PluginNotFoundError
+from .jobs.store import IdempotencyConflictError, InvalidCursorError, JobConflictError, JobNotFoundError
+
+PROBLEM_TYPE = "application/problem+json"
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class FieldProblem(BaseModel):
+    path: str
+    message: str
+    line: int | None = None
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+def problem_response(status: int, detail: str, *, instance: str | None = None, errors: list[FieldError] | None = None,
+                     headers: dict[str, str] | None = None, type_: str = "about:blank") -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": _TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = [e.to_dict() for e in errors]
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_TYPE: {}}, "description": _TITLES[code]} for code in (401, 404, 409, 413, 415, 422)
+}
+
+
+def _status_of(exc: GradloopError) -> int:
+    if isinstance(exc, (JobNotFoundError, PluginNotFoundError)):
+        return 404
+    if isinstance(exc, JobConflictError):
+        return 409
+    if isinstance(exc, InvalidCursorError):
+        return 400
+    return 422  # ConfigError, IdempotencyConflictError and the rest: the input cannot be used
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GradloopError)
+    async def _gradloop(request: Request, exc: GradloopError) -> JSONResponse:
+        errors = exc.errors if isinstance(exc, ConfigError) else None
+        detail = "the config is invalid; see errors for each field" if errors else str(exc)
+        if isinstance(exc, IdempotencyConflictError):
+            detail = str(exc)
+        return problem_response(_status_of(exc), detail, instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
+        return problem_response(exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [FieldError(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid value")) for e in exc.errors()]
+        return problem_response(422, "the request is invalid; see errors", instance=request.url.path, errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(500, f"internal error ({type(exc).__name__}); the service logged it", instance=request.url.path)

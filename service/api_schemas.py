@@ -1,0 +1,109 @@
+"""What the HTTP API answers: pydantic models of a job as clients see it."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .jobs.store import JobRecord
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    eta_s: float | None = Field(None, description="seconds to the last step at the recent pace")
+
+
+class JobErrorOut(BaseModel):
+    type: str
+    message: str
+    step: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    log_tail: list[str] | None = None
+    traceback: list[str] | None = None
+
+
+class MlflowOut(BaseModel):
+    experiment_id: str | None = None
+    run_id: str | None = None
+    url: str | None = Field(None, description="the run in the MLflow UI, when the service knows the UI's address")
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    logs: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    name: str
+    priority: int
+    device: str
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress = Field(default_factory=Progress)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    error: JobErrorOut | None = None
+    mlflow: MlflowOut = Field(default_factory=MlflowOut)
+    run_dir: str | None = None
+    checkpoint_path: str | None = None
+    links: JobLinks
+    config: dict[str, Any] | None = Field(None, description="the validated config (in GET /v1/jobs/{id} only)")
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
+
+
+def _time(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def mlflow_url(ui: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+    if not (ui and experiment_id and run_id):
+        return None
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def job_out(job: JobRecord, *, mlflow_ui: str | None = None, with_config: bool = False) -> JobOut:
+    base = f"/v1/jobs/{job.id}"
+    error = None
+    if job.error and job.error.get("type"):
+        error = JobErrorOut.model_validate({k: v for k, v in job.error.items() if k in JobErrorOut.model_fields})
+    return JobOut(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        name=job.name,
+        priority=job.priority,
+        device=job.device,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        created_at=_time(job.created_at),  # type: ignore[arg-type]
+        started_at=_time(job.started_at),
+        finished_at=_time(job.finished_at),
+        progress=Progress.model_validate({k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}),
+        metrics={k: float(v) for k, v in (job.metrics or {}).items() if isinstance(v, (int, float))},
+        error=error,
+        mlflow=MlflowOut(
+            experiment_id=job.mlflow_experiment_id,
+            run_id=job.mlflow_run_id,
+            url=mlflow_url(mlflow_ui, job.mlflow_experiment_id, job.mlflow_run_id),
+        ),
+        run_dir=job.run_dir,
+        checkpoint_path=job.checkpoint_path,
+        links=JobLinks(self=base, events=f"{base}/events", logs=f"{base}/logs", cancel=f"{base}/cancel"),
+        config=job.config if with_config else None,
+    )

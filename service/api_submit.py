@@ -1,0 +1,109 @@
+"""From an HTTP body to a validated run config, under the rules for configs sent over HTTP.
+
+The same loading and validation as `gradloop run` (service.config), plus what a network client
+must not be able to do: name code by import path, read data outside the service's data root,
+or point MLflow at a local path of its choosing. Every problem is a FieldError, so the 422
+lists them all with the same messages the CLI prints.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_raw_text, validate_config
+from .errors import ConfigError, FieldError, GradloopError
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+JSON_TYPES = ("application/json", "")
+
+
+class UnsupportedMediaTypeError(GradloopError):
+    """The body is neither JSON nor YAML."""
+
+
+def parse_body(body: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, int]]:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in YAML_TYPES:
+        return load_raw_text(body, source=None)
+    if media in JSON_TYPES or media.endswith("+json"):
+        return _parse_json(body), {}
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {media!r} is not supported; send the config as application/json or application/yaml"
+    )
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    def refuse_constant(name: str) -> Any:
+        raise ConfigError.single("", f"{name} is not a number JSON allows; give a finite value")
+
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ConfigError.single("", f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError([FieldError("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", exc.lineno)]) from None
+    except RecursionError:
+        raise ConfigError.single("", "the JSON nests too deeply; flatten it") from None
+    if not isinstance(data, dict):
+        raise ConfigError.single("", "the top level must be an object of fields (name, model, data, ...)")
+    return data
+
+
+def request_hash(raw: dict[str, Any], priority: int) -> str:
+    """Identity of a request for Idempotency-Key: the parsed config (not its bytes) and priority."""
+    blob = json.dumps({"config": raw, "priority": priority}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _non_finite(value: Any, path: str, out: list[FieldError]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        out.append(FieldError(path, f"{value} is not allowed; give a finite number"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _non_finite(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _non_finite(v, f"{path}.{i}" if path else str(i), out)
+
+
+def _is_local_store(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_root: Path, tracking_uri: str | None) -> RunConfig:
+    """Validate `raw` as the service runs it; raise ConfigError listing every problem."""
+    errors: list[FieldError] = []
+    _non_finite(raw, "", errors)
+    raw = json.loads(json.dumps(raw, default=str)) if not errors else raw
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        given = data.get("root")
+        if given is not None:
+            if not isinstance(given, str):
+                errors.append(FieldError("data.root", "must be a path (a string) under the service's data root", lines.get("data.root")))
+            else:
+                resolved = (data_root / given).resolve()
+                if resolved != data_root and data_root not in resolved.parents:
+                    errors.append(FieldError("data.root", f"{given!r} is outside the service's data root {str(data_root)!r}; use a path under it, or leave data.root out", lines.get("data.root")))
+                else:
+                    data["root"] = str(resolved)
+        else:
+            data["root"] = str(data_root)
+
+    tracking = raw.get("tracking")
+    if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):
+        uri = tracking["uri"]
+        if _is_local_store(uri) and uri != tracking_uri:
+            errors.append(FieldError("tracking.uri", f"{uri!r} is a local MLflow store; over HTTP the service picks it ({tracking_uri}); leave tracking.uri out or use an http(s) tracking server", lines.get("tracking.uri")))
+
+    try:
+        config = validate_config(raw, lines=lines, allow_import_paths=False)
+    except ConfigError as exc:
+        raise ConfigError(errors + exc.errors) from None
+    if errors:
+        raise ConfigError(errors)
+    return config

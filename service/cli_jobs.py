@@ -1,0 +1,275 @@
+"""The job-service commands of `gradloop`: serve, submit, jobs, status, cancel, logs.
+
+`serve` runs the FastAPI app under uvicorn; the others are HTTP clients of a running service
+(server and token from --server/--token or GRADLOOP_SERVER/GRADLOOP_API_TOKEN). `submit --wait`
+follows the job's event stream with a progress bar and exits with the job's outcome:
+0 succeeded, 1 failed, 130 cancelled, 2 the config was refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .api_settings import DEFAULT_PORT, DEFAULT_STATE_DIR
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+ServerOption = typer.Option(None, "--server", help="service URL (default: $GRADLOOP_SERVER or http://127.0.0.1:8000)")
+TokenOption = typer.Option(None, "--token", help="bearer token (default: $GRADLOOP_API_TOKEN)")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 in a container)"),
+    port: int = typer.Option(DEFAULT_PORT, "--port"),
+    state_dir: Path = typer.Option(Path(DEFAULT_STATE_DIR), "--state-dir", help="job store, job logs and run directories"),
+    db: Optional[str] = typer.Option(None, "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the state dir)"),
+    jobs_dir: Optional[Path] = typer.Option(None, "--jobs-dir", help="per-job directories; a shared volume when several hosts share one database"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="configs' data paths must stay under it (default: $GRADLOOP_DATA_ROOT or .)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store for jobs (default: sqlite in the state dir)"),
+    mlflow_ui: Optional[str] = typer.Option(None, "--mlflow-ui", help="MLflow UI address, for links to each job's run"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=0, help="jobs at once (default: one per visible GPU, else 1; 0: submit-only)"),
+    cancel_grace: float = typer.Option(30.0, "--cancel-grace", min=0, help="seconds between SIGTERM and SIGKILL when cancelling"),
+    lease: float = typer.Option(30.0, "--lease", min=0.5, help="seconds a job's lease lasts without a heartbeat"),
+    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="times a job whose worker died is retried"),
+    max_body: int = typer.Option(1024 * 1024, "--max-body", min=1, help="request body limit in bytes"),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id", help="name of this service's worker in job records (default: host-pid-random)"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run the HTTP job service (FastAPI under uvicorn)."""
+    import uvicorn
+
+    from .api import create_app
+    from .api_settings import ServiceSettings, tokens_from_env
+
+    settings = ServiceSettings(
+        state_dir=state_dir,
+        db=db,
+        jobs_dir=jobs_dir,
+        tracking_uri=tracking_uri,
+        mlflow_ui=mlflow_ui,
+        tokens=tokens_from_env(),
+        max_body_bytes=max_body,
+        max_concurrent=max_concurrent,
+        lease_s=lease,
+        cancel_grace_s=cancel_grace,
+        max_attempts=max_attempts,
+        worker_id=worker_id,
+        **({"data_root": data_root} if data_root is not None else {}),
+    )
+    # Open event streams must not hold a stopping service past its grace period.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+# -- client -------------------------------------------------------------------------------
+
+class Client:
+    def __init__(self, server: str | None, token: str | None, timeout: float = 30.0):
+        import httpx
+
+        self.base = (server or os.environ.get("GRADLOOP_SERVER") or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+        token = token if token is not None else (os.environ.get("GRADLOOP_API_TOKEN", "").split(",")[0].strip() or None)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the service at {self.base} ({type(exc).__name__}); start it with `gradloop serve` or pass --server", EXIT_FAILED)
+        if response.status_code >= 400:
+            _fail_problem(response)
+        return response
+
+    def events(self, job_id: str, last_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(id, event, data) from the job's SSE stream, reconnecting with Last-Event-ID."""
+        import httpx
+
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _fail_problem(response)
+                    event, data, ident = "message", "", None
+                    for line in response.iter_lines():
+                        if line.startswith("id:"):
+                            ident = line[3:].strip()
+                        elif line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data += line[5:].strip()
+                        elif line == "" and data:
+                            last_id = ident or last_id
+                            yield last_id or "", event, json.loads(data)
+                            event, data = "message", ""
+                return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                time.sleep(1.0)  # the stream dropped: resume after the last event we saw
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _fail_problem(response: Any) -> None:
+    try:
+        problem = response.json()
+    except ValueError:
+        _fail(f"HTTP {response.status_code}: {response.text[:300]}", EXIT_FAILED)
+    lines = [problem.get("detail", f"HTTP {response.status_code}")]
+    for e in problem.get("errors") or []:
+        where = e.get("path") or "<config>"
+        if e.get("line"):
+            where += f" (line {e['line']})"
+        lines.append(f"  - {where}: {e.get('message')}")
+    _fail("\n".join(lines), EXIT_USAGE if response.status_code in (400, 413, 415, 422) else EXIT_FAILED)
+
+
+@app.command()
+def submit(
+    config: Path = typer.Argument(..., help="a run config (YAML or JSON), as `gradloop run` takes it"),
+    server: Optional[str] = ServerOption,
+    token: Optional[str] = TokenOption,
+    priority: int = typer.Option(0, "--priority"),
+    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="resubmitting with the same key returns the same job"),
+    wait: bool = typer.Option(False, "--wait", help="follow the job to its end with a progress bar; exit with its outcome"),
+) -> None:
+    """Submit CONFIG to the job service; print the job id."""
+    try:
+        body = config.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {config}: {exc.strerror}; check the path", EXIT_USAGE)
+    ctype = "application/json" if config.suffix.lower() == ".json" else "application/yaml"
+    headers = {"Content-Type": ctype}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    client = Client(server, token)
+    job = client.call("POST", "/v1/jobs", content=body, headers=headers, params={"priority": priority}).json()
+    print(job["id"])
+    if wait:
+        raise typer.Exit(_follow(client, job["id"]))
+
+
+def _follow(client: Client, job_id: str) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    status = "queued"
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(f"job {job_id[:8]}", total=None, info="queued")
+        for _, event, data in client.events(job_id):
+            if event == "progress":
+                loss = data.get("metrics", {}).get("train/loss")
+                info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (f" loss {loss:.4g}" if isinstance(loss, (int, float)) else "")
+                bar.update(task, total=data.get("total_steps") or None, completed=data.get("step") or 0, info=info)
+            elif event == "state":
+                status = data.get("status", status)
+                bar.update(task, info=status)
+    job = client.call("GET", f"/v1/jobs/{job_id}").json()
+    _print_job(job)
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job["status"], EXIT_FAILED)
+
+
+@app.command()
+def jobs(
+    server: Optional[str] = ServerOption,
+    token: Optional[str] = TokenOption,
+    status: Optional[List[str]] = typer.Option(None, "--status", help="only jobs in this state (repeatable)"),
+    limit: int = typer.Option(20, "--limit", min=1, max=200),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List jobs, newest first."""
+    page = Client(server, token).call("GET", "/v1/jobs", params={"status": status or [], "limit": limit}).json()
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    table = Table(title="jobs")
+    for col in ("id", "name", "status", "attempt", "step", "created", "mlflow run"):
+        table.add_column(col)
+    for j in page["jobs"]:
+        p = j.get("progress") or {}
+        step = f"{p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else "-"
+        table.add_row(j["id"], j["name"], j["status"], str(j["attempt"]), step, j["created_at"][:19], (j.get("mlflow") or {}).get("run_id") or "-")
+    out.print(table)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    table = Table(title=f"job {job['id']}: {job['status']}", show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    p = job.get("progress") or {}
+    rows = [
+        ("name", job["name"]), ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
+        ("created", job["created_at"]), ("started", job.get("started_at") or "-"), ("finished", job.get("finished_at") or "-"),
+        ("progress", f"epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else "-"),
+    ]
+    rows += [(k, f"{v:.4g}") for k, v in sorted((job.get("metrics") or {}).items()) if k.startswith(("train/loss", "val/"))]
+    if job.get("error"):
+        e = job["error"]
+        rows.append(("error", f"{e['type']}: {e['message']}" + (f" (step {e['step']})" if e.get("step") else "")))
+    m = job.get("mlflow") or {}
+    if m.get("run_id"):
+        rows.append(("mlflow run", m.get("url") or m["run_id"]))
+    rows.append(("checkpoint", job.get("checkpoint_path") or "-"))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@app.command()
+def status(
+    job_id: str = typer.Argument(...),
+    server: Optional[str] = ServerOption,
+    token: Optional[str] = TokenOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show one job: state, progress, metrics, error, MLflow run."""
+    job = Client(server, token).call("GET", f"/v1/jobs/{job_id}").json()
+    if as_json:
+        print(json.dumps(job, indent=2))
+    else:
+        _print_job(job)
+
+
+@app.command()
+def cancel(job_id: str = typer.Argument(...), server: Optional[str] = ServerOption, token: Optional[str] = TokenOption) -> None:
+    """Cancel a job: a queued one at once, a running one at its next step (with a checkpoint)."""
+    job = Client(server, token).call("POST", f"/v1/jobs/{job_id}/cancel").json()
+    out.print(f"job {job['id']}: {job['status']}")
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(...),
+    server: Optional[str] = ServerOption,
+    token: Optional[str] = TokenOption,
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until the job ends"),
+) -> None:
+    """Print the job's log (with -f, follow it like tail -f)."""
+    client = Client(server, token)
+    offset = 0
+    while True:
+        response = client.call("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+        sys.stdout.write(response.text)
+        sys.stdout.flush()
+        offset = int(response.headers.get("X-Next-Offset", offset))
+        done = response.headers.get("X-Job-Status") in ("succeeded", "failed", "cancelled")
+        if not follow or (done and offset >= int(response.headers.get("X-Log-Size", offset))):
+            return
+        if not response.content:
+            time.sleep(0.5)

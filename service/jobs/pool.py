@@ -1,0 +1,340 @@
+"""The service side of running jobs: claim, start, heartbeat, cancel, reap.
+
+One thread owns this loop; it starts jobs through the fork server and learns of their exits
+from it. At every tick it
+  - records the outcome of jobs whose process exited without recording one itself (a crash,
+    an out-of-memory kill, a segfault): failed with the exit reason and the log's last lines;
+  - sends SIGTERM to the process group of a job being cancelled, SIGKILL after the grace period;
+  - renews the leases it holds (a lost lease means another service took the job: kill ours);
+  - re-queues jobs whose lease expired elsewhere (a dead host), and claims queued jobs while it
+    has free slots.
+The API calls wake() after a submit or a cancel so neither waits for the next tick.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .claims import claim_next, renew, requeue_expired
+from .models import JobState
+from .store import Fence, JobRecord, JobStore, StaleAttemptError
+from .worker import WorkerSettings, log_path
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class PoolSettings:
+    max_concurrent: int = 1
+    lease_s: float = 30.0
+    cancel_grace_s: float = 30.0
+    tick_s: float = 0.25
+    gpus: list[str] = field(default_factory=list)   # one job per listed GPU when set
+    worker_id: str = ""
+
+
+@dataclass
+class _Running:
+    job_id: str
+    fence: Fence
+    slot: int
+    started: float
+    pid: int | None = None
+    term_sent: float | None = None
+    killed: bool = False
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def exit_reason(code: int | None, sig: int | None) -> str:
+    if sig is not None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        hint = {
+            signal.SIGKILL: " (the kernel's out-of-memory killer sends this too)",
+            signal.SIGSEGV: " (a segmentation fault: a crash in native code)",
+            signal.SIGABRT: " (aborted by native code)",
+        }.get(sig, "")
+        return f"the job's process was killed by {name}{hint}"
+    return f"the job's process exited with code {code} before recording an outcome"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return data.splitlines()[-lines:]
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_settings: WorkerSettings,
+        settings: PoolSettings,
+        *,
+        on_job_end: Callable[[JobRecord], None] | None = None,
+    ):
+        self.store = store
+        self.worker_settings = worker_settings
+        self.settings = settings
+        if not settings.worker_id:
+            settings.worker_id = default_worker_id()
+        self.worker_id = settings.worker_id
+        self.slots = max(1, settings.max_concurrent)
+        self.on_job_end = on_job_end
+        self._running: dict[str, _Running] = {}
+        self._messages: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+        self._draining = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_heartbeat = 0.0
+        self._last_sweep = 0.0
+        self.zygote_stderr: deque[str] = deque(maxlen=50)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover what a previous run of this service left, start the fork server and loop."""
+        # On SQLite the state directory belongs to this one service: whatever was running
+        # when it last stopped has no worker any more. On PostgreSQL other services may be
+        # alive; their jobs are only taken over once their leases expire.
+        if self.store.is_sqlite:
+            self._requeue(all_active=True)
+        else:
+            self._requeue()
+        self._start_forkserver()
+        self._thread = threading.Thread(target=self._loop, name="gradloop-pool", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, ask running jobs to checkpoint and stop (they go back to the queue),
+        wait for them up to the grace period, then kill what is left."""
+        self._draining.set()
+        grace = self.settings.cancel_grace_s if grace_s is None else grace_s
+        for run in list(self._running.values()):
+            self._signal(run, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline and self._thread and self._thread.is_alive():
+            time.sleep(0.05)
+        for run in list(self._running.values()):
+            self._signal(run, signal.SIGKILL)
+        self._stopped.set()
+        self._messages.put({"event": "wake"})
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()  # type: ignore[union-attr]
+                self._proc.wait(timeout=5)
+            except Exception:
+                self._proc.kill()
+        # Anything still marked running by us is re-queued now rather than after its lease.
+        for run in list(self._running.values()):
+            self._finish_lost(run, None, signal.SIGKILL, requeue=True)
+
+    def wake(self) -> None:
+        self._messages.put({"event": "wake"})
+
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive() and self._proc and self._proc.poll() is None and self._ready.is_set())
+
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
+
+    # -- fork server --------------------------------------------------------------------
+    def _start_forkserver(self) -> None:
+        self._ready.clear()
+        env = dict(os.environ)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "service.jobs.forkserver", self.worker_settings.to_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # the service's Ctrl-C must not reach jobs directly
+        )
+        proc = self._proc
+        threading.Thread(target=self._read_events, args=(proc,), name="gradloop-forkserver-out", daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(proc,), name="gradloop-forkserver-err", daemon=True).start()
+
+    def _read_events(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                self._messages.put(json.loads(line))
+            except ValueError:
+                self.zygote_stderr.append(line.decode("utf-8", "replace").rstrip())
+        self._messages.put({"event": "forkserver-exit", "proc": id(proc)})
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            text = line.decode("utf-8", "replace").rstrip()
+            self.zygote_stderr.append(text)
+            print(text, file=sys.stderr, flush=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        return self._ready.wait(timeout)
+
+    # -- the loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                message = self._messages.get(timeout=self.settings.tick_s)
+            except queue.Empty:
+                message = None
+            try:
+                while message is not None:
+                    self._handle(message)
+                    message = self._messages.get_nowait()
+            except queue.Empty:
+                pass
+            if self._stopped.is_set():
+                break
+            try:
+                self._tick()
+            except Exception as exc:  # a database hiccup must not end the loop
+                print(f"gradloop pool: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                time.sleep(self.settings.tick_s)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("event")
+        if kind == "ready":
+            self._ready.set()
+        elif kind == "started":
+            run = self._running.get(message["job_id"])
+            if run is not None:
+                run.pid = int(message["pid"])
+                if run.term_sent is not None:  # cancelled or draining before the pid was known
+                    self._signal(run, signal.SIGTERM, force=True)
+        elif kind == "exited":
+            run = self._running.pop(message["job_id"], None)
+            if run is not None:
+                self._finish_lost(run, message.get("code"), message.get("signal"))
+        elif kind == "forkserver-exit":
+            if self._stopped.is_set() or (self._proc is not None and id(self._proc) != message.get("proc")):
+                return
+            # Its children lost the process that reaps them: stop them and fail their jobs.
+            for run in list(self._running.values()):
+                self._signal(run, signal.SIGKILL)
+                self._running.pop(run.job_id, None)
+                self._finish_lost(run, None, signal.SIGKILL, note="the fork server died")
+            if not self._draining.is_set():
+                self._start_forkserver()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._enforce_cancels(now)
+        if now - self._last_heartbeat >= self.settings.lease_s / 3:
+            self._last_heartbeat = now
+            self._heartbeat()
+        if now - self._last_sweep >= max(1.0, self.settings.lease_s / 2):
+            self._last_sweep = now
+            self._requeue()
+        if not self._draining.is_set() and self._ready.is_set():
+            self._claim()
+
+    def _claim(self) -> None:
+        while len(self._running) < self.slots:
+            slot = min(set(range(self.slots)) - {r.slot for r in self._running.values()})
+            job = claim_next(self.store, self.worker_id, self.settings.lease_s)
+            if job is None:
+                return
+            run = _Running(job.id, job.fence, slot, time.monotonic())
+            self._running[job.id] = run
+            env = {}
+            if self.settings.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = self.settings.gpus[slot % len(self.settings.gpus)]
+            command = {"op": "start", "job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id, "env": env}
+            try:
+                assert self._proc is not None and self._proc.stdin is not None
+                self._proc.stdin.write((json.dumps(command) + "\n").encode())
+                self._proc.stdin.flush()
+            except (OSError, AssertionError):
+                self._running.pop(job.id, None)
+                self._finish_lost(run, None, None, note="the fork server is not running", requeue=True)
+                return
+
+    def _enforce_cancels(self, now: float) -> None:
+        if not self._running:
+            return
+        statuses = self.store.statuses(list(self._running))
+        for job_id, run in list(self._running.items()):
+            status = statuses.get(job_id)
+            if status == JobState.cancelling.value and run.term_sent is None:
+                self._signal(run, signal.SIGTERM)
+            if run.term_sent is not None and not run.killed and now - run.term_sent >= self.settings.cancel_grace_s:
+                self._signal(run, signal.SIGKILL)
+
+    def _heartbeat(self) -> None:
+        for job_id, run in list(self._running.items()):
+            try:
+                renew(self.store, job_id, run.fence, self.settings.lease_s)
+            except StaleAttemptError:
+                # Someone re-queued or re-claimed it (we were too slow): this copy must not go on.
+                self._signal(run, signal.SIGKILL)
+
+    def _requeue(self, all_active: bool = False) -> None:
+        try:
+            requeue_expired(self.store, worker_id=None, all_active=all_active)
+        except Exception as exc:
+            print(f"gradloop pool: re-queueing expired jobs failed: {exc}", file=sys.stderr, flush=True)
+
+    # -- signals and outcomes -----------------------------------------------------------
+    def _signal(self, run: _Running, sig: int, force: bool = False) -> None:
+        if sig == signal.SIGTERM and run.term_sent is not None and not force:
+            return
+        if sig == signal.SIGTERM and run.term_sent is None:
+            run.term_sent = time.monotonic()
+        if sig == signal.SIGKILL:
+            run.killed = True
+        if run.pid is None:
+            return  # sent when the fork server reports the pid
+        try:
+            os.killpg(run.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _finish_lost(self, run: _Running, code: int | None, sig: int | None, *, note: str | None = None, requeue: bool = False) -> None:
+        """The job's process is gone; if it did not record an outcome, record one for it."""
+        job = self.store.get(run.job_id)
+        if job is None:
+            return
+        if job.status in (JobState.running.value, JobState.cancelling.value) and job.fence == run.fence:
+            reason = note or exit_reason(code, sig)
+            error = {"type": "WorkerExited", "message": reason, "step": (job.progress or {}).get("step"), "exit_code": code, "signal": sig}
+            error["log_tail"] = log_tail(log_path(self.worker_settings.jobs_dir, run.job_id))
+            if job.status == JobState.cancelling.value:
+                status, error["type"] = JobState.cancelled.value, "Cancelled"
+            elif requeue or (self._draining.is_set() and job.attempt < job.max_attempts):
+                status = JobState.queued.value
+            else:
+                status = JobState.failed.value
+            try:
+                job = self.store.finish(run.job_id, run.fence, status, error=error)
+            except StaleAttemptError:
+                job = self.store.get(run.job_id) or job
+        if self.on_job_end is not None and job.terminal:
+            try:
+                self.on_job_end(job)
+            except Exception:
+                pass

@@ -1,0 +1,158 @@
+"""What runs inside one job's child process: train the job's config and record the outcome.
+
+The child was forked from the pre-imported fork server (forkserver.py) into its own process
+group, with stdout and stderr going to the job's log. It re-validates the stored config (HTTP
+rules: no import paths), points its outputs at the job's directory, and calls train() with a
+JobProgressObserver. SIGTERM sets the stop event: the trainer stops at the next step boundary,
+writes a checkpoint and ends the MLflow run KILLED. Every write names the job's attempt, so an
+attempt that lost its lease cannot record anything (see store.Fence).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import GradloopError
+from .models import JobState
+from .progress import JobProgressObserver
+from .store import Fence, JobRecord, JobStore, StaleAttemptError
+
+LOG_NAME = "job.log"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a job's child needs from the service; JSON so it can cross into the fork server."""
+
+    db_url: str
+    jobs_dir: str                     # per-job directories: log, run dirs, checkpoints (a shared volume across hosts)
+    data_root: str
+    tracking_uri: str | None = None   # the service's MLflow store, used when a config names none
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerSettings":
+        return cls(**json.loads(text))
+
+
+def job_dir(jobs_dir: str | Path, job_id: str) -> Path:
+    return Path(jobs_dir) / job_id
+
+
+def log_path(jobs_dir: str | Path, job_id: str) -> Path:
+    return job_dir(jobs_dir, job_id) / LOG_NAME
+
+
+def prepare_config(job: JobRecord, settings: WorkerSettings) -> Any:
+    """The job's RunConfig with the service's paths: outputs under the job's directory, data
+    under the data root, the service's MLflow store unless the config names one."""
+    from ..config import validate_config
+
+    raw = json.loads(json.dumps(job.config))
+    raw["output_dir"] = str(job_dir(settings.jobs_dir, job.id) / "runs")
+    raw.setdefault("data", {})["root"] = (raw.get("data") or {}).get("root") or settings.data_root
+    tracking = raw.setdefault("tracking", {}) or {}
+    raw["tracking"] = tracking
+    if not tracking.get("uri") and settings.tracking_uri:
+        tracking["uri"] = settings.tracking_uri
+    return validate_config(raw, allow_import_paths=False, source=f"job {job.id}")
+
+
+def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
+    """Run one claimed job to its end; returns the process exit code (0: outcome recorded)."""
+    store = JobStore(settings.db_url, pooled=False)
+    job = store.get(job_id)
+    if job is None or job.fence != fence or job.terminal:
+        print(f"gradloop: job {job_id} attempt {fence.attempt} is no longer ours; not starting it", flush=True)
+        return 0
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event)
+    print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
+    try:
+        store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
+        from ..runner import train
+
+        config = prepare_config(job, settings)
+        resume = job.checkpoint_path if job.attempt > 1 and job.checkpoint_path and Path(job.checkpoint_path).exists() else None
+        result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
+    except StaleAttemptError:
+        print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
+        return 0
+    except GradloopError as exc:
+        print(f"gradloop: job {job_id} failed: {exc}", flush=True)
+        return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer))
+    except BaseException as exc:  # the job's own bug or the plugin's: record it, never hang
+        traceback.print_exc()
+        return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer, with_trace=True))
+
+    values: dict[str, Any] = {
+        "run_dir": str(result.run_dir) if result.run_dir else None,
+        "checkpoint_path": str(result.checkpoint_path) if result.checkpoint_path else None,
+        "mlflow_run_id": result.mlflow_run_id,
+        "mlflow_experiment_id": _experiment_of(config, result.mlflow_run_id),
+        "metrics": {k: v for k, v in _finite(result.metrics).items()},
+        "progress": {**observer.progress(), "step": result.steps, "eta_s": 0.0 if result.status == "FINISHED" else None},
+    }
+    if result.status == "FINISHED":
+        return _record(store, job_id, fence, JobState.succeeded.value, **values)
+    if result.status == "KILLED":
+        current = store.get(job_id)
+        if current is not None and current.status == JobState.cancelling.value:
+            return _record(store, job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": "cancelled on request", "step": result.steps}, **values)
+        # Stopped by the service shutting down: back to the queue, to resume from the checkpoint.
+        return _record(store, job_id, fence, JobState.queued.value, error={"type": "Interrupted", "message": "the service stopped; the job resumes from its checkpoint", "step": result.steps}, **values)
+    message = str(getattr(result, "error", "") or "training failed")
+    return _record(store, job_id, fence, JobState.failed.value, error={"type": "TrainingFailed", "message": message, "step": result.steps}, **values)
+
+
+def _record(store: JobStore, job_id: str, fence: Fence, status: str, **kwargs: Any) -> int:
+    try:
+        store.finish(job_id, fence, status, **kwargs)
+    except StaleAttemptError:
+        print(f"gradloop: job {job_id} attempt {fence.attempt} no longer holds the job; outcome {status} not recorded", flush=True)
+        return 0
+    print(f"gradloop: job {job_id} {status}", flush=True)
+    return 0 if status in (JobState.succeeded.value, JobState.cancelled.value, JobState.queued.value) else 1
+
+
+def _error(exc: BaseException, observer: JobProgressObserver, with_trace: bool = False) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "step": observer.step or None}
+    if with_trace:
+        error["traceback"] = traceback.format_exception(exc)[-6:]
+    return error
+
+
+def _finite(metrics: Any) -> dict[str, float]:
+    import math
+
+    out: dict[str, float] = {}
+    for key, value in dict(metrics or {}).items():
+        try:
+            number = float(value.item()) if hasattr(value, "item") else float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = number
+    return out
+
+
+def _experiment_of(config: Any, run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from ..tracking.store import resolve_uri
+
+        return MlflowClient(tracking_uri=resolve_uri(config.tracking.uri)).get_run(run_id).info.experiment_id
+    except Exception:
+        return None  # the link is a convenience; the run id is already recorded

@@ -1,0 +1,35 @@
+"""Test-only loss plugins that crash a job, shipped the way a third party ships a plugin (an
+entry point in a dist-info directory); only the job-service tests put this folder on the
+service's PYTHONPATH."""
+from __future__ import annotations
+
+import os
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.registry import Plugin
+
+
+class CrashOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at_call: int = Field(3, ge=1, description="crash on this call of the loss")
+    exit_code: int = Field(7, ge=1, le=255)
+
+
+class _Crash(torch.nn.Module):
+    def __init__(self, options: CrashOptions, how: str):
+        super().__init__()
+        self.options, self.how, self.calls = options, how, 0
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls >= self.options.at_call:
+            if self.how == "exit":
+                os._exit(self.options.exit_code)  # no cleanup at all, like a native crash
+            raise RuntimeError(f"test plugin raised on call {self.calls}")
+        return torch.nn.functional.cross_entropy(output, target)
+
+
+exit_loss = Plugin("exit_loss", lambda *, options: _Crash(options, "exit"), CrashOptions, "calls os._exit mid-training")
+raise_loss = Plugin("raise_loss", lambda *, options: _Crash(options, "raise"), CrashOptions, "raises mid-training")
