@@ -91,13 +91,15 @@ def _print_result(result: Any) -> None:
         table = Table(title=f"sweep {getattr(result, 'name', '')}: {len(children)} runs")
         for col in ("run", "status", "train/loss", "val/loss", "val/accuracy", "steps"):
             table.add_column(col)
-        for label, child in children:
-            m = getattr(child, "metrics", {}) or {}
-            table.add_row(label, getattr(child, "status", "?"), _fmt(m.get("train/loss")), _fmt(m.get("val/loss")), _fmt(m.get("val/accuracy")), _fmt(getattr(child, "steps", None)))
+        for child in children:
+            m = child.result.metrics if child.result is not None else {}
+            steps = child.result.steps if child.result is not None else None
+            table.add_row(child.label, child.status, _fmt(m.get("train/loss")), _fmt(m.get("val/loss")), _fmt(m.get("val/accuracy")), _fmt(steps))
         out.print(table)
-        best = getattr(result, "best_label", None)
-        if best:
-            out.print(f"best: {best}")
+        if result.best is not None:
+            out.print(f"best: {result.best.label}  (summary: {result.summary_path})")
+        if result.mlflow_run_id:
+            out.print(f"mlflow parent run: {result.mlflow_run_id}")
         return
     m = result.metrics or {}
     table = Table(title=f"{result.name}: {result.status.lower()}", show_header=False, title_justify="left")
