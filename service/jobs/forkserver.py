@@ -33,7 +33,11 @@ def preload(tracking_uri: str | None = None) -> None:
     store now rather than in the first job (a fresh store takes seconds to set up)."""
     import torch  # noqa: F401  (imported for the children)
 
-    for module in ("mlflow", "service.runner", "service.tracking", "service.trainer", "sklearn.datasets"):
+    # torch._dynamo: torch.optim imports it lazily on the first optimizer (~2 s here).
+    modules = ("torch._dynamo", "mlflow", "mlflow.tracking",
+               "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "service.runner", "service.compat", "service.optim", "service.trainer",
+               "service.tracking", "service.tracking.observer", "sklearn.datasets")
+    for module in modules:
         try:
             __import__(module)
         except Exception as exc:  # a missing optional piece costs start-up time, nothing else

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -120,6 +121,7 @@ class JobStore:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        self._write_lock = threading.Lock()
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -172,9 +174,14 @@ class JobStore:
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
         so that a read-then-write never fails halfway with 'database is locked'."""
-        with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        if not self.is_sqlite:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        # Threads of this process queue on a lock, handed over at once; SQLite's own busy
+        # handler would make them sleep and retry in steps of up to 100 ms.
+        with self._write_lock, self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
 
