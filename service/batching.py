@@ -14,7 +14,7 @@ starts; the trainer needs them to scale a partial accumulation window by its rea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import torch
@@ -33,14 +33,14 @@ class Window:
 
     start: int
     sizes: tuple[int, ...]
+    samples: int = field(init=False)  # sum(sizes): read once per micro-batch, so computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", sum(self.sizes))
 
     @property
     def stop(self) -> int:
         return self.start + len(self.sizes)
-
-    @property
-    def samples(self) -> int:
-        return sum(self.sizes)
 
 
 @dataclass(frozen=True)

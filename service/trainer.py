@@ -105,9 +105,10 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none. A disabled
         # scaler passes everything through, so the loop below reads the same for all three.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
-        self.forward: Callable[[Any], Any] = torch.compile(self.model) if self.tc.compile else self.model
+        self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._same_dtype = len({(p.dtype, p.device) for p in self.params}) <= 1
         self.param_names = _param_names(self.optimizer, self.model)
         self._monitor = self._plateau_monitor()
 
@@ -127,6 +128,15 @@ class Trainer:
         self.train_loss: torch.Tensor | None = None
         self._zero = torch.zeros((), device=device)
         self._reset_log_window()
+
+    @staticmethod
+    def _compiled(model: nn.Module) -> Callable[[Any], Any]:
+        # torch.compile itself only wraps the model; most failures (no C++ compiler, an
+        # unsupported op) surface at the first forward and are turned into a message in fit().
+        try:
+            return torch.compile(model)
+        except Exception as exc:
+            raise ConfigError.single("trainer.compile", f"torch.compile is not available here ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false") from None
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -185,14 +195,15 @@ class Trainer:
                 if self.parts.closure:
                     window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
                 else:
-                    window_loss = self._zero
+                    window_loss = None  # the window's mean loss, summed on the device (no sync)
                     for size in window.sizes:
                         x, y = next(batches)
                         with self._autocast():
                             loss = self.loss_fn(self.forward(x), y)
-                        scaled = loss if len(window.sizes) == 1 else loss * (size / window.samples)
-                        self.scaler.scale(scaled).backward()
-                        window_loss = window_loss + loss.detach().float() * size
+                        if len(window.sizes) > 1:
+                            loss = loss * (size / window.samples)
+                        self.scaler.scale(loss).backward()
+                        window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
 
                     # 2. Unscale (fp16), measure the pre-clip norm, decide whether to step.
                     self.scaler.unscale_(opt)
@@ -243,7 +254,7 @@ class Trainer:
 
     def _closure_step(self, window: Window, batches: Iterator[Batch], step: int) -> tuple[torch.Tensor, torch.Tensor, bool, list]:
         """One step of an optimizer that re-evaluates the loss itself (L-BFGS)."""
-        (size,) = window.sizes  # config validation forbids accumulation with closure optimizers
+        assert len(window.sizes) == 1, "config validation forbids accumulation with closure optimizers"
         x, y = next(batches)
         first: dict[str, Any] = {}
 
@@ -257,7 +268,7 @@ class Trainer:
                 loss = self.loss_fn(self.forward(x), y)
             loss.backward()
             if not first:  # the first evaluation is at the step's starting weights: check it and show it
-                first["loss"], first["norm"] = loss.detach().float() * size, self._total_grad_norm()
+                first["loss"], first["norm"] = loss.detach(), self._total_grad_norm()
                 if not self._check_finite(step, first["loss"], first["norm"]):
                     raise _SkipStep
                 first["stats"] = [(o, o.before_optimizer_step(step, self.model)) for o in self.observers if o.wants_step_stats(step)]
@@ -276,12 +287,15 @@ class Trainer:
 
     # -- pieces of a step ---------------------------------------------------------------------
     def _total_grad_norm(self) -> torch.Tensor:
+        """The L2 norm of all gradients together, as a 0-d device tensor."""
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return self._zero
-        if hasattr(torch.nn.utils, "get_total_norm"):
-            return torch.nn.utils.get_total_norm(grads, 2.0)
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if self._same_dtype:
+            # One fused kernel for the per-tensor norms: this runs every step, and the generic
+            # helper's grouping by device and dtype costs more than the maths on small models.
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
     def _check_finite(self, step: int, window_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """True when the step may go ahead. This is the loop's one host sync per step: whether
@@ -291,7 +305,8 @@ class Trainer:
             # lowers the scale); only a non-finite loss is a real problem.
             finite = bool(torch.isfinite(window_loss))
         else:
-            finite = bool(torch.isfinite(window_loss) & torch.isfinite(grad_norm))
+            # loss + norm is finite exactly when both are (short of two values near 3e38).
+            finite = bool(torch.isfinite(window_loss + grad_norm))
         if finite:
             return True
         if self.tc.on_nonfinite == "fail":
@@ -313,12 +328,14 @@ class Trainer:
 
     def _after_step(self, step: int, window: Window, window_loss: torch.Tensor, grad_norm: torch.Tensor,
                     ok: bool, stats: list[tuple[Observer, Any]]) -> None:
-        if ok:  # a skipped step's loss is not finite and would poison the window's mean
-            self._log_loss = self._log_loss + window_loss
-            self._log_samples += window.samples
+        if ok:  # a skipped step's loss is not finite and would poison the logging window's mean
+            self._log_losses.append(window_loss)
+            self._log_counts.append(window.samples)
         self._log_steps += 1
         self._log_grad_norm = grad_norm
         log_now = step % self.config.tracking.log_every == 0 or self._finished()
+        if not (log_now or stats):
+            return
         metrics = self._window_metrics() if log_now else {}
         snapshots = {id(o): snap for o, snap in stats}
         for obs in self.observers:
@@ -330,14 +347,17 @@ class Trainer:
         now = time.perf_counter()
         elapsed = max(now - self._log_t0, 1e-9)
         metrics: dict[str, Any] = {}
-        if self._log_samples:
-            self.train_loss = self._log_loss / self._log_samples
+        samples = sum(self._log_counts)
+        if samples:
+            # Each window's mean loss weighted by its samples: the mean over the logging window.
+            counts = torch.tensor(self._log_counts, dtype=torch.float32, device=self.device)
+            self.train_loss = (torch.stack(self._log_losses).float() @ counts) / samples
             metrics["train/loss"] = self.train_loss
         metrics["train/grad_norm"] = self._log_grad_norm
         for i, group in enumerate(self.optimizer.param_groups):
             metrics[f"train/lr/{group.get('group_name', i)}"] = float(group["lr"])
         metrics["epoch"] = float(self.epoch)
-        metrics["samples_per_s"] = self._log_samples / elapsed
+        metrics["samples_per_s"] = samples / elapsed
         metrics["steps_per_s"] = self._log_steps / elapsed
         if self.skipped_steps:
             metrics["train/skipped_steps"] = float(self.skipped_steps)
@@ -345,8 +365,8 @@ class Trainer:
         return metrics
 
     def _reset_log_window(self, now: float | None = None) -> None:
-        self._log_loss = self._zero
-        self._log_samples = 0
+        self._log_losses: list[torch.Tensor] = []
+        self._log_counts: list[int] = []
         self._log_steps = 0
         self._log_grad_norm: torch.Tensor | None = None
         self._log_t0 = now if now is not None else time.perf_counter()

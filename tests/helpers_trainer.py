@@ -7,18 +7,24 @@ third-party plugin would; tests then name them in ordinary configs.
   told (FAULTS) to raise, or to return NaN, on its Nth training forward call.
 - model `nan_grad`: a linear model whose parameter `gate` always gets a NaN gradient while the
   loss stays finite.
+- dataset `pairs_classification`: synthetic_classification served as a map-style torch Dataset
+  of (x, y) pairs, so the trainer has to go through a DataLoader.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+from torch.utils.data import Dataset
 
 from service import registry
+from plugins.datasets.synthetic import ClassificationOptions
+from service.data import DataSplits, TensorData
 from service.observer import NullObserver
 
 TRACE: list[Any] = []
@@ -109,6 +115,26 @@ class NanGrad(nn.Module):
                           description="linear model whose `gate` parameter gets NaN gradients (tests)")
 def nan_grad(*, options: NanGradOptions) -> nn.Module:
     return NanGrad(options)
+
+
+class Pairs(Dataset):
+    """A map-style Dataset over a TensorData: one (x, y) pair per index."""
+
+    def __init__(self, data: TensorData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.x[i], self.data.y[i]
+
+
+@registry.datasets.register("pairs_classification", options=ClassificationOptions, override=True,
+                            description="synthetic_classification as a torch Dataset (tests)")
+def pairs_classification(*, options: ClassificationOptions, ctx: Any) -> DataSplits:
+    splits = registry.datasets.build("synthetic_classification", options, ctx=ctx)
+    return dataclasses.replace(splits, train=Pairs(splits.train), val=Pairs(splits.val) if splits.val is not None else None)
 
 
 def base_config(tmp_path: Path, **changes: Any) -> dict[str, Any]:

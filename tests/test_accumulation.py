@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 import helpers_trainer as h
 from service import train
@@ -98,22 +97,21 @@ def test_resumed_epoch_skips_consumed_batches_in_the_same_order():
     assert whole != [y.tolist() for _, y in batches.epoch(4)]  # each epoch has its own order
 
 
-class _Pairs(Dataset):
-    def __init__(self, data: TensorData) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        return self.data.x[i], self.data.y[i]
-
-
 def test_dataloader_path_gives_the_same_batches_as_tensor_slicing():
     data = TensorData(torch.randn(23, 3), torch.arange(23))
     cpu = torch.device("cpu")
     sliced = TensorBatches(data, 5, shuffle=True, drop_last=False, seed=1, device=cpu)
-    loaded = LoaderBatches(_Pairs(data), 5, shuffle=True, drop_last=False, seed=1, device=cpu)
+    loaded = LoaderBatches(h.Pairs(data), 5, shuffle=True, drop_last=False, seed=1, device=cpu)
     assert sliced.plan == loaded.plan
     for (xa, ya), (xb, yb) in zip(sliced.epoch(2, start=1), loaded.epoch(2, start=1), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_torch_dataset_trains_to_the_same_weights_as_tensor_data(tmp_path):
+    # Same samples, same seeded order: the DataLoader path and the slicing path agree bitwise.
+    sliced = train(h.base_config(tmp_path / "a", trainer__grad_accum_steps=3))
+    data = {**h.base_config(tmp_path)["data"], "name": "pairs_classification", "num_workers": 0}
+    loaded = train(h.base_config(tmp_path / "b", data=data, trainer__grad_accum_steps=3))
+    assert loaded.steps == sliced.steps == 8
+    h.assert_bitwise_equal(h.model_state(loaded.checkpoint_path), h.model_state(sliced.checkpoint_path))
+    assert loaded.metrics == sliced.metrics

@@ -204,3 +204,42 @@ def test_observer_cadence_follows_log_every(tmp_path):
     assert [c[1] for c in after] == [3, 6, 9, 12, 15, 18, 20]
     assert {"train/loss", "train/grad_norm", "epoch", "samples_per_s", "steps_per_s", "train/lr/default"} <= set(after[0][2])
     assert rec.calls[0] == ("start", 0) and rec.calls[-1][:2] == ("finish", "FINISHED")
+
+
+@pytest.mark.slow
+def test_compile_failure_is_a_clear_training_error(tmp_path):
+    # A machine without a working C++ compiler: inductor fails at the first forward. Run in a
+    # child process with its own inductor cache so nothing cached makes it succeed.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = h.base_config(tmp_path, model={"name": "mlp", "options": {"in_features": 8, "hidden": [8], "out_features": 3}},
+                        trainer__compile=True, trainer__epochs=1)
+    code = ("import json, sys\nfrom service import train\nfrom service.errors import TrainingError\n"
+            "try:\n    train(json.loads(sys.argv[1]))\nexcept TrainingError as exc:\n    print('ERROR:', exc)\n")
+    env = {**os.environ, "CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=240)
+    assert "ERROR: trainer.compile: torch.compile could not compile the model" in out.stdout, out.stderr[-2000:]
+    assert "set trainer.compile: false" in out.stdout
+
+
+def test_clip_by_value_bounds_every_update(tmp_path):
+    # Plain SGD with lr 1: one clipped step moves no weight by more than the clip value.
+    clipped = train(h.base_config(tmp_path / "a", optimizer={"name": "sgd", "options": {"lr": 1.0}},
+                                  trainer__grad_clip_value=1e-4, trainer__max_steps=1, trainer__val_every_epochs=0))
+    start = train(h.base_config(tmp_path / "b", optimizer={"name": "sgd", "options": {"lr": 1e-30}},
+                                trainer__max_steps=1, trainer__val_every_epochs=0))
+    after, before = h.model_state(clipped.checkpoint_path), h.model_state(start.checkpoint_path)
+    moved = max(float((after[k] - before[k]).abs().max()) for k in after)
+    assert moved == pytest.approx(1e-4, rel=1e-3)  # clipped (an unclipped lr-1 step moves far more)
+
+
+def test_epoch_scheduler_steps_once_per_epoch(tmp_path):
+    rec = h.Recorder()
+    cfg = h.base_config(tmp_path, scheduler={"name": "step", "options": {"step_size": 1, "gamma": 0.5}},
+                        trainer__epochs=3, tracking__log_every=1)
+    train(cfg, observers=[rec])
+    lrs = [c[2]["train/lr/default"] for c in rec.calls if c[0] == "after"]
+    assert lrs == pytest.approx([0.1] * 10 + [0.05] * 10 + [0.025] * 10)
