@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -49,7 +49,6 @@ class RunResult:
     config_hash: str
     skipped_steps: int = 0
     resumed_from: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stopped(self) -> bool:
@@ -66,7 +65,7 @@ def train(
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
 ) -> RunResult:
-    """Train one run (or a sweep, when the config has a `sweep:` block).
+    """Train one run; a config with a `sweep:` block returns service.sweep's SweepResult instead.
 
     resume: a checkpoint file, a run directory, or "latest" (the newest checkpoint of a run with
     this config's name). stop_event: set it (from any thread) to stop at the next optimizer step
@@ -191,7 +190,8 @@ def _optional(module: str, attr: str) -> Any:
 
 # Settings that shape the trajectory: a checkpoint resumed under different ones would not be
 # the same run continued, and its position in the epoch would point at other samples.
-_RESUME_KEYS = ("seed", "model", "data", "loss", "optimizer.name", "trainer.grad_accum_steps")
+_RESUME_KEYS = ("seed", "model", "data.name", "data.options", "data.batch_size", "data.val_fraction", "data.split_seed",
+                "data.shuffle", "data.drop_last", "loss", "optimizer.name", "trainer.grad_accum_steps")
 
 
 def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None) -> None:

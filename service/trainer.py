@@ -154,10 +154,10 @@ class Trainer:
     def fit(self) -> FitOutcome:
         """Train to the end (or max_steps, or a stop request); checkpoint; report to observers."""
         started = time.perf_counter()
-        self._start_observers()
         status: RunStatus = "FAILED"
         error: BaseException | None = None
         try:
+            self._start_observers()
             self._loop()
             completed = self.step >= self.total_steps or self.epoch >= self.tc.epochs
             status = "KILLED" if self._stop.is_set() and not completed else "FINISHED"
@@ -214,7 +214,7 @@ class Trainer:
                     # 3. Clip and step; a skipped step leaves the weights untouched.
                     if ok:
                         if clip_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(self.params, clip_norm)
+                            self._clip_to_norm(clip_norm, grad_norm)
                         elif clip_value is not None:
                             torch.nn.utils.clip_grad_value_(self.params, clip_value)
                         self.scaler.step(opt)  # with fp16, skips the step if the scaled grads overflowed
@@ -228,7 +228,7 @@ class Trainer:
                 #    then the gradients go: once per optimizer step, never inside a window.
                 self._after_step(step, window, window_loss, grad_norm, ok, stats)
                 opt.zero_grad(set_to_none=True)
-                if step_scheduler_per_step:
+                if step_scheduler_per_step:  # skipped steps count too: the schedule ends at total_steps
                     self.scheduler.step()
 
                 # 5. Validation, checkpoint, and whether to go on.
@@ -296,6 +296,12 @@ class Trainer:
             # helper's grouping by device and dtype costs more than the maths on small models.
             return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    def _clip_to_norm(self, max_norm: float, total_norm: torch.Tensor) -> None:
+        if hasattr(torch.nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6: reuse the norm just measured
+            torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, total_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, max_norm)
 
     def _check_finite(self, step: int, window_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """True when the step may go ahead. This is the loop's one host sync per step: whether

@@ -243,3 +243,14 @@ def test_epoch_scheduler_steps_once_per_epoch(tmp_path):
     train(cfg, observers=[rec])
     lrs = [c[2]["train/lr/default"] for c in rec.calls if c[0] == "after"]
     assert lrs == pytest.approx([0.1] * 10 + [0.05] * 10 + [0.025] * 10)
+
+
+def test_clip_by_norm_bounds_the_update(tmp_path):
+    # Plain SGD with lr 1: the update is the clipped gradient, whose total norm is the clip value.
+    clipped = train(h.base_config(tmp_path / "a", optimizer={"name": "sgd", "options": {"lr": 1.0}},
+                                  trainer__grad_clip_norm=1e-3, trainer__max_steps=1, trainer__val_every_epochs=0))
+    start = train(h.base_config(tmp_path / "b", optimizer={"name": "sgd", "options": {"lr": 1e-30}},
+                                trainer__max_steps=1, trainer__val_every_epochs=0))
+    after, before = h.model_state(clipped.checkpoint_path), h.model_state(start.checkpoint_path)
+    update = torch.cat([(after[k] - before[k]).flatten() for k in after])
+    assert float(update.norm()) == pytest.approx(1e-3, rel=1e-2)
