@@ -204,6 +204,15 @@ def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path |
                 f"checkpoint {str(path)!r} was saved with {key} = {_short(a)} but this config has {_short(b)}; "
                 f"resume with the config it was saved with (or start a new run without --resume)"
             )
+    # A scheduler's state (e.g. a cosine curve planned for the old length) comes back with the
+    # checkpoint; continuing exactly is what a resume is for, so only say what will happen.
+    old_len = (_dig(saved, "trainer.epochs"), _dig(saved, "trainer.max_steps"))
+    if cfg.scheduler is not None and old_len != (cfg.trainer.epochs, cfg.trainer.max_steps):
+        warnings.warn(
+            f"resuming with trainer.epochs/max_steps {cfg.trainer.epochs}/{cfg.trainer.max_steps} instead of "
+            f"{old_len[0]}/{old_len[1]}: the scheduler continues the schedule saved in the checkpoint, "
+            f"planned for the old length", RuntimeWarning, stacklevel=3,
+        )
 
 
 def _dig(data: Mapping[str, Any], dotted: str) -> Any:

@@ -126,3 +126,36 @@ def test_mlflow_run_id_reaches_the_result_and_the_checkpoint(tmp_path):
     assert result.mlflow_run_id
     state = torch.load(result.checkpoint_path, weights_only=True)
     assert state["mlflow_run_id"] == result.mlflow_run_id
+
+
+def test_resuming_with_another_length_warns_about_the_saved_schedule(tmp_path):
+    cfg = h.base_config(tmp_path, trainer__epochs=1, scheduler={"name": "cosine", "options": {"warmup_steps": 0}})
+    train(cfg)
+    longer = {**cfg, "trainer": {**cfg["trainer"], "epochs": 2}}
+    with pytest.warns(RuntimeWarning, match="scheduler continues the schedule saved in the checkpoint"):
+        train(longer, resume="latest")
+
+
+def test_sigterm_to_a_training_process_ends_it_killed_with_a_checkpoint(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cfg = h.base_config(tmp_path, model={"name": "mlp", "options": {"in_features": 8, "hidden": [16], "out_features": 3}},
+                        trainer__epochs=100_000, trainer__progress="lines")
+    code = ("import json, sys\nfrom service import train\n"
+            "r = train(json.loads(sys.argv[1]))\n"
+            "print('RESULT', r.status, r.steps, r.checkpoint_path, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the progress observer's first line: training has started
+        assert first.startswith("training t:"), first
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    status, steps, path = out.split("RESULT ", 1)[1].split()
+    assert status == "KILLED" and int(steps) < 100_000 * 10
+    state = torch.load(path, weights_only=True)
+    assert state["progress"]["step"] == int(steps)
