@@ -161,3 +161,27 @@ def test_list_filters_pages_and_metrics(service: Service) -> None:
     assert 'gradloop_jobs{state="succeeded"}' in metrics and "gradloop_queue_depth" in metrics
     assert 'gradloop_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in metrics
     assert "gradloop_job_duration_seconds_count" in metrics
+
+
+def test_cli_submit_wait_status_jobs_logs(service: Service, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "iris.yaml"
+    config.write_text(IRIS_YAML)
+    env = {**os.environ, "GRADLOOP_SERVER": service.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    submitted = cli("submit", str(config), "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[0]
+    assert service.job(job_id)["status"] == "succeeded"
+    assert "succeeded" in cli("status", job_id).stdout
+    assert job_id in cli("jobs", "--status", "succeeded", "--json").stdout
+    assert "starting in process" in cli("logs", job_id).stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(IRIS_YAML.replace("epochs: 2", "epochs: 0"))
+    refused = cli("submit", str(bad))
+    assert refused.returncode == 2 and "trainer.epochs" in refused.stderr

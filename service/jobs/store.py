@@ -234,9 +234,7 @@ class JobStore:
             if existing is None:
                 raise
             return self._same_request(existing, request_hash), False
-        job = self.get(row["id"])
-        assert job is not None
-        return job, True
+        return JobRecord.model_validate({**row, "event_seq": 1}), True  # as committed; no second read
 
     def _by_key(self, key: str) -> JobRecord | None:
         with self.read() as conn:
