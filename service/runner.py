@@ -108,7 +108,7 @@ def train(
         metrics=outcome.metrics,
         run_dir=run_dir,
         checkpoint_path=outcome.checkpoint_path,
-        mlflow_run_id=trainer._mlflow_run_id(),
+        mlflow_run_id=trainer.current_mlflow_run_id(),
         status=outcome.status,
         name=cfg.name,
         config_hash=cfg.config_hash(),

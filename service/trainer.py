@@ -459,7 +459,7 @@ class Trainer:
             "metrics": self.final_metrics(),
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
-            "mlflow_run_id": self._mlflow_run_id(),
+            "mlflow_run_id": self.current_mlflow_run_id(),
             "saved_at": time.time(),
         }
 
@@ -518,7 +518,7 @@ class Trainer:
         if first is not None and error is None:
             raise first
 
-    def _mlflow_run_id(self) -> str | None:
+    def current_mlflow_run_id(self) -> str | None:
         for obs in self.observers:
             run_id = getattr(obs, "mlflow_run_id", None)
             if run_id:
