@@ -25,6 +25,7 @@ from . import gradstats, histograms, plots
 from .gradstats import GradSnapshot, StatLayout, metric_safe
 from .jsonl import Journal, read_records
 from .params import config_params
+from .remote import RemoteClient
 from .sender import Op, Sender
 from .state import TrackingState
 from .status import SigtermGuard, error_tags, status_for
@@ -123,7 +124,8 @@ class MlflowObserver:
             start_ops.insert(0, Op("set_tags", {"tags": {"gradloop.resumed_from_step": str(ctx.start_step)}}))
 
         if self._state.create is None and self._client is not None and self.mlflow_run_id:
-            self._sender = Sender(self._client, self.mlflow_run_id, self._journal)
+            # The store is written from a child process: its Python never competes for our GIL.
+            self._sender = Sender(RemoteClient(self.uri), self.mlflow_run_id, self._journal, local_client=self._client)
             for op in start_ops:
                 self._sender.submit_op(op)
             self._start_system_metrics(resumed)
@@ -195,36 +197,29 @@ class MlflowObserver:
         layout = self._layout
         if layout is None:
             return None
-        grads = None
-        if self._grad_step(step):
-            grads = gradstats.snapshot(step, layout, with_layers=layout.mode in ("per_layer", "per_module"))
+        grads = gradstats.snapshot(step, layout) if self._grad_step(step) else None
         hist = histograms.compute(layout.names, layout.params) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
-        scalars: dict[str, Any] = {metric_safe(k): v for k, v in metrics.items() if v is not None}
-        vectors: list[tuple[str, list[str], torch.Tensor]] = []
-        if isinstance(snapshot, StepSnapshot) and snapshot.grads is not None and self._layout is not None:
-            g = snapshot.grads
-            scalars.setdefault("train/grad_norm", g.total_norm)
-            scalars["train/grad_nonfinite"] = g.nonfinite
-            if g.grad_norms is not None:
-                labels = self._layout.labels
-                vectors.append(("grad_norm/", labels, g.grad_norms))
-                ratios = gradstats.update_ratios(g, self._layout)
-                if ratios is not None:
-                    vectors.append(("weight_norm/", labels, ratios[0]))
-                    vectors.append(("update_ratio/", labels, ratios[1]))
-        if scalars or vectors:
-            self._record(step, _to_host(scalars, vectors))
+        scalars = {metric_safe(k): v for k, v in metrics.items() if v is not None}
+        snap = snapshot.grads if isinstance(snapshot, StepSnapshot) else None
+        if snap is not None and self._layout is not None:
+            gradstats.after_step(snap, self._layout)
+        if scalars or snap is not None:
+            values, extra = _to_host(scalars, snap.tensors() if snap is not None else [])
+            if snap is not None and self._layout is not None:
+                for key, value in gradstats.host_metrics(snap, extra, self._layout).items():
+                    values.setdefault(key, value)  # the trainer's own train/grad_norm wins
+            self._record(step, values)
         if isinstance(snapshot, StepSnapshot) and snapshot.hist is not None:
             labels, table = snapshot.hist
             histograms.write(self.run_dir / ARTIFACT_DIR / "histograms", step, labels, table.cpu().tolist())
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         if metrics:
-            self._record(step, _to_host({metric_safe(k): v for k, v in metrics.items()}, []))
+            self._record(step, _to_host({metric_safe(k): v for k, v in metrics.items() if v is not None}, [])[0])
 
     def log_checkpoint(self, path: Path, step: int) -> None:
         self._checkpoint = Path(path)
@@ -318,27 +313,26 @@ class MlflowObserver:
             pass
 
 
-def _to_host(scalars: Mapping[str, Any], vectors: list[tuple[str, list[str], torch.Tensor]]) -> dict[str, float]:
-    """Every tensor value to a Python float in one device->host transfer."""
+def _to_host(scalars: Mapping[str, Any], tensors: list[torch.Tensor]) -> tuple[dict[str, float], list[float]]:
+    """Every tensor among `scalars`, and `tensors`, to Python floats in one device->host transfer."""
     out: dict[str, float] = {}
     keys: list[str] = []
     parts: list[torch.Tensor] = []
     for key, value in scalars.items():
-        if value is None:
-            continue  # e.g. no gradient norm in a window whose steps were all skipped
         if isinstance(value, torch.Tensor):
             keys.append(key)
-            parts.append(value.detach().reshape(1))
+            parts.append(value.detach())
         else:
             out[key] = float(value)
-    for prefix, labels, vec in vectors:
-        keys.extend(prefix + label for label in labels)
-        parts.append(vec.detach().reshape(-1))
-    if parts:
-        device = parts[0].device
-        flat = torch.cat([p.to(device=device, dtype=torch.float32) for p in parts])
-        out.update(zip(keys, flat.cpu().tolist()))
-    return out
+    parts.extend(tensors)
+    if not parts:
+        return out, []
+    device, dtype = parts[0].device, torch.float32
+    if any(p.device != device or p.dtype != dtype or p.dim() != 0 for p in parts):
+        parts = [p.reshape(()).to(device=device, dtype=dtype) for p in parts]
+    flat = torch.stack(parts).tolist()  # the one synchronisation of the window
+    out.update(zip(keys, flat))
+    return out, flat[len(keys):]
 
 
 def _model_logger(ctx: RunContext, uri: str) -> Any:

@@ -126,8 +126,12 @@ class Sender:
         flush_interval: float = 1.0,
         max_batch: int = MAX_METRICS_PER_REQUEST,
         max_backoff: float = 5.0,
+        local_client: MlflowClient | None = None,
     ):
+        # `client` may be a RemoteClient (another process); ops that carry a function of live
+        # objects (log_model) run here, with `local_client`.
         self.client, self.run_id, self.journal = client, run_id, journal
+        self.local_client = local_client or client
         self.flush_interval, self.max_batch, self.max_backoff = flush_interval, max_batch, max_backoff
         self._q: queue.Queue[Record | Op] = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
@@ -165,6 +169,12 @@ class Sender:
         self._thread.join(timeout + 1.0)
         if self._thread.is_alive():
             self.abandoned = True  # stuck in one request; whatever it finishes is still recorded
+            kill = getattr(self.client, "kill", None)
+            if kill is not None:
+                kill()
+        close = getattr(self.client, "close", None)
+        if close is not None and not self._thread.is_alive():
+            close()
         left = unsent_records(self.journal.path.parent)
         with self._ops_lock:
             pending = list(self._pending_ops)
@@ -227,7 +237,8 @@ class Sender:
         return True
 
     def _do_op(self, op: Op) -> bool:
-        outcome = self._retry(lambda: run_op(self.client, self.run_id, op))
+        client = self.local_client if op.fn is not None else self.client
+        outcome = self._retry(lambda: run_op(client, self.run_id, op))
         if outcome == "abandoned":
             return False
         with self._ops_lock:

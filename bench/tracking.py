@@ -1,0 +1,134 @@
+"""What MLflow tracking costs a training loop: tracking off vs the sqlite store vs a real server.
+
+The digits MLP (64-128-10, batch 32, SGD) with tracking.grad_stats=per_layer, log_every=10 and
+histogram_every=100, trained in one process against: tracking disabled, the default sqlite
+store (in a temp dir), and a real `mlflow server` subprocess on localhost. Steps/s is measured
+between the first and the last logging step by a timing observer, so the run's set-up (creating
+the MLflow run) and its end (plots, model, flush) are not counted: they happen once per run,
+not per step. The three are run REPEATS times in alternation and the best is kept (other load
+on a shared machine only ever slows a run down). Because wall time on a busy machine is noisy,
+the training thread's own CPU time per step (time.thread_time, which other processes do not
+inflate) is reported too: it is what tracking adds to the loop itself. Target: <= 3% fewer
+steps/s.
+
+    python bench/tracking.py [--repeats 5] [--epochs 40]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class StepClock:
+    """Times the steps between the first and the last logging call (an observer that only reads)."""
+
+    mlflow_run_id = None
+
+    def __init__(self) -> None:
+        self.first: tuple[int, float, float] | None = None
+        self.last: tuple[int, float, float] | None = None
+
+    def start(self, ctx: Any) -> None: ...
+    def wants_step_stats(self, step: int) -> bool: return False
+    def before_optimizer_step(self, step: int, model: Any) -> None: return None
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+    def log_checkpoint(self, path: Path, step: int) -> None: ...
+    def finish(self, status: str, error: BaseException | None = None) -> None: ...
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        now = (step, time.perf_counter(), time.thread_time())
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    @property
+    def steps_per_s(self) -> float:
+        assert self.first and self.last and self.last[0] > self.first[0]
+        return (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
+
+    @property
+    def cpu_us_per_step(self) -> float:
+        assert self.first and self.last and self.last[0] > self.first[0]
+        return (self.last[2] - self.first[2]) / (self.last[0] - self.first[0]) * 1e6
+
+
+def config(epochs: int, out: str, uri: str | None) -> dict:
+    return {
+        "name": "bench-tracking",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": out,
+        "model": {"name": "mlp", "options": {"in_features": 64, "hidden": [128], "out_features": 10}},
+        "data": {"name": "sklearn", "options": {"dataset": "digits"}, "batch_size": 32, "val_fraction": 0.2},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
+        "trainer": {"epochs": epochs, "val_every_epochs": 5, "checkpoint_at_end": False, "progress": "none"},
+        "tracking": {"enabled": uri is not None, "uri": uri, "experiment": "bench", "log_every": 10,
+                     "histogram_every": 100, "grad_stats": "per_layer", "system_metrics": False,
+                     "log_model": False, "log_checkpoint": False},
+    }
+
+
+def one_run(epochs: int, out: str, uri: str | None) -> tuple[float, float, int, int]:
+    from service import train
+
+    clock = StepClock()
+    result = train(config(epochs, out, uri), observers=[clock])
+    unsent = 0
+    if uri is not None:
+        from service.tracking.jsonl import unsent_records
+
+        unsent = sum(len(r.metrics) for r in unsent_records(result.run_dir))
+    return clock.steps_per_s, clock.cpu_us_per_step, result.steps, unsent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+    from tests.mlflow_fixtures import MlflowServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="gradloop-bench-tracking-"))
+    server = MlflowServer(tmp)
+    server.start()
+    variants = {"off": None, "sqlite": f"sqlite:///{tmp}/mlflow.db", "server": server.uri}
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        one_run(2, str(tmp / "runs"), variants["sqlite"])  # warm-up: imports, tables, first plots
+        for r in range(args.repeats):
+            for name, uri in variants.items():
+                sps, us, steps, unsent = one_run(args.epochs, str(tmp / "runs"), uri)
+                rates[name].append(sps)
+                cpu[name].append(us)
+                print(f"  round {r + 1} {name:7s} {sps:8.1f} steps/s {us:7.1f} us CPU/step  ({steps} steps, {unsent} points unsent)", flush=True)
+    finally:
+        server.stop()
+    base, base_cpu = max(rates["off"]), statistics.median(cpu["off"])
+    print(f"\ndigits MLP, grad_stats=per_layer, log_every=10, {args.epochs} epochs, {args.repeats} rounds")
+    print(f"{'tracking':10s} {'best steps/s':>12s} {'vs off':>8s} {'train-thread CPU us/step':>26s} {'vs off':>8s}")
+    for name in variants:
+        best, us = max(rates[name]), statistics.median(cpu[name])
+        print(f"{name:10s} {best:12.1f} {best / base:8.3f} {us:26.1f} {us / base_cpu:8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Tracking's pieces without a store: params, journal, request splitting, grad stats, histograms."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from service.tracking import gradstats, histograms
+from service.tracking.jsonl import Journal, read_records, unsent_records
+from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
+from service.tracking.sender import metric_requests
+from service.tracking.status import Terminated, status_for
+from service.tracking.store import resolve_uri
+
+
+def test_flatten_dotted_keys_lists_and_groups() -> None:
+    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "groups": [{"match": "x.*", "lr": 0.1}], "e": {}})
+    assert flat == {"a.b": 1, "a.c": [1, 2], "groups.0.match": "x.*", "groups.0.lr": 0.1, "e": "{}"}
+
+
+def test_config_params_fit_mlflow_limits() -> None:
+    params = config_params({"k" * 300: 1, "long": "v" * (MAX_VALUE + 1), "hidden": [64, 64], "none": None})
+    assert all(len(k) <= MAX_KEY for k in params)
+    assert all(len(v) <= MAX_VALUE for v in params.values())
+    assert "config/config.yaml" in params["long"]  # says where the whole value is
+    assert params["hidden"] == "[64, 64]" and params["none"] == "None"
+
+
+def test_requests_hold_at_most_1000_metrics_and_complete_records_last(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(700)}) for step in range(3)]
+    requests = metric_requests(records)
+    assert [len(m) for m, _ in requests] == [1000, 1000, 100]
+    # record 0 ends in request 0; record 1 spans requests 0-1 and is done by request 1; record 2 by 2
+    assert [seqs for _, seqs in requests] == [[0], [1], [2]]
+    assert {(m.key, m.step, m.timestamp) for batch, _ in requests for m in batch} == {
+        (f"m{i}", s, 1000 + s) for i in range(700) for s in range(3)}
+
+
+def test_journal_tracks_what_was_sent_and_survives_a_torn_line(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for step in range(1, 6):
+        journal.append(step, step, {"train/loss": 1.0 / step})
+    journal.mark_sent([0, 1, 3])
+    journal.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"seq": 5, "step": 6, "ts"')  # a process killed mid-write
+    assert [r.seq for r in unsent_records(tmp_path)] == [2, 4]
+    again = Journal(tmp_path)  # a resumed run in the same directory continues the numbering
+    assert again.append(7, 7, {"x": 1.0}).seq == 5
+    again.close()
+
+
+def test_nan_values_round_trip_through_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append(1, 1, {"train/loss": float("nan")})
+    journal.close()
+    assert math.isnan(next(read_records(tmp_path / "metrics.jsonl")).metrics["train/loss"])
+
+
+def _model_with_grads(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    model(torch.randn(16, 5)).pow(2).sum().backward()
+    return model
+
+
+def test_per_layer_stats_match_plain_torch() -> None:
+    model = _model_with_grads()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    snap = gradstats.snapshot(3, layout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    gradstats.after_step(snap, layout)
+    values = torch.stack(snap.tensors()).tolist()
+    got = gradstats.host_metrics(snap, values, layout)
+    total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters()))
+    assert got["train/grad_norm"] == pytest.approx(total, rel=1e-5)
+    assert got["train/grad_nonfinite"] == 0
+    for name, p in model.named_parameters():
+        assert got[f"grad_norm/{name}"] == pytest.approx(float(p.grad.norm()), rel=1e-5)
+        assert got[f"weight_norm/{name}"] == pytest.approx(float(p.detach().norm()), rel=1e-5)
+        ratio = float((p.detach() - before[name]).norm() / p.detach().norm())
+        assert got[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+
+
+def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> None:
+    model = _model_with_grads()
+    model[2].bias.grad[0] = float("nan")
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_module")
+    snap = gradstats.snapshot(1, layout)
+    gradstats.after_step(snap, layout)
+    got = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+    assert got["train/grad_nonfinite"] == 1
+    expected = math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm()))
+    assert got["grad_norm/0"] == pytest.approx(expected, rel=1e-5)
+    assert {k for k in got if k.startswith("grad_norm/")} == {"grad_norm/0", "grad_norm/2"}
+
+
+def test_total_mode_reports_no_layers() -> None:
+    model = _model_with_grads()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "total")
+    snap = gradstats.snapshot(1, layout)
+    got = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+    assert set(got) == {"train/grad_norm", "train/grad_nonfinite"}
+
+
+def test_histograms_count_every_element(tmp_path: Path) -> None:
+    model = _model_with_grads()
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    labels, table = histograms.compute(names, params, bins=10)
+    path = histograms.write(tmp_path, 40, labels, table.tolist())
+    data = json.loads(path.read_text())
+    assert path.name == "step_000040.json" and data["step"] == 40
+    for name, p in zip(names, params):
+        layer = data["layers"][name]
+        assert sum(layer["grad"]["counts"]) == p.numel() == sum(layer["weight"]["counts"])
+        assert layer["weight"]["min"] == pytest.approx(float(p.min())) and layer["weight"]["max"] == pytest.approx(float(p.max()))
+
+
+def test_status_for_errors() -> None:
+    assert status_for(None) == "FINISHED"
+    assert status_for(ValueError("x")) == "FAILED"
+    assert status_for(Terminated()) == "KILLED"
+    assert status_for(KeyboardInterrupt()) == "KILLED"
+
+
+def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert resolve_uri("http://given:1") == "http://given:1"
+    assert resolve_uri(None) == "http://example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # pinned: a later chdir keeps the store
