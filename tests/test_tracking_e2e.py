@@ -1,0 +1,185 @@
+"""Tracking through service.train(): a real mlflow server, SIGTERM, a server that dies mid-run,
+`gradloop sync`, and resume, all read back with MlflowClient."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from service import train
+from service.tracking.jsonl import read_records, unsent_records
+from service.tracking.observer import TrackingWarning
+from service.tracking.sync import SyncError, sync_run_dir
+from tests.mlflow_fixtures import MlflowServer, mlflow_server, sqlite_uri  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_config(tmp_path: Path, uri: str, epochs: int = 3, **tracking: Any) -> dict:
+    return {
+        "name": "e2e",
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "mlp", "options": {"in_features": 8, "hidden": [16], "out_features": 3}},
+        "data": {"name": "synthetic_classification", "options": {"n_samples": 320, "n_features": 8, "n_classes": 3},
+                 "batch_size": 32, "val_fraction": 0.25},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "trainer": {"epochs": epochs, "progress": "none"},
+        "tracking": {"uri": uri, "log_every": 2, "histogram_every": 0, "system_metrics": False,
+                     "log_model": False, "flush_timeout_s": 20, **tracking},
+    }
+
+
+def points(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_train_logs_to_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    result = train(small_config(tmp_path, mlflow_server.uri))
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert result.steps == 24  # 240 training samples / 32 -> 8 steps x 3 epochs
+    assert points(client, run.info.run_id, "train/loss") == list(range(2, 25, 2))
+    assert points(client, run.info.run_id, "val/loss") == [8, 16, 24]
+    assert {"samples_per_s", "steps_per_s", "epoch", "grad_norm/layers.0.weight"} <= set(run.data.metrics)
+    assert any(k.startswith("train/lr/") for k in run.data.metrics)
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert names == {"plots/loss_curves.png", "plots/grad_norm_heatmap.png"}
+
+
+class StopServerAt:
+    """An observer that takes the tracking server down when the run reaches `step`."""
+
+    mlflow_run_id = None
+
+    def __init__(self, server: MlflowServer, step: int):
+        self.server, self.step = server, step
+
+    def start(self, ctx: Any) -> None:
+        self.sent_file = ctx.run_dir / "metrics.sent"
+
+    def wants_step_stats(self, step: int) -> bool: return False
+    def before_optimizer_step(self, step: int, model: Any) -> None: return None
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
+    def log_checkpoint(self, path: Path, step: int) -> None: ...
+    def finish(self, status: str, error: BaseException | None = None) -> None: ...
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        if step == self.step:
+            deadline = time.monotonic() + 60
+            while not self.sent_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the sender has delivered something, so the outage is mid-run
+            self.server.stop()
+
+
+def test_server_down_mid_run_nothing_is_lost_and_sync_completes_it(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    server.start()
+    try:
+        cfg = small_config(tmp_path, server.uri, epochs=6, flush_timeout_s=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train(cfg, observers=[StopServerAt(server, 10)])
+        assert result.status == "FINISHED" and result.steps == 48  # training went on without the server
+        unsent = [w for w in caught if issubclass(w.category, TrackingWarning)]
+        assert len(unsent) == 1 and "gradloop sync" in str(unsent[0].message)
+        journal = list(read_records(result.run_dir / "metrics.jsonl"))
+        assert [r.step for r in journal if "train/loss" in r.metrics] == list(range(2, 49, 2))
+        left = unsent_records(result.run_dir)
+        assert left and len(left) < len(journal)  # some went before the server died, the rest waits
+        state = json.loads((result.run_dir / "tracking.json").read_text())
+        assert state["status"] == "FINISHED" and state["unsent_points"] == sum(len(r.metrics) for r in left)
+
+        server.start()  # same port, same store
+        client = MlflowClient(server.uri)
+        assert client.get_run(result.mlflow_run_id).info.status == "RUNNING"
+        report = sync_run_dir(result.run_dir)
+        assert report.records_sent == len(left) and report.status == "FINISHED"
+        assert "set_terminated" in report.ops_done and "log_artifacts" in report.ops_done
+        assert points(client, result.mlflow_run_id, "train/loss") == list(range(2, 49, 2))
+        assert points(client, result.mlflow_run_id, "val/loss") == [8, 16, 24, 32, 40, 48]
+        total = sum(len(client.get_metric_history(result.mlflow_run_id, k)) for k in client.get_run(result.mlflow_run_id).data.metrics)
+        assert total == sum(len(r.metrics) for r in journal)
+        assert {a.path for a in client.list_artifacts(result.mlflow_run_id)} >= {"plots", "config"}
+
+        again = sync_run_dir(result.run_dir)  # idempotent: nothing is sent twice
+        assert again.nothing_to_do and again.points_sent == 0
+        assert points(client, result.mlflow_run_id, "train/loss") == list(range(2, 49, 2))
+    finally:
+        server.stop()
+
+
+def test_sync_of_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(SyncError, match="tracking.json"):
+        sync_run_dir(tmp_path)
+
+
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from service import train
+    cfg = json.loads(sys.argv[1])
+    result = train(cfg)
+    print("RESULT", result.status, result.mlflow_run_id, flush=True)
+""")
+
+
+def test_sigterm_ends_the_run_killed(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri, epochs=2000)
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT.format(root=str(ROOT)), json.dumps(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        journals: list[Path] = []
+        while time.monotonic() < deadline and not journals:
+            journals = [p for p in (tmp_path / "runs").glob("e2e/*/metrics.jsonl") if p.stat().st_size > 0]
+            time.sleep(0.2)
+        assert journals, "the run never started logging"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "RESULT KILLED" in out, err[-3000:]
+    run_id = out.split("RESULT KILLED ")[1].split()[0]
+    run = MlflowClient(sqlite_uri).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.info.end_time is not None
+
+
+def test_failed_run_through_train_is_failed(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri)
+    cfg["optimizer"]["options"]["lr"] = 1e30  # diverges: a non-finite loss fails the run
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    client = MlflowClient(sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name("gradloop").experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["gradloop.error.type"] == type(info.value).__name__
+
+
+def test_resume_through_train_continues_the_run(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri, epochs=2)
+    cfg["trainer"]["checkpoint_every_steps"] = 4
+    first = train(cfg)
+    cfg["trainer"]["epochs"] = 4
+    second = train(cfg, resume=str(first.run_dir))
+    assert second.mlflow_run_id == first.mlflow_run_id
+    client = MlflowClient(sqlite_uri)
+    assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
+    assert points(client, first.mlflow_run_id, "train/loss") == list(range(2, 33, 2))
+    assert points(client, first.mlflow_run_id, "val/loss") == [8, 16, 24, 32]
