@@ -183,3 +183,28 @@ def test_resume_through_train_continues_the_run(tmp_path: Path, sqlite_uri: str)
     assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
     assert points(client, first.mlflow_run_id, "train/loss") == list(range(2, 33, 2))
     assert points(client, first.mlflow_run_id, "val/loss") == [8, 16, 24, 32]
+
+
+def test_a_server_down_from_the_start_is_synced_later(tmp_path: Path) -> None:
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")  # its port is chosen but nothing listens yet
+    cfg = small_config(tmp_path, server.uri, epochs=1, flush_timeout_s=1)
+    with pytest.warns(TrackingWarning) as caught:
+        result = train(cfg)
+    assert result.status == "FINISHED" and result.mlflow_run_id is None
+    journal = list(read_records(result.run_dir / "metrics.jsonl"))
+    messages = [str(w.message) for w in caught]
+    assert any("unreachable" in m for m in messages)
+    assert any(f"{sum(len(r.metrics) for r in journal)} metric points" in m and "gradloop sync" in m for m in messages)
+    assert journal and len(unsent_records(result.run_dir)) == len(journal)
+    server.start()
+    try:
+        report = sync_run_dir(result.run_dir)
+        assert report.created_run and report.records_sent == len(journal) and report.status == "FINISHED"
+        client = MlflowClient(server.uri)
+        run = client.get_run(report.run_id)
+        assert run.info.run_name.startswith("e2e-") and run.data.params["optimizer.options.lr"] == "0.1"
+        assert points(client, report.run_id, "train/loss") == [2, 4, 6, 8]
+        assert sync_run_dir(result.run_dir).nothing_to_do
+    finally:
+        server.stop()
