@@ -1,6 +1,6 @@
 """What stands in front of every /v1 route: bearer-token auth and the request body limit.
 
-Auth runs as a router dependency, before any path or body is looked at, so a request without a
+Auth runs as a router dependency (with the check that refuses unknown query parameters), before any path or body is looked at, so a request without a
 valid token learns nothing about jobs. Tokens are compared in constant time, and every accepted
 token is compared (no early exit that would tell which one was close).
 """
@@ -32,6 +32,27 @@ def require_token(request: Request, credentials: HTTPAuthorizationCredentials | 
         return
     if credentials is None or credentials.scheme.lower() != "bearer" or not token_ok(credentials.credentials, accepted):
         raise HTTPException(401, "a valid bearer token is required: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not take: `?stauts=failed` would otherwise list
+    every job as if no filter had been asked for."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = {p.alias for p in _query_params(dependant)}
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        hint = f"; allowed: {', '.join(sorted(allowed))}" if allowed else "; this route takes none"
+        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}{hint}")
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    found = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        found += _query_params(sub)
+    return found
 
 
 class _TooLarge(Exception):

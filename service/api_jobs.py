@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, inspect, cancel, follow (SSE) and read the log of training jobs.
+"""/v1/jobs: submit, list, inspect, cancel, follow (SSE), and read the log and files of training jobs.
 
 Handlers are plain `def` where they touch the database (FastAPI runs them in its thread pool);
 the event stream is async and polls the store from a worker thread.
@@ -14,25 +14,28 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from .api_guard import bearer, require_token
+from .api_files import list_files, open_regular, read_range, safe_path
+from .api_guard import bearer, reject_unknown_query, require_token
 from .api_problems import PROBLEM_RESPONSES
 from .api_schemas import JobOut, JobPage, JobStatus, job_out
 from .api_submit import UnsupportedMediaTypeError, parse_body, request_hash, validate_http_config
 from .jobs.events import job_events
 from .jobs.store import JobStore
-from .jobs.worker import log_path
+from .jobs.worker import job_dir, log_path
 
 MAX_LOG_CHUNK = 1024 * 1024
+MAX_FILE_CHUNK = 16 * 1024 * 1024  # a checkpoint is read in chunks of this (X-Next-Offset)
 
 
 def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     require_token(request, credentials)
 
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(_auth)], responses={401: PROBLEM_RESPONSES[401]})
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(_auth), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 
 
 def _store(request: Request) -> JobStore:
@@ -79,7 +82,7 @@ def _submit(request: Request, body: bytes, priority: int, idempotency_key: str |
     except UnsupportedMediaTypeError as exc:
         raise HTTPException(415, str(exc)) from None
     key_hash = request_hash(raw, priority)
-    config = validate_http_config(raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri)
+    config = validate_http_config(raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits)
     store = _store(request)
     job, created = store.submit(
         config.to_dict(),
@@ -168,16 +171,56 @@ def job_logs(
 ) -> Response:
     job_id = _uuid(job_id)
     job = _store(request).require(job_id)
-    path = log_path(request.app.state.settings.jobs_dir, job_id)
-    data, size = b"", 0
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(min(offset, size))
-            data = fh.read(limit)
-    except FileNotFoundError:
-        pass  # not started yet: an empty log
+    jobs_dir = request.app.state.settings.jobs_dir
+    # The log is opened without following links: a job.log that points elsewhere reads as 404.
+    data, size = read_range(log_path(jobs_dir, job_id), offset, limit)
     start = min(offset, size)
     headers = {"X-Next-Offset": str(start + len(data)), "X-Log-Size": str(size), "X-Job-Status": job.status}
     return Response(data, media_type="text/plain; charset=utf-8", headers=headers)
 
+
+class JobFile(BaseModel):
+    path: str = Field(description="relative to the job's directory")
+    size: int
+
+
+class JobFiles(BaseModel):
+    files: list[JobFile]
+    truncated: bool = Field(description="true when the job has more files than one listing shows")
+
+
+@router.get("/{job_id}/artifacts", response_model=JobFiles, summary="The files in the job's directory (log, run dirs, checkpoints)", responses={404: PROBLEM_RESPONSES[404]})
+def job_artifacts(request: Request, job_id: str) -> JobFiles:
+    job_id = _uuid(job_id)
+    _store(request).require(job_id)
+    files, truncated = list_files(job_dir(request.app.state.settings.jobs_dir, job_id))
+    return JobFiles(files=[JobFile.model_validate(f) for f in files], truncated=truncated)
+
+
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    summary="One file of the job, by its path relative to the job's directory",
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, 400: PROBLEM_RESPONSES[400], 404: PROBLEM_RESPONSES[404]},
+    response_class=Response,
+)
+def job_artifact(
+    request: Request,
+    job_id: str,
+    path: str,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_FILE_CHUNK)] = MAX_FILE_CHUNK,
+) -> Response:
+    job_id = _uuid(job_id)
+    _store(request).require(job_id)
+    resolved = safe_path(job_dir(request.app.state.settings.jobs_dir, job_id), path)
+    try:
+        fd = open_regular(resolved)
+    except FileNotFoundError:
+        raise HTTPException(404, f"the job has no file {path!r}") from None
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(min(offset, size))
+        data = fh.read(limit)
+    start = min(offset, size)
+    headers = {"X-Next-Offset": str(start + len(data)), "X-File-Size": str(size)}
+    return Response(data, media_type="application/octet-stream", headers=headers)

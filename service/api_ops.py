@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import registry
-from .api_guard import bearer, require_token
+from .api_guard import bearer, reject_unknown_query, require_token
 from .api_problems import PROBLEM_RESPONSES, problem_response
 
 
@@ -18,7 +18,7 @@ def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials 
     require_token(request, credentials)
 
 
-plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(_auth)], responses={401: PROBLEM_RESPONSES[401]})
+plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(_auth), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 ops_router = APIRouter(tags=["operations"])
 
 

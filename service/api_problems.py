@@ -48,7 +48,7 @@ def problem_response(status: int, detail: str, *, instance: str | None = None, e
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {PROBLEM_TYPE: {}}, "description": _TITLES[code]} for code in (401, 404, 409, 413, 415, 422)
+    code: {"model": Problem, "content": {PROBLEM_TYPE: {}}, "description": _TITLES[code]} for code in (400, 401, 404, 409, 413, 415, 422)
 }
 
 

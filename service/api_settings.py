@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from .limits import ServiceLimits
+
 DEFAULT_PORT = 8000
 DEFAULT_STATE_DIR = "gradloop-state"
 
@@ -25,6 +27,7 @@ class ServiceSettings(BaseModel):
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     worker_id: str | None = None
+    limits: ServiceLimits = Field(default_factory=ServiceLimits, description="ceilings on what one submitted job may ask for")
 
     def resolved(self) -> "ServiceSettings":
         state = self.state_dir.resolve()

@@ -15,6 +15,8 @@ from typing import Any
 
 from .config import RunConfig, load_raw_text, validate_config
 from .errors import ConfigError, FieldError, GradloopError
+from .limits import ServiceLimits, check_limits
+from .yamlio import MAX_DEPTH
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JSON_TYPES = ("application/json", "")
@@ -47,9 +49,26 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise ConfigError([FieldError("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", exc.lineno)]) from None
     except RecursionError:
         raise ConfigError.single("", "the JSON nests too deeply; flatten it") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError.single("", f"the JSON holds a value that cannot be read ({exc}); give ordinary numbers") from None
     if not isinstance(data, dict):
         raise ConfigError.single("", "the top level must be an object of fields (name, model, data, ...)")
+    _check_depth(data)
     return data
+
+
+def _check_depth(data: Any) -> None:
+    """The YAML reader's nesting bound for JSON too: deeper documents would reach recursive
+    code further on (validation, hashing, the store) and fail there without a useful message."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError.single("", f"the JSON nests deeper than {MAX_DEPTH} levels; flatten it")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def request_hash(raw: dict[str, Any], priority: int) -> str:
@@ -73,7 +92,8 @@ def _is_local_store(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
 
 
-def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_root: Path, tracking_uri: str | None) -> RunConfig:
+def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_root: Path, tracking_uri: str | None,
+                         limits: ServiceLimits | None = None) -> RunConfig:
     """Validate `raw` as the service runs it; raise ConfigError listing every problem."""
     errors: list[FieldError] = []
     _non_finite(raw, "", errors)
@@ -106,4 +126,15 @@ def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_roo
         raise ConfigError(errors + exc.errors) from None
     if errors:
         raise ConfigError(errors)
+    over = check_limits(config, limits or ServiceLimits(), data_root)
+    if over:
+        raise ConfigError([FieldError(e.path, e.message, _line(e.path, lines)) for e in over])
     return config
+
+
+def _line(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path.rpartition(".")[0]
+    return None
