@@ -40,18 +40,24 @@ def serve(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store for jobs (default: sqlite in the state dir)"),
     mlflow_ui: Optional[str] = typer.Option(None, "--mlflow-ui", help="MLflow UI address, for links to each job's run"),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=0, help="jobs at once (default: one per visible GPU, else 1; 0: submit-only)"),
-    cancel_grace: float = typer.Option(30.0, "--cancel-grace", min=0, help="seconds between SIGTERM and SIGKILL when cancelling"),
+    cancel_grace: float = typer.Option(30.0, "--cancel-grace", min=0, help="seconds between SIGTERM and SIGKILL when cancelling a job or stopping the service"),
     lease: float = typer.Option(30.0, "--lease", min=0.5, help="seconds a job's lease lasts without a heartbeat"),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="times a job whose worker died is retried"),
     max_body: int = typer.Option(1024 * 1024, "--max-body", min=1, help="request body limit in bytes"),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="name of this service's worker in job records (default: host-pid-random)"),
     log_level: str = typer.Option("info", "--log-level"),
+    max_epochs: int = typer.Option(10_000, "--max-epochs", min=1, help="limit: epochs one submitted job may ask for"),
+    max_steps: int = typer.Option(10_000_000, "--max-steps", min=1, help="limit: optimizer steps of one job"),
+    max_dataset_samples: int = typer.Option(10_000_000, "--max-dataset-samples", min=1, help="limit: samples of a generated dataset"),
+    max_dataset_bytes: int = typer.Option(10 * 1024**3, "--max-dataset-bytes", min=1, help="limit: size of a dataset file"),
+    max_model_params: int = typer.Option(1_000_000_000, "--max-model-params", min=1, help="limit: parameters of a job's model"),
 ) -> None:
     """Run the HTTP job service (FastAPI under uvicorn)."""
     import uvicorn
 
     from .api import create_app
     from .api_settings import ServiceSettings, tokens_from_env
+    from .limits import ServiceLimits
 
     settings = ServiceSettings(
         state_dir=state_dir,
@@ -66,10 +72,45 @@ def serve(
         cancel_grace_s=cancel_grace,
         max_attempts=max_attempts,
         worker_id=worker_id,
+        limits=ServiceLimits(max_epochs=max_epochs, max_steps=max_steps, max_dataset_samples=max_dataset_samples,
+                             max_dataset_bytes=max_dataset_bytes, max_model_params=max_model_params),
         **({"data_root": data_root} if data_root is not None else {}),
     )
+    app = create_app(settings)
     # Open event streams must not hold a stopping service past its grace period.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    _draining_server(config, app, cancel_grace).run()
+
+
+def _draining_server(config: Any, app: Any, grace_s: float) -> Any:
+    """uvicorn's server, except that SIGTERM/SIGINT first drain the job pool while the API still
+    answers (submits get 503, reads work), and only then stop uvicorn. Running jobs checkpoint and
+    go back to the queue; the process exits within the grace period plus the few seconds uvicorn
+    gives open connections. A second signal stops without waiting for the drain."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        drain_started = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            pool = getattr(app.state, "pool", None)
+            if self.drain_started or pool is None or self.should_exit:
+                super().handle_exit(signal.SIGINT if self.drain_started else sig, frame)
+                return
+            self.drain_started = True
+            app.state.draining = True
+            threading.Thread(target=self._drain, args=(pool,), name="gradloop-drain", daemon=True).start()
+
+        def _drain(self, pool: Any) -> None:
+            try:
+                pool.drain(grace_s)
+            finally:
+                self.should_exit = True
+
+    return DrainingServer(config)
 
 
 # -- client -------------------------------------------------------------------------------
