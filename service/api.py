@@ -42,6 +42,13 @@ def default_slots() -> tuple[int, list[str]]:
     return (len(gpus) or 1), gpus
 
 
+def _load_plugins() -> None:
+    from . import registry
+
+    for kind in registry.KINDS:
+        registry.registry(kind).names()
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = (settings or ServiceSettings()).resolved()
     metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
@@ -53,6 +60,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         store = JobStore(settings.db)
         await anyio.to_thread.run_sync(store.migrate)
+        # Plugins load on first use; loading them now keeps that import time out of the first
+        # submissions, which would otherwise all wait on it at once.
+        await anyio.to_thread.run_sync(_load_plugins)
         app.state.store = store
         pool = None
         slots, gpus = default_slots()
