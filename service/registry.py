@@ -217,7 +217,9 @@ class Registry:
 
     # -- loading ------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
-        if self._loaded or self._loading:
+        # Only `_loaded` may skip the lock: another thread's load in progress (`_loading`) must
+        # be waited for, or it sees a half-filled registry; the loading thread itself re-enters.
+        if self._loaded:
             return
         with self._lock:
             if self._loaded or self._loading:
