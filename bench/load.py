@@ -1,0 +1,176 @@
+"""Job-service load: submit and status-poll throughput and latency (p50/p99) with many clients,
+against SQLite and PostgreSQL.
+
+Each backend gets its own `gradloop serve` process (--max-concurrent 0: no training competes for
+the CPU, so this measures the API and the store). The clients are asyncio tasks on one httpx
+AsyncClient in this process, a separate process from the server; on this 2-core machine they
+still share the cores with it, which the numbers include.
+
+Three phases per backend:
+  closed  N clients, each submitting back to back (each waits for its answer): the throughput
+          ceiling; latency here is mostly time spent queued behind the other clients' requests
+          (Little's law: latency ~ clients / throughput).
+  open    submissions arriving at a fixed rate (--rate per second) from as many clients as it
+          takes: latency at a given load, not at saturation.
+  poll    N clients reading GET /v1/jobs/{id} of the submitted jobs back to back.
+Usage: python bench/load.py [--backends sqlite,postgresql] [--clients 20] [--per-client 10] [--rate 50]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from api_fixtures import Service, iris_config  # noqa: E402
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server process so far (Linux /proc): per-request CPU is
+    steadier than latency on a machine shared with other work."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def line(label: str, ms: list[float], wall: float, cpu_s: float) -> str:
+    return (f"  {label:<38} n={len(ms):<5} p50 {pct(ms, 50):6.1f} ms  p99 {pct(ms, 99):6.1f} ms  "
+            f"max {max(ms):6.1f} ms  {len(ms) / wall:5.0f} req/s  server CPU {cpu_s * 1000 / len(ms):4.1f} ms/req")
+
+
+async def timed(call: Callable[[], Awaitable[httpx.Response]], out: list[float], expect: int) -> httpx.Response:
+    t0 = time.perf_counter()
+    response = await call()
+    out.append((time.perf_counter() - t0) * 1000)
+    if response.status_code != expect:
+        raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+    return response
+
+
+async def closed_submits(http: httpx.AsyncClient, clients: int, per_client: int, ids: list[str]) -> tuple[list[float], float]:
+    ms: list[float] = []
+    body = iris_config("load")
+
+    async def client(n: int) -> None:
+        for i in range(per_client):
+            r = await timed(lambda: http.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"{n}-{i}-{uuid.uuid4().hex}"}), ms, 202)
+            ids.append(r.json()["id"])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return ms, time.perf_counter() - t0
+
+
+async def open_submits(http: httpx.AsyncClient, rate: float, total: int, ids: list[str]) -> tuple[list[float], float]:
+    ms: list[float] = []
+    body = iris_config("load-open")
+    tasks = []
+    t0 = time.perf_counter()
+    for i in range(total):
+        # Arrivals on a fixed schedule, whether or not earlier answers have come back.
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(lambda: http.post("/v1/jobs", json=body), ms, 202)))
+    for r in await asyncio.gather(*tasks):
+        ids.append(r.json()["id"])
+    return ms, time.perf_counter() - t0
+
+
+async def polls(http: httpx.AsyncClient, clients: int, per_client: int, ids: list[str]) -> tuple[list[float], float]:
+    ms: list[float] = []
+    rng = random.Random(0)
+
+    async def client() -> None:
+        for _ in range(per_client):
+            job_id = rng.choice(ids)
+            await timed(lambda: http.get(f"/v1/jobs/{job_id}"), ms, 200)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return ms, time.perf_counter() - t0
+
+
+async def run_phases(url: str, pid: int, args: argparse.Namespace) -> None:
+    limits = httpx.Limits(max_connections=args.clients * 4, max_keepalive_connections=args.clients * 4)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        ids: list[str] = []
+        await closed_submits(http, args.clients, 3, ids)  # warm: connections, caches, first-use imports
+        phases = [
+            (f"submit, closed loop, {args.clients} clients", lambda: closed_submits(http, args.clients, args.per_client, ids)),
+            (f"submit, open loop, {args.rate:.0f}/s arrivals", lambda: open_submits(http, args.rate, args.clients * args.per_client, ids)),
+            (f"status poll, closed loop, {args.clients} clients", lambda: polls(http, args.clients, args.per_client * 5, ids)),
+        ]
+        for label, phase in phases:
+            cpu0 = server_cpu_s(pid)
+            ms, wall = await phase()
+            print(line(label, ms, wall, server_cpu_s(pid) - cpu0))
+
+
+def pg_schema() -> tuple[str, Callable[[], None]] | None:
+    try:
+        from sqlalchemy import create_engine, text
+
+        schema = f"gl_bench_{uuid.uuid4().hex[:12]}"
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        print(f"postgresql: skipped, no server at 127.0.0.1:5432 ({type(exc).__name__})")
+        return None
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def bench_backend(backend: str, args: argparse.Namespace) -> None:
+    extra = ["--max-concurrent", "0"]
+    cleanup: Callable[[], None] = lambda: None
+    if backend == "postgresql":
+        found = pg_schema()
+        if found is None:
+            return
+        url, cleanup = found
+        extra += ["--db", url]
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = Service(Path(tmp), extra_args=extra).wait_ready()
+        try:
+            print(f"{backend}:")
+            asyncio.run(run_phases(svc.url, svc.proc.pid, args))
+        finally:
+            svc.stop()
+            cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=50.0, help="open-loop submissions per second")
+    args = parser.parse_args()
+    for backend in args.backends.split(","):
+        bench_backend(backend.strip(), args)
+
+
+if __name__ == "__main__":
+    main()
