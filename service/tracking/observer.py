@@ -250,6 +250,7 @@ class MlflowObserver:
                 self._monitor.finish()
             except Exception as exc:
                 log.warning("system metrics monitor did not stop cleanly: %s", exc)
+        self._journal.flush()  # the plots and the sender's last catch-up read the file
         ops = self._final_ops(status, error)
         self._state.status = status
         timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
