@@ -85,7 +85,9 @@ def test_a_run_logs_metrics_params_tags_and_artifacts(tmp_path: Path, sqlite_uri
     assert json.loads((tmp_path / "run" / "tracking.json").read_text())["pending_ops"] == []
 
 
-def test_per_module_stats_and_no_model(tmp_path: Path, sqlite_uri: str) -> None:
+def test_per_module_stats_log_file_and_no_model(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "job.log").write_text("gradloop: job starting\n")
+    monkeypatch.setenv("GRADLOOP_LOG_FILE", str(tmp_path / "job.log"))
     cfg = tiny_config(sqlite_uri, grad_stats="per_module", log_model=False, plots=False, histogram_every=0)
     obs = make_observer(cfg, tmp_path / "run")
     hand_loop(obs, cfg, tmp_path / "run", steps=10)
@@ -94,6 +96,7 @@ def test_per_module_stats_and_no_model(tmp_path: Path, sqlite_uri: str) -> None:
     assert {k for k in run.data.metrics if k.startswith("grad_norm/")} == {"grad_norm/0", "grad_norm/2"}
     arts = set(_artifacts(client, run.info.run_id))
     assert not any(a.startswith(("plots/", "histograms/")) for a in arts)
+    assert "logs/job.log" in arts
     assert client.search_logged_models(experiment_ids=[run.info.experiment_id]) == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -294,7 +295,13 @@ class MlflowObserver:
             ops.append(Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"}))
         if self.tcfg.log_checkpoint and self._checkpoint is not None:
             ops.append(Op("log_artifact", {"local_path": str(self._checkpoint), "artifact_path": "checkpoints"}))
-        for log_file in sorted(self.run_dir.glob("*.log")):
+        # The run's log: *.log in the run directory, or the file named by $GRADLOOP_LOG_FILE
+        # (set by whoever sends this process's output to a file, e.g. the job worker).
+        logs = sorted(self.run_dir.glob("*.log"))
+        named = os.environ.get("GRADLOOP_LOG_FILE")
+        if named and Path(named).is_file():
+            logs.append(Path(named))
+        for log_file in logs:
             ops.append(Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"}))
         if self.tcfg.log_model and status == "FINISHED" and self._ctx is not None:
             fn = _model_logger(self._ctx, self.uri)
