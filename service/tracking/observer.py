@@ -26,7 +26,7 @@ from . import gradstats, histograms, plots
 from .gradstats import GradSnapshot, StatLayout, metric_safe
 from .jsonl import Journal, read_records
 from .params import config_params
-from .remote import RemoteClient
+from .remote import shared_client
 from .sender import Op, Sender
 from .state import TrackingState
 from .status import SigtermGuard, error_tags, status_for
@@ -126,7 +126,7 @@ class MlflowObserver:
 
         if self._state.create is None and self._client is not None and self.mlflow_run_id:
             # The store is written from a child process: its Python never competes for our GIL.
-            self._sender = Sender(RemoteClient(self.uri), self.mlflow_run_id, self._journal, local_client=self._client)
+            self._sender = Sender(shared_client(self.uri), self.mlflow_run_id, self._journal, local_client=self._client)
             for op in start_ops:
                 self._sender.submit_op(op)
             self._start_system_metrics(resumed)

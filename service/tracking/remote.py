@@ -124,6 +124,21 @@ class RemoteClient:
                 self._proc = None
 
 
+_shared: dict[str, RemoteClient] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(uri: str) -> RemoteClient:
+    """One child per store for the whole process: starting one (importing MLflow) costs
+    seconds of CPU, which runs one after another (sweeps, `gradloop run a b`) pay only once.
+    It exits with this process (its pipe closes)."""
+    with _shared_lock:
+        client = _shared.get(uri)
+        if client is None:
+            client = _shared[uri] = RemoteClient(uri)
+        return client
+
+
 def _exception(name: str, code: str | None, message: str) -> Exception:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import ErrorCode

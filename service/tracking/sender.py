@@ -171,10 +171,7 @@ class Sender:
             self.abandoned = True  # stuck in one request; whatever it finishes is still recorded
             kill = getattr(self.client, "kill", None)
             if kill is not None:
-                kill()
-        close = getattr(self.client, "close", None)
-        if close is not None and not self._thread.is_alive():
-            close()
+                kill()  # a RemoteClient starts a fresh child on its next call
         left = unsent_records(self.journal.path.parent)
         with self._ops_lock:
             pending = list(self._pending_ops)
