@@ -2,8 +2,8 @@
 
 A claim moves one queued job to running, adds 1 to its attempt and records the worker id and a
 lease expiry. The holder renews the lease by heartbeat; a job whose lease ran out (its worker
-died, or its host) is re-queued by whichever service notices first, or failed once it has used
-`max_attempts`. Writes from the old attempt are then refused (see store.Fence).
+died, or its host) is re-queued by whichever service notices first, or failed once `max_attempts`
+of its attempts were lost that way. Writes from the old attempt are then refused (see store.Fence).
 
 PostgreSQL: several services share one queue; SELECT ... FOR UPDATE SKIP LOCKED lets each take
 a different job without waiting on the others. SQLite: one host; a single UPDATE ... RETURNING
@@ -11,6 +11,7 @@ on the head of the queue is atomic under SQLite's one-writer lock.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ def claim_next(store: JobStore, worker_id: str, lease_s: float, *, pid: int | No
         "attempt": jobs.c.attempt + 1,
         "worker_id": worker_id,
         "pid": pid,
+        "host": socket.gethostname(),
         "started_at": now,
         "heartbeat_at": now,
         "lease_expires_at": now + lease_s,
@@ -71,7 +73,8 @@ def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str
     held; with `all_active`, every running job (a restarted single-host service re-queues its
     orphans at once instead of waiting out their leases).
 
-    A job that was being cancelled ends cancelled; one that used all its attempts ends failed."""
+    A job that was being cancelled ends cancelled; one that has now lost `max_attempts` attempts
+    ends failed, with the reason; any other goes back to the queue (attempt + 1 at its next claim)."""
     now = time.time() if now is None else now
     with store.read() as conn:
         query = select(jobs.c.id, jobs.c.attempt, jobs.c.worker_id).where(jobs.c.status.in_(sorted(ACTIVE_STATES)))
@@ -90,18 +93,15 @@ def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str
         reason = "its worker stopped sending heartbeats" if expired_only else "the service restarted while it ran"
         expired_before = now if expired_only else None
         try:
+            lost = job.lost_attempts + 1
             if job.status == JobState.cancelling.value:
-                store.finish(job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": f"cancelled; {reason}"}, expired_before=expired_before)
-            elif attempt >= job.max_attempts:
-                store.finish(
-                    job_id,
-                    fence,
-                    JobState.failed.value,
-                    error={"type": "WorkerLost", "message": f"attempt {attempt} of {job.max_attempts} was lost: {reason}", "step": _step(job)},
-                    expired_before=expired_before,
-                )
+                store.finish(job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": f"cancelled; {reason}"}, expired_before=expired_before, lost=True)
+            elif lost >= job.max_attempts:
+                message = f"attempt {lost} of {job.max_attempts} was lost: {reason}" + (f" (claim {attempt}; graceful stops do not count)" if attempt != lost else "")
+                store.finish(job_id, fence, JobState.failed.value, error={"type": "WorkerLost", "message": message, "step": _step(job)}, expired_before=expired_before, lost=True)
             else:
-                store.finish(job_id, fence, JobState.queued.value, error={"type": "WorkerLost", "message": f"re-queued: {reason}"}, expired_before=expired_before)
+                message = f"re-queued: attempt {lost} of {job.max_attempts} was lost: {reason}"
+                store.finish(job_id, fence, JobState.queued.value, error={"type": "WorkerLost", "message": message, "step": _step(job)}, expired_before=expired_before, lost=True)
         except StaleAttemptError:
             continue  # its worker came back in time, or another service got there first
         done.append(job_id)

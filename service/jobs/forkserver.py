@@ -18,12 +18,17 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .store import Fence
 from .worker import WorkerSettings, job_dir, log_path, run_job
+
+if TYPE_CHECKING:
+    from .store import JobRecord
 
 STOP_GRACE_S = 30.0
 
@@ -185,6 +190,46 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# -- job processes that outlived their service ---------------------------------------------
+
+def is_job_process(pid: int, db_url: str) -> bool:
+    """True when `pid` is a job child of a fork server on this database: it leads its own
+    process group and its command line is the fork server's with this database URL. A pid
+    reused by another program fails this check, so it is never signalled. (Linux /proc; where
+    there is none, nothing is recognised and fencing alone stops a stale attempt.)"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and os.getpgid(pid) == pid and b"service.jobs.forkserver" in cmdline and db_url.encode() in cmdline
+    except (OSError, IndexError):
+        return False
+
+
+def stop_local_orphans(jobs: Sequence["JobRecord"], db_url: str, grace_s: float) -> list[int]:
+    """Stop the job processes on this host that still run `jobs` although their service is gone.
+
+    They were told to checkpoint and stop when their fork server lost its service; give them
+    the grace period to record that (they go back to the queue themselves), then SIGKILL their
+    process groups. Returns the pids that were found."""
+    host = socket.gethostname()
+    pids = [job.pid for job in jobs if job.pid and job.host == host and is_job_process(job.pid, db_url)]
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if is_job_process(pid, db_url)]
+    for pid in alive:
+        _signal_group(pid, signal.SIGKILL)
+    # A SIGKILLed process is gone once the kernel has reaped it; wait for that, briefly.
+    deadline = time.monotonic() + 5
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if is_job_process(pid, db_url)]
+    return pids
 
 
 def main() -> None:

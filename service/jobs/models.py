@@ -6,6 +6,10 @@ cheap to compare in lease arithmetic; the API renders them as ISO 8601.
 Fencing (issue 5): `attempt` counts claims. Every write a worker makes names the attempt and
 the worker id it holds; once the job is re-queued or claimed again, those no longer match and the
 write is refused, so a worker whose lease ran out cannot overwrite its successor.
+`lost_attempts` counts only the attempts whose worker vanished (a crash, a dead host, a killed
+service): those are what `max_attempts` limits. A job drained by a graceful stop goes back to the
+queue without using one up. `host` is where the current attempt runs, so that a service restarting
+on that host can find the attempt's process if it outlived its service.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ jobs = Table(
     Column("idempotency_key", String(200), nullable=True, unique=True),
     Column("attempt", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False, default=3),
+    Column("lost_attempts", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("started_at", Float),
     Column("finished_at", Float),
@@ -48,6 +53,7 @@ jobs = Table(
     # lease: who runs it and until when, renewed by heartbeat
     Column("worker_id", String(200)),
     Column("pid", Integer),
+    Column("host", String(255)),
     Column("heartbeat_at", Float),
     Column("lease_expires_at", Float),
     # what the running job reports

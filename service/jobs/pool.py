@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .claims import claim_next, renew, requeue_expired
+from .forkserver import stop_local_orphans
 from .models import JobState
 from .store import Fence, JobRecord, JobStore, StaleAttemptError
-from .worker import WorkerSettings, log_path
+from .worker import WorkerSettings, close_job_runs, log_path
 
 LOG_TAIL_LINES = 20
 
@@ -114,20 +115,43 @@ class WorkerPool:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Recover what a previous run of this service left, start the fork server and loop."""
-        # On SQLite the state directory belongs to this one service: whatever was running
-        # when it last stopped has no worker any more. On PostgreSQL other services may be
-        # alive; their jobs are only taken over once their leases expire.
-        if self.store.is_sqlite:
-            self._requeue(all_active=True)
-        else:
-            self._requeue()
+        self._recover()
         self._start_forkserver()
         self._thread = threading.Thread(target=self._loop, name="gradloop-pool", daemon=True)
         self._thread.start()
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Stop claiming, ask running jobs to checkpoint and stop (they go back to the queue),
-        wait for them up to the grace period, then kill what is left."""
+    def _recover(self) -> None:
+        """Re-queue the jobs a previous run of this service (or a dead one) left running.
+
+        A service killed with SIGKILL leaves its job processes behind: the fork server tells
+        them to checkpoint and stop, and they record themselves queued. Those still alive on
+        this host are waited for (then killed) before anything is re-queued, so that an old
+        attempt never writes checkpoints or MLflow data next to the new one.
+        On SQLite the state directory belongs to this one service: whatever was running when it
+        last stopped has no worker any more. On PostgreSQL other services may be alive; their
+        jobs are only taken over once their leases expire (or, when this service was restarted
+        under the same --worker-id, at once)."""
+        try:
+            active = self.store.active_jobs()
+        except Exception as exc:
+            print(f"gradloop pool: could not read running jobs at start-up: {exc}", file=sys.stderr, flush=True)
+            active = []
+        now = time.time()
+        mine = [
+            job for job in active
+            if self.store.is_sqlite or job.worker_id == self.worker_id or (job.lease_expires_at or 0) < now
+        ]
+        stop_local_orphans(mine, self.worker_settings.db_url, self.settings.cancel_grace_s)
+        if self.store.is_sqlite:
+            self._requeue(all_active=True)
+        else:
+            self._requeue(worker_id=self.worker_id)
+            self._requeue()
+
+    def drain(self, grace_s: float | None = None) -> bool:
+        """Stop claiming and ask running jobs to checkpoint and stop; they record themselves
+        queued and resume at the next start. Waits up to the grace period; True when none is
+        left running. The API answers 503 to submits from now on."""
         self._draining.set()
         grace = self.settings.cancel_grace_s if grace_s is None else grace_s
         for run in list(self._running.values()):
@@ -135,6 +159,15 @@ class WorkerPool:
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline and self._thread and self._thread.is_alive():
             time.sleep(0.05)
+        return not self._running
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Drain (see drain()), then kill what is left and stop the fork server and the loop."""
+        self.drain(grace_s)
         for run in list(self._running.values()):
             self._signal(run, signal.SIGKILL)
         self._stopped.set()
@@ -293,11 +326,24 @@ class WorkerPool:
                 # Someone re-queued or re-claimed it (we were too slow): this copy must not go on.
                 self._signal(run, signal.SIGKILL)
 
-    def _requeue(self, all_active: bool = False) -> None:
+    def _requeue(self, all_active: bool = False, worker_id: str | None = None) -> None:
         try:
-            requeue_expired(self.store, worker_id=None, all_active=all_active)
+            done = requeue_expired(self.store, worker_id=worker_id, all_active=all_active)
         except Exception as exc:
             print(f"gradloop pool: re-queueing expired jobs failed: {exc}", file=sys.stderr, flush=True)
+            return
+        for job_id in done:
+            job = self.store.get(job_id)
+            if job is not None and job.terminal:
+                self._ended_here(job)
+
+    def _ended_here(self, job: JobRecord) -> None:
+        """A job ended without its process recording it (lost, crashed, cancelled while lost):
+        close its MLflow run, which nobody else will (off this thread: MLflow is slow to load)."""
+        status = "KILLED" if job.status == JobState.cancelled.value else "FAILED"
+        threading.Thread(
+            target=close_job_runs, args=(job, self.worker_settings, status), name="gradloop-close-run", daemon=True
+        ).start()
 
     # -- signals and outcomes -----------------------------------------------------------
     def _signal(self, run: _Running, sig: int, force: bool = False) -> None:
@@ -325,14 +371,17 @@ class WorkerPool:
             error["log_tail"] = log_tail(log_path(self.worker_settings.jobs_dir, run.job_id))
             if job.status == JobState.cancelling.value:
                 status, error["type"] = JobState.cancelled.value, "Cancelled"
-            elif requeue or (self._draining.is_set() and job.attempt < job.max_attempts):
-                status = JobState.queued.value
+            elif (requeue or self._draining.is_set()) and job.lost_attempts + 1 < job.max_attempts:
+                status = JobState.queued.value  # killed by our own stop, not by its own doing
             else:
                 status = JobState.failed.value
             try:
-                job = self.store.finish(run.job_id, run.fence, status, error=error)
+                job = self.store.finish(run.job_id, run.fence, status, error=error, lost=status != JobState.failed.value or requeue)
             except StaleAttemptError:
                 job = self.store.get(run.job_id) or job
+            else:
+                if job.terminal:
+                    self._ended_here(job)
         if self.on_job_end is not None and job.terminal:
             try:
                 self.on_job_end(job)

@@ -4,11 +4,15 @@ It sees the trainer's window metrics at the logging cadence (0-d tensors: `.item
 only here, once per window) and writes progress (epoch, step, total steps, ETA), the latest
 metrics and the MLflow run (looked up by its job-id tag) at most every `min_interval_s`, plus always the first step, every
 checkpoint and the end. Each write is fenced by the job's attempt: once refused, the job no
-longer belongs to this process, and the observer sets `stop_event` so the trainer stops.
+longer belongs to this process, and the observer sets `stop_event` so the trainer stops. In a
+job's own process (`exit_on_fence`) it ends the process at once instead: stopping normally would
+write one more checkpoint and end the MLflow run, both of which now belong to the next attempt.
 """
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +20,9 @@ from typing import Any, Mapping
 
 from ..observer import NullObserver, RunContext, RunStatus
 from .store import Fence, JobStore, StaleAttemptError
+
+
+EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
 
 
 def _number(value: Any) -> float | None:
@@ -27,9 +34,19 @@ def _number(value: Any) -> float | None:
 
 
 class JobProgressObserver(NullObserver):
-    def __init__(self, store: JobStore, job_id: str, fence: Fence, *, stop_event: threading.Event | None = None, min_interval_s: float = 0.5):
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        fence: Fence,
+        *,
+        stop_event: threading.Event | None = None,
+        min_interval_s: float = 0.5,
+        exit_on_fence: bool = False,
+    ):
         self.store, self.job_id, self.fence = store, job_id, fence
         self.stop_event = stop_event
+        self.exit_on_fence = exit_on_fence
         self.min_interval_s = min_interval_s
         self.total_steps = 0
         self.epochs = 1
@@ -113,6 +130,10 @@ class JobProgressObserver(NullObserver):
         except StaleAttemptError:
             # The job was re-queued or claimed by another worker: this attempt must stop.
             self.fenced = True
+            if self.exit_on_fence:
+                print(f"gradloop: job {self.job_id} attempt {self.fence.attempt} lost its lease at step {self.step}; "
+                      "exiting without another write", file=sys.stderr, flush=True)
+                os._exit(EXIT_FENCED)
             if self.stop_event is not None:
                 self.stop_event.set()
         self._last_write = time.perf_counter()

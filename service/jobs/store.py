@@ -75,12 +75,14 @@ class JobRecord(BaseModel):
     idempotency_key: str | None = None
     attempt: int
     max_attempts: int
+    lost_attempts: int = 0
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
     cancel_requested_at: float | None = None
     worker_id: str | None = None
     pid: int | None = None
+    host: str | None = None
     heartbeat_at: float | None = None
     lease_expires_at: float | None = None
     progress: dict[str, Any] | None = None
@@ -288,6 +290,12 @@ class JobStore:
         counts.update({status: int(n) for status, n in rows})
         return counts
 
+    def active_jobs(self) -> list[JobRecord]:
+        """Jobs that some worker holds (running or cancelling)."""
+        with self.read() as conn:
+            rows = conn.execute(select(jobs).where(jobs.c.status.in_(sorted(ACTIVE_STATES)))).mappings().all()
+        return [JobRecord.model_validate(dict(r)) for r in rows]
+
     def events_after(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[JobEvent]:
         query = (
             select(job_events)
@@ -358,11 +366,13 @@ class JobStore:
         *,
         error: Mapping[str, Any] | None = None,
         expired_before: float | None = None,
+        lost: bool = False,
         **values: Any,
     ) -> JobRecord:
         """Move a running job to a terminal state (or back to queued, to resume later).
 
-        `expired_before`: only if the lease ran out before then (a heartbeat since wins)."""
+        `expired_before`: only if the lease ran out before then (a heartbeat since wins).
+        `lost`: the attempt's worker vanished; it counts against max_attempts."""
         if status not in TERMINAL_STATES and status != JobState.queued.value:
             raise ValueError(f"finish() takes a terminal state or queued, not {status!r}")
         unknown = set(values) - _REPORTABLE
@@ -384,6 +394,8 @@ class JobStore:
                     lease_expires_at=None,
                     worker_id=fence.worker_id if terminal else None,
                     pid=None,
+                    host=None,
+                    **({"lost_attempts": jobs.c.lost_attempts + 1} if lost else {}),
                     **values,
                 )
                 .returning(jobs.c.id)

@@ -5,7 +5,14 @@ group, with stdout and stderr going to the job's log. It re-validates the stored
 rules: no import paths), points its outputs at the job's directory, and calls train() with a
 JobProgressObserver. SIGTERM sets the stop event: the trainer stops at the next step boundary,
 writes a checkpoint and ends the MLflow run KILLED. Every write names the job's attempt, so an
-attempt that lost its lease cannot record anything (see store.Fence).
+attempt that lost its lease cannot record anything (see store.Fence); the first refused write
+ends the process at once, before it writes another checkpoint or touches the MLflow run that
+its successor now continues.
+
+A later attempt resumes from the checkpoint the job record names, in the same run directory and
+the same MLflow run (the checkpoint carries the run id). MLflow runs of the job that no attempt
+will continue (an attempt lost before its first checkpoint, a job failed for good) are closed
+here or by the service (close_job_runs), never left RUNNING.
 """
 from __future__ import annotations
 
@@ -75,7 +82,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         return 0
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event)
+    observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event, exit_on_fence=True)
     print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
@@ -83,6 +90,10 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
 
         config = prepare_config(job, settings)
         resume = job.checkpoint_path if job.attempt > 1 and job.checkpoint_path and Path(job.checkpoint_path).exists() else None
+        if job.attempt > 1:
+            print(f"gradloop: job {job_id} resumes from {resume}" if resume else f"gradloop: job {job_id} starts over (no checkpoint)", flush=True)
+            # A run that this attempt does not continue would otherwise stay RUNNING forever.
+            close_job_runs(job, settings, "KILLED", keep=job.mlflow_run_id if resume else None, config=config)
         result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
     except StaleAttemptError:
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
@@ -112,6 +123,40 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         return _record(store, job_id, fence, JobState.queued.value, error={"type": "Interrupted", "message": "the service stopped; the job resumes from its checkpoint", "step": result.steps}, **values)
     message = str(getattr(result, "error", "") or "training failed")
     return _record(store, job_id, fence, JobState.failed.value, error={"type": "TrainingFailed", "message": message, "step": result.steps}, **values)
+
+
+def close_job_runs(job: JobRecord, settings: WorkerSettings, status: str, *, keep: str | None = None, config: Any = None) -> list[str]:
+    """End the job's MLflow runs that are still RUNNING (but `keep`) with `status`; returns
+    their ids. Runs are found by their gradloop.job_id tag, so a run whose id never reached the
+    job record is found too. Never raises: a tracking store that does not answer leaves the run
+    as it is, and the job's outcome is recorded regardless."""
+    closed: list[str] = []
+    try:
+        config = config if config is not None else prepare_config(job, settings)
+        if not config.tracking.enabled:
+            return closed
+        from mlflow.tracking import MlflowClient
+
+        from ..tracking.store import resolve_uri
+
+        client = MlflowClient(tracking_uri=resolve_uri(config.tracking.uri))
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        if experiment is None:
+            return closed
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`gradloop.job_id` = '{job.id}' and attributes.status = 'RUNNING'",
+            max_results=100,
+        )
+        for run in runs:
+            if run.info.run_id == keep:
+                continue
+            client.set_tag(run.info.run_id, "gradloop.closed_by", f"job {job.status} at attempt {job.attempt}")
+            client.set_terminated(run.info.run_id, status=status)
+            closed.append(run.info.run_id)
+    except Exception as exc:
+        print(f"gradloop: could not close the MLflow runs of job {job.id}: {type(exc).__name__}: {exc}", flush=True)
+    return closed
 
 
 def _record(store: JobStore, job_id: str, fence: Fence, status: str, **kwargs: Any) -> int:
