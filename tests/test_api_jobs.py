@@ -99,7 +99,7 @@ def _gone(pid: int, within_s: float = 15.0) -> bool:
 
 
 def test_cancel_queued_then_running_job_stops_child_and_kills_mlflow_run(service: Service) -> None:
-    long = service.submit(iris_config("long", epochs=20000)).json()
+    long = service.submit(iris_config("long", epochs=10000)).json()  # 80k steps: minutes, within the epoch limit
     running = service.wait_for(long["id"], {"running"}, step_at_least=2)
     pid = _job_pid(service, long["id"])
     os.kill(pid, 0)  # alive while it trains
