@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 LearningRate = Annotated[float, Field(gt=0, description="learning rate")]
 Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -20,12 +20,13 @@ Fused = Annotated[bool | None, Field(description="fused kernel (None: torch pick
 
 
 class OptimizerOptions(BaseModel):
-    """Base of built-in optimizer options: unknown option names are errors."""
+    """Base of built-in optimizer options: unknown option names are errors, and an optimizer
+    that offers both implementations (foreach and fused) may not be asked for both."""
 
     model_config = ConfigDict(extra="forbid")
 
-
-def one_implementation(foreach: bool | None, fused: bool | None) -> None:
-    """For an options model's validator: torch refuses foreach and fused together."""
-    if foreach and fused:
-        raise ValueError("foreach and fused cannot both be true; pick one (or leave both unset)")
+    @model_validator(mode="after")
+    def _one_implementation(self) -> "OptimizerOptions":
+        if getattr(self, "foreach", None) and getattr(self, "fused", None):  # torch refuses both
+            raise ValueError("foreach and fused cannot both be true; pick one (or leave both unset)")
+        return self

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from service.registry import optimizers
 
-from ._common import Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay, one_implementation
+from ._common import Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
 
 
 class AdagradOptions(OptimizerOptions):
@@ -18,11 +18,6 @@ class AdagradOptions(OptimizerOptions):
     maximize: bool = False
     foreach: Foreach = None
     fused: Fused = None
-
-    @model_validator(mode="after")
-    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
-        one_implementation(self.foreach, self.fused)
-        return self
 
 
 @optimizers.register("adagrad", options=AdagradOptions, description="Adagrad (torch.optim.Adagrad)", closure=False)

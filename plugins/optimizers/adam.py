@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-from pydantic import model_validator
 
 from service.registry import optimizers
 
-from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay, one_implementation
+from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
 
 
 class AdamOptions(OptimizerOptions):
@@ -18,11 +17,6 @@ class AdamOptions(OptimizerOptions):
     maximize: bool = False
     foreach: Foreach = None
     fused: Fused = None
-
-    @model_validator(mode="after")
-    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
-        one_implementation(self.foreach, self.fused)
-        return self
 
 
 @optimizers.register("adam", options=AdamOptions, description="Adam (torch.optim.Adam); weight_decay is L2 added to the gradient", closure=False)

@@ -6,7 +6,7 @@ from pydantic import Field, model_validator
 
 from service.registry import optimizers
 
-from ._common import Foreach, Fused, LearningRate, Momentum, OptimizerOptions, WeightDecay, one_implementation
+from ._common import Foreach, Fused, LearningRate, Momentum, OptimizerOptions, WeightDecay
 
 
 class SGDOptions(OptimizerOptions):
@@ -18,11 +18,6 @@ class SGDOptions(OptimizerOptions):
     maximize: bool = False
     foreach: Foreach = None
     fused: Fused = None
-
-    @model_validator(mode="after")
-    def _one_implementation(self) -> "OptimizerOptions":  # torch refuses both
-        one_implementation(self.foreach, self.fused)
-        return self
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "SGDOptions":
