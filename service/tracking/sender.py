@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .jsonl import Journal, Record, unsent_records
+from .remote import RemoteClient
 
 log = logging.getLogger("gradloop.tracking")
 
@@ -86,17 +87,19 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in PERMANENT_CODES
 
 
-def metric_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST) -> list[tuple[list[Metric], list[int]]]:
-    """Split records into requests of <= limit metrics; each carries the seqs it completes."""
-    requests: list[tuple[list[Metric], list[int]]] = []
-    batch: list[Metric] = []
+def metric_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST, *, rows: bool = False) -> list[tuple[list[Any], list[int]]]:
+    """Split records into requests of <= limit metrics; each carries the seqs it completes.
+
+    rows: (key, value, timestamp, step) tuples instead of Metric objects (for RemoteClient)."""
+    requests: list[tuple[list[Any], list[int]]] = []
+    batch: list[Any] = []
     done: list[int] = []
     for r in records:
         for key, value in r.metrics.items():
             if len(batch) >= limit:
                 requests.append((batch, done))
                 batch, done = [], []
-            batch.append(Metric(key, value, r.ts, r.step))
+            batch.append((key, value, r.ts, r.step) if rows else Metric(key, value, r.ts, r.step))
         done.append(r.seq)  # complete only once its last metric is in a sent request
     if batch or done:
         requests.append((batch, done))
@@ -224,8 +227,13 @@ class Sender:
             log.exception("tracking sender stopped: %s", exc)
 
     def _send(self, records: list[Record]) -> bool:
-        for metrics, seqs in metric_requests(records, self.max_batch):
-            outcome = self._retry(lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None)
+        rows = isinstance(self.client, RemoteClient)
+        for metrics, seqs in metric_requests(records, self.max_batch, rows=rows):
+            if rows:
+                call = lambda m=metrics: self.client.log_metric_rows(self.run_id, m) if m else None  # noqa: E731
+            else:
+                call = lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None  # noqa: E731
+            outcome = self._retry(call)
             if outcome == "abandoned":
                 return False
             if outcome == "ok":
