@@ -9,6 +9,7 @@ a handful of float operations on the host, so it adds no kernels and no synchron
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys come back every logging window
 def metric_safe(name: str) -> str:
     """MLflow metric keys allow letters, digits, `_-. /`; anything else becomes `_`."""
     return _BAD_KEY_CHARS.sub("_", name)

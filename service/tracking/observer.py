@@ -75,10 +75,14 @@ class MlflowObserver:
         self._guard = SigtermGuard()
         self._finished = False
         self._ctx: RunContext | None = None
+        self._total_steps = 0
+        self._grad_every = 0 if self.tcfg.grad_stats == "none" else self.tcfg.log_every
+        self._hist_every = self.tcfg.histogram_every
 
     # -- start --------------------------------------------------------------------------
     def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        self._total_steps = ctx.total_steps
         (self.run_dir / ARTIFACT_DIR).mkdir(parents=True, exist_ok=True)
         self._journal = Journal(self.run_dir)
         params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
@@ -184,16 +188,17 @@ class MlflowObserver:
 
     # -- the training loop's calls ------------------------------------------------------
     def wants_step_stats(self, step: int) -> bool:
+        # Asked every optimizer step: plain integer arithmetic only.
         return self._grad_step(step) or self._hist_step(step)
 
     def _grad_step(self, step: int) -> bool:
-        total = self._ctx.total_steps if self._ctx else 0
-        return self.tcfg.grad_stats != "none" and (step % self.tcfg.log_every == 0 or step == total)
+        return self._grad_every > 0 and (step % self._grad_every == 0 or step == self._total_steps)
 
     def _hist_step(self, step: int) -> bool:
-        return bool(self.tcfg.histogram_every) and step % self.tcfg.histogram_every == 0
+        return self._hist_every > 0 and step % self._hist_every == 0
 
-    @torch.no_grad()
+    # The statistics read detached tensors (p.grad, p.detach()), so they build no graph and
+    # need no torch.no_grad() context, whose enter/exit would cost every logging window.
     def before_optimizer_step(self, step: int, model: torch.nn.Module) -> StepSnapshot | None:
         layout = self._layout
         if layout is None:
@@ -202,7 +207,6 @@ class MlflowObserver:
         hist = histograms.compute(layout.names, layout.params) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
-    @torch.no_grad()
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         scalars = {metric_safe(k): v for k, v in metrics.items() if v is not None}
         snap = snapshot.grads if isinstance(snapshot, StepSnapshot) else None

@@ -31,6 +31,7 @@ from .remote import RemoteClient
 log = logging.getLogger("gradloop.tracking")
 
 MAX_METRICS_PER_REQUEST = 1000
+POLL_SECONDS = 0.25  # how often an idle sender looks at its queue
 MAX_PARAMS_PER_REQUEST = 100
 MAX_TAGS_PER_REQUEST = 100
 
@@ -138,6 +139,7 @@ class Sender:
         self.flush_interval, self.max_batch, self.max_backoff = flush_interval, max_batch, max_backoff
         self._q: queue.Queue[Record | Op] = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
+        self._wake = threading.Event()
         self._deadline: float | None = None
         self._pending_ops: list[Op] = []
         self._ops_lock = threading.Lock()
@@ -162,6 +164,7 @@ class Sender:
         try:
             # Ops are rare (start and end of a run); wait briefly rather than lose one.
             self._q.put(op, timeout=1.0)
+            self._wake.set()
         except queue.Full:
             log.warning("tracking queue full; %s will be retried by `gradloop sync`", op.name)
 
@@ -169,6 +172,7 @@ class Sender:
         """Send what is queued, giving up `timeout` seconds from now; report what is left."""
         self._deadline = time.monotonic() + max(timeout, 0.0)
         self._closing.set()
+        self._wake.set()
         self._thread.join(timeout + 1.0)
         if self._thread.is_alive():
             self.abandoned = True  # stuck in one request; whatever it finishes is still recorded
@@ -195,13 +199,8 @@ class Sender:
         try:
             while True:
                 closing = self._closing.is_set()
-                item: Record | Op | None
                 try:
-                    if closing:
-                        item = self._q.get_nowait()
-                    else:
-                        wait = self.flush_interval - (time.monotonic() - first) if pending else 0.5
-                        item = self._q.get(timeout=max(wait, 0.001))
+                    item: Record | Op | None = self._q.get_nowait()
                 except queue.Empty:
                     item = None
                 if isinstance(item, Record):
@@ -223,6 +222,14 @@ class Sender:
                     if self.dropped_records:
                         self._send(unsent_records(self.journal.path.parent))
                     return
+                if item is None and not closing:
+                    # Sleep on an event instead of blocking in queue.get(): a consumer blocked
+                    # in get() is woken by every put(), once per logging window, and each
+                    # wake-up takes the GIL from the training thread in the middle of a step.
+                    # Ops and close() set the event, so they are still handled at once.
+                    wait = self.flush_interval - (time.monotonic() - first) if pending else POLL_SECONDS
+                    self._wake.wait(min(max(wait, 0.001), POLL_SECONDS))
+                    self._wake.clear()
         except Exception as exc:  # a bug here must not take training down; the journal has it all
             log.exception("tracking sender stopped: %s", exc)
 
