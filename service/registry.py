@@ -249,9 +249,10 @@ class Registry:
                 warnings.warn(msg, PluginLoadWarning, stacklevel=2)
 
     def reload(self) -> None:
-        """Forget entry-point plugins and load them again (tests, after installing a plugin)."""
+        """Forget entry-point plugins and load them again (tests, after installing a plugin).
+        Plugins registered in code (built-ins, a test's or an application's own) stay."""
         with self._lock:
-            self._plugins = {n: p for n, p in self._plugins.items() if p.source.startswith("builtin")}
+            self._plugins = {n: p for n, p in self._plugins.items() if not p.source.startswith("entry point")}
             self.load_warnings = []
             self._loaded = False
         self._ensure_loaded()

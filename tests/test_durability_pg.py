@@ -129,7 +129,13 @@ def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Clust
         # (a crash can fall between committing the outcome and printing it to the log)
         assert counts["succeeded_events"] == 1 and counts["succeeded_log_lines"] <= 1, (job_id, counts)
         runs = mlflow_runs(cluster.tracking_uri, job_id)
-        assert [r.info.status for r in runs] == ["FINISHED"], (job_id, [(r.info.run_id, r.info.status) for r in runs])
+        statuses = sorted(r.info.status for r in runs)
+        # One FINISHED run per job. A job that the dead host was running before its first
+        # checkpoint starts over in a new run; the lost attempt's run is closed as KILLED,
+        # never left RUNNING.
+        assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}, (job_id, [(r.info.run_id, r.info.status) for r in runs])
+        if job_id == victim:
+            assert statuses == ["FINISHED"]  # resumed from its checkpoint into the same run
     listed = b.http.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
     assert sorted(j["id"] for j in listed) == sorted(ids)  # twenty recorded, none lost or added
 
