@@ -4,6 +4,7 @@ job left behind (its event log, its log file, its MLflow runs) rather than from 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -149,7 +150,7 @@ def completions(service: Service, job_id: str, jobs_dir: Path) -> dict[str, int]
     return {
         "succeeded_events": events.count('"status": "succeeded"'),
         "succeeded_log_lines": log.count(f"gradloop: job {job_id} succeeded"),
-        "attempts_started": log.count(f"gradloop: job {job_id} attempt "),
+        "attempts_started": len(re.findall(rf"gradloop: job {job_id} attempt \d+ starting", log)),
     }
 
 
