@@ -28,7 +28,7 @@ from .batching import make_batches
 from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, run_dir_of
 from .config import RunConfig, load_config
 from .devices import resolve_device
-from .observer import NullObserver, Observer
+from .observer import Observer
 from .seeding import seed_everything
 from .trainer import Components, Trainer
 
@@ -160,31 +160,14 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list[Observer]:
     """MLflow tracking (when enabled) and terminal progress."""
+    from .progress import make_progress_observer
+
     found: list[Observer] = []
     if cfg.tracking.enabled:
-        make = _optional("service.tracking", "make_observer")
-        found.append(make(cfg, run_dir, job_id=job_id) if make else NullObserver())
-    make_progress = _optional("service.progress", "make_progress_observer")
-    progress = make_progress(cfg) if make_progress else None
-    if progress is not None:
-        found.append(progress)
-    return found
+        from .tracking import make_observer  # imports MLflow, so only when tracking is on
 
-
-def _optional(module: str, attr: str) -> Any:
-    """`module.attr`, or None while that module is not written yet (other parts of gradloop)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            warnings.warn(f"{module} is not available; running without it", RuntimeWarning, stacklevel=3)
-            return None
-        raise
-    found = getattr(mod, attr, None)
-    if found is None:
-        warnings.warn(f"{module} has no {attr}; running without it", RuntimeWarning, stacklevel=3)
+        found.append(make_observer(cfg, run_dir, job_id=job_id))
+    found.append(make_progress_observer(cfg))
     return found
 
 
