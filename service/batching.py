@@ -112,9 +112,11 @@ class TensorBatches:
                 yield x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
             return
         order = epoch_order(len(self.data), self.seed, epoch, True).to(self.device)
+        # One gather for the whole epoch, then every batch is a view: a gather per batch cost
+        # more than the forward pass of a small model. (The epoch's copy is one dataset's size.)
+        xs, ys = x[order], y[order]
         for i in range(start, len(self.plan)):
-            idx = order[i * b:(i + 1) * b]
-            yield x[idx], y[idx]
+            yield xs[i * b:(i + 1) * b], ys[i * b:(i + 1) * b]
 
     def example_input(self) -> Any:
         return self.data.x[: min(self.batch_size, 8)]
