@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (config, arguments), 130 stop
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -103,12 +104,12 @@ def _print_result(result: Any) -> None:
         return
     m = result.metrics or {}
     table = Table(title=f"{result.name}: {result.status.lower()}", show_header=False, title_justify="left")
-    table.add_column("", style="bold")
-    table.add_column("")
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")  # paths are copied from here: wrap them, never cut them
     for key in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
         if key in m:
             table.add_row(key, _fmt(m[key]))
-    table.add_row("steps", f"{result.steps} ({result.epochs} epochs)")
+    table.add_row("steps", f"{result.steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'})")
     table.add_row("time", f"{result.duration_s:.2f} s")
     table.add_row("checkpoint", str(result.checkpoint_path or "-"))
     table.add_row("run dir", str(result.run_dir))
@@ -232,6 +233,9 @@ _mount_job_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
+    # MLflow logs at INFO by default (database migrations, system-metrics threads starting and
+    # stopping): noise around the progress bar. A user's own MLFLOW_LOGGING_LEVEL still wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         app(args=argv, prog_name="gradloop")
     except KeyboardInterrupt:

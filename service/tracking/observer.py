@@ -8,6 +8,7 @@ metrics.jsonl, and a put_nowait on the sender's queue. Everything that talks to 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -376,13 +377,26 @@ def _model_logger(ctx: RunContext, uri: str) -> Any:
         experiment = client.get_run(run_id).info.experiment_id
         logged = client.create_logged_model(experiment, name="model", source_run_id=run_id)
         # log_model resolves the store from the process-wide tracking URI; point it at ours.
-        with _use_tracking_uri(uri):
+        # Pickle is chosen on purpose (any nn.Module logs, no export step); MLflow's warning
+        # about it would print on every run, so it is silenced for this one call.
+        with _use_tracking_uri(uri), _quiet_logger("mlflow.pytorch"):
             mlflow.pytorch.log_model(
                 model, name="model", run_id=run_id, model_id=logged.model_id, signature=signature,
                 serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
 
     return log_model
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Any:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _git_commit() -> str | None:
