@@ -53,6 +53,11 @@ class ConfigError(GradloopError, ValueError):
         return cls([FieldError(path, message)], source)
 
 
+def singular(kind: str) -> str:
+    """`losses` -> `loss`, `optimizers` -> `optimizer`: a plugin kind named in a sentence."""
+    return kind[:-2] if kind.endswith("sses") else kind[:-1]
+
+
 class PluginNotFoundError(GradloopError, LookupError):
     """A plugin name that no registry knows; the message lists the known names."""
 
@@ -60,7 +65,7 @@ class PluginNotFoundError(GradloopError, LookupError):
         self.kind, self.name, self.known, self.suggestion = kind, name, known, suggestion
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
         listing = ", ".join(known) if known else "(none registered)"
-        super().__init__(f"unknown {kind[:-1]} {name!r}.{hint} Registered {kind}: {listing}.")
+        super().__init__(f"unknown {singular(kind)} {name!r}.{hint} Registered {kind}: {listing}.")
 
     def __str__(self) -> str:  # LookupError would otherwise quote the whole message
         return self.args[0]

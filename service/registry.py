@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PluginNotFoundError
+from .errors import PluginNotFoundError, singular
 
 KINDS = ("optimizers", "schedulers", "models", "datasets", "losses")
 
@@ -172,7 +172,7 @@ class Registry:
             existing = self._plugins.get(plugin.name)
             if existing is not None and not plugin.override:
                 raise DuplicatePluginError(
-                    f"{self.kind[:-1]} plugin {plugin.name!r} from {plugin.source} clashes with the one "
+                    f"{singular(self.kind)} plugin {plugin.name!r} from {plugin.source} clashes with the one "
                     f"from {existing.source}; rename it, or set override=True to replace it on purpose"
                 )
             self._plugins[plugin.name] = plugin
@@ -242,7 +242,7 @@ class Registry:
                     self.add(plugin)
             except Exception as exc:  # a broken plugin must not take gradloop down
                 msg = (
-                    f"gradloop: skipped {self.kind[:-1]} plugin {ep.name!r} "
+                    f"gradloop: skipped {singular(self.kind)} plugin {ep.name!r} "
                     f"(entry point {ep.value} in group {self.group}): {type(exc).__name__}: {exc}"
                 )
                 self.load_warnings.append(msg)

@@ -179,3 +179,10 @@ def test_plugin_is_frozen():
         p.name = "q"  # type: ignore[misc]
     with pytest.raises(TypeError):
         p.capabilities["interval"] = "epoch"  # type: ignore[index]
+
+
+def test_messages_name_the_kind_in_the_singular():
+    reg = Registry("losses", builtin_package="")
+    reg.register("mse")(_factory)
+    with pytest.raises(PluginNotFoundError, match="^unknown loss 'msee'"):
+        reg.get("msee")
