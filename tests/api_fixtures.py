@@ -108,6 +108,15 @@ class Service:
         return self.http.get(f"/v1/jobs/{job_id}/logs").text
 
 
+def problem(response: httpx.Response, status: int) -> dict:
+    """The RFC 9457 body of an error answer, after checking its status and media type."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
 def iris_config(name: str = "iris", *, epochs: int = 2, loss: dict[str, Any] | None = None, tracking: bool = True, **trainer: Any) -> dict[str, Any]:
     """A run that takes well under a second: iris, a tiny MLP, a few steps."""
     return {

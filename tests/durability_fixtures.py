@@ -8,16 +8,11 @@ import re
 import signal
 import sqlite3
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-from sqlalchemy import create_engine, text
-
 from api_fixtures import Service, iris_config
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from pg_fixtures import drop_pg_schema, fresh_pg_schema  # noqa: F401  (re-exported for the durability tests)
 
 
 def slow_iris(name: str, steps: int) -> dict[str, Any]:
@@ -111,28 +106,6 @@ def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.05) -
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-# -- PostgreSQL -------------------------------------------------------------------------
-
-def fresh_pg_schema() -> tuple[str, str]:
-    """A new schema on the test database: its URL (search_path set) and its name."""
-    schema = f"gl_dur_{uuid.uuid4().hex[:12]}"
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer ({type(exc).__name__}); start it to run the multi-service tests")
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", schema
-
-
-def drop_pg_schema(schema: str) -> None:
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
 
 
 # -- what a job left behind -------------------------------------------------------------

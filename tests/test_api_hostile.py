@@ -14,7 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from api_fixtures import Service, iris_config
+from api_fixtures import Service, iris_config, problem
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "hostile-token"
@@ -28,14 +28,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield svc.wait_ready()
     finally:
         svc.stop()
-
-
-def _problem(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
 
 
 def _still_serving(service: Service) -> None:
@@ -82,7 +74,7 @@ LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     ],
 )
 def test_hostile_body_is_a_4xx_problem_and_service_keeps_serving(service: Service, name: str, send, status: int, words: str) -> None:
-    body = _problem(send(service), status)
+    body = problem(send(service), status)
     text = body["detail"] + " ".join(e["message"] for e in body.get("errors") or [])
     assert words in text, (name, body)
     _still_serving(service)
@@ -113,7 +105,7 @@ def _limited(**changes: object) -> dict:
     ],
 )
 def test_configs_over_the_configured_limits_are_refused(service: Service, changes: dict, path: str, words: str) -> None:
-    errors = {e["path"]: e["message"] for e in _problem(service.submit(_limited(**changes)), 422)["errors"]}
+    errors = {e["path"]: e["message"] for e in problem(service.submit(_limited(**changes)), 422)["errors"]}
     assert path in errors and words in errors[path], errors
     _still_serving(service)
 
@@ -125,7 +117,7 @@ def test_a_config_within_the_limits_passes(service: Service) -> None:
 
 def test_yaml_limit_errors_carry_lines(service: Service) -> None:
     text = "name: y\nmodel: {name: mlp, options: {in_features: 4, out_features: 3}}\ndata: {name: sklearn, options: {dataset: iris}}\nloss: {name: cross_entropy}\noptimizer: {name: sgd, options: {lr: 0.1}}\ntrainer:\n  epochs: 60\n"
-    errors = _problem(_yaml(service, text), 422)["errors"]
+    errors = problem(_yaml(service, text), 422)["errors"]
     assert errors[0]["path"] == "trainer.epochs" and errors[0]["line"] == 7
 
 
@@ -137,7 +129,7 @@ def test_unauthenticated_requests_learn_nothing_about_jobs(service: Service) -> 
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
             answers = []
             for job_id in (real, str(uuid.uuid4()), "not-a-uuid"):
-                body = _problem(anon.request(method, f"/v1/jobs/{job_id}{path}", headers=headers), 401)
+                body = problem(anon.request(method, f"/v1/jobs/{job_id}{path}", headers=headers), 401)
                 assert body["detail"].startswith("a valid bearer token")
                 answers.append({k: v for k, v in body.items() if k != "instance"})  # instance echoes the path sent
             assert answers[0] == answers[1] == answers[2], answers  # a real job answers like no job
@@ -178,7 +170,7 @@ def test_file_reads_cannot_leave_the_job_directory(service: Service, tmp_path: P
 
     base = f"/v1/jobs/{job_id}"
     for path in ("runs/escape", "runs/escape-dir/secret.txt", "runs/nothing"):
-        assert "TOP-SECRET" not in _problem(service.http.get(f"{base}/artifacts/{path}"), 404)["detail"]
+        assert "TOP-SECRET" not in problem(service.http.get(f"{base}/artifacts/{path}"), 404)["detail"]
     for target in (
         f"{base}/artifacts/../../../../etc/passwd",
         f"{base}/artifacts/runs/../../{job_id}/job.log",
@@ -187,8 +179,8 @@ def test_file_reads_cannot_leave_the_job_directory(service: Service, tmp_path: P
         f"{base}/artifacts//etc/passwd",
         f"{base}/artifacts/%2Fetc%2Fpasswd",
         f"{base}/artifacts/{secret}",
-        f"/v1/jobs/..%2F..%2F..%2Fetc/logs",
-        f"/v1/jobs/%2E%2E/logs",
+        "/v1/jobs/..%2F..%2F..%2Fetc/logs",
+        "/v1/jobs/%2E%2E/logs",
     ):
         status, body = _raw_get(service, target)
         assert 400 <= status < 500, (target, status, body)

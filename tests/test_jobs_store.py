@@ -6,11 +6,10 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
 
+from pg_fixtures import drop_pg_schema, fresh_pg_schema
 from service.jobs.claims import claim_next, renew, requeue_expired
 from service.jobs.store import (
-    Fence,
     IdempotencyConflictError,
     InvalidCursorError,
     JobConflictError,
@@ -20,22 +19,6 @@ from service.jobs.store import (
     sqlite_url,
 )
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_schema_url() -> tuple[str, str]:
-    """A fresh schema per test so parallel runs on one server never see each other's jobs."""
-    schema = f"gl_test_{uuid.uuid4().hex[:12]}"
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-    except Exception as exc:  # no server here: the SQLite half still runs
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer ({type(exc).__name__}); start it to run the postgres store tests")
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", schema
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
@@ -44,15 +27,12 @@ def store(request: pytest.FixtureRequest, tmp_path):
         yield s
         s.close()
         return
-    url, schema = _pg_schema_url()
+    url, schema = fresh_pg_schema("the postgres store tests")
     s = JobStore(url)
     s.migrate()
     yield s
     s.close()
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    drop_pg_schema(schema)
 
 
 def _submit(store: JobStore, key: str | None = None, body: str = "a", priority: int = 0):

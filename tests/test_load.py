@@ -15,30 +15,16 @@ import socket
 import struct
 import threading
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from api_fixtures import Service, iris_config
+from pg_fixtures import drop_pg_schema, fresh_pg_schema
 
 pytestmark = pytest.mark.timeout(240)
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLIENTS, PER_CLIENT = 20, 10
-
-
-def _pg_schema() -> str:
-    schema = f"gl_load_{uuid.uuid4().hex[:12]}"
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer ({type(exc).__name__}); start it to run the load test on PostgreSQL")
-    return schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], scope="module")
@@ -46,18 +32,15 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     extra = ["--max-concurrent", "0"]
     schema = None
     if request.param == "postgresql":
-        schema = _pg_schema()
-        extra += ["--db", f"{PG_URL}?options=-csearch_path%3D{schema}"]
+        url, schema = fresh_pg_schema("the load test on PostgreSQL")
+        extra += ["--db", url]
     svc = Service(tmp_path_factory.mktemp(f"svc-load-{request.param}"), token="load-token", extra_args=extra)
     try:
         yield svc.wait_ready()
     finally:
         svc.stop()
         if schema:
-            engine = create_engine(PG_URL)
-            with engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
+            drop_pg_schema(schema)
 
 
 def _drop_after_sending(svc: Service, body: bytes, key: str) -> None:
