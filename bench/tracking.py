@@ -30,22 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.observer import NullObserver  # noqa: E402  (after the path set-up above)
 
-class StepClock:
+
+class StepClock(NullObserver):
     """Times the steps between the first and the last logging call (an observer that only reads)."""
-
-    mlflow_run_id = None
 
     def __init__(self) -> None:
         self.first: tuple[int, float, float] | None = None
         self.last: tuple[int, float, float] | None = None
-
-    def start(self, ctx: Any) -> None: ...
-    def wants_step_stats(self, step: int) -> bool: return False
-    def before_optimizer_step(self, step: int, model: Any) -> None: return None
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
-    def log_checkpoint(self, path: Path, step: int) -> None: ...
-    def finish(self, status: str, error: BaseException | None = None) -> None: ...
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         now = (step, time.perf_counter(), time.thread_time())

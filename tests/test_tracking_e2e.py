@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from service import train
 from service.tracking.jsonl import read_records, unsent_records
+from service.observer import NullObserver
 from service.tracking.observer import TrackingWarning
 from service.tracking.sync import SyncError, sync_run_dir
 from tests.mlflow_fixtures import MlflowServer, mlflow_server, sqlite_uri  # noqa: F401
@@ -58,22 +59,14 @@ def test_train_logs_to_a_real_mlflow_server(tmp_path: Path, mlflow_server: Mlflo
     assert names == {"plots/loss_curves.png", "plots/grad_norm_heatmap.png"}
 
 
-class StopServerAt:
+class StopServerAt(NullObserver):
     """An observer that takes the tracking server down when the run reaches `step`."""
-
-    mlflow_run_id = None
 
     def __init__(self, server: MlflowServer, step: int):
         self.server, self.step = server, step
 
     def start(self, ctx: Any) -> None:
         self.sent_file = ctx.run_dir / "metrics.sent"
-
-    def wants_step_stats(self, step: int) -> bool: return False
-    def before_optimizer_step(self, step: int, model: Any) -> None: return None
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None: ...
-    def log_checkpoint(self, path: Path, step: int) -> None: ...
-    def finish(self, status: str, error: BaseException | None = None) -> None: ...
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         if step == self.step:

@@ -5,18 +5,14 @@ import torch
 
 from service.registry import optimizers
 
-from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
+from ._common import WeightDecay
+from .adam import AdamOptions
 
 
-class AdamWOptions(OptimizerOptions):
-    lr: LearningRate = 1e-3
-    betas: Betas = (0.9, 0.999)
-    eps: Eps = 1e-8
+class AdamWOptions(AdamOptions):
+    """Adam's options; only the default weight decay differs (decoupled decay is meant to be on)."""
+
     weight_decay: WeightDecay = 0.01
-    amsgrad: bool = False
-    maximize: bool = False
-    foreach: Foreach = None
-    fused: Fused = None
 
 
 @optimizers.register("adamw", options=AdamWOptions, description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay", closure=False)

@@ -15,11 +15,32 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
 from service.errors import ConfigError
+
+Shape = Literal["cosine", "linear"]
+
+
+class WarmupDecayOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (must be fewer than the run's total steps)")
+    min_lr: float = Field(0.0, ge=0, description="lr at the last step; absolute, the same for every param group")
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, options: WarmupDecayOptions, total_steps: int, shape: Shape) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR with one WarmupDecay curve per param group (each group has its own floor)."""
+    check_warmup(shape, options.warmup_steps, total_steps)
+    base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]  # what LambdaLR scales
+    names = [str(g.get("group_name", i)) for i, g in enumerate(optimizer.param_groups)]
+    curves = [WarmupDecay(options.warmup_steps, total_steps, f, shape) for f in floors(shape, base, names, options.min_lr)]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, curves)
 
 
 class WarmupDecay:
-    def __init__(self, warmup_steps: int, total_steps: int, floor: float, shape: Literal["cosine", "linear"]) -> None:
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float, shape: Shape) -> None:
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.floor = floor  # min_lr / base_lr of this param group

@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from service.registry import schedulers
 
-from ._warmup import WarmupDecay, check_warmup, floors
+from ._warmup import WarmupDecayOptions, warmup_decay
 
 
-class CosineOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (must be fewer than the run's total steps)")
-    min_lr: float = Field(0.0, ge=0, description="lr at the last step (eta_min); absolute, the same for every param group")
+class CosineOptions(WarmupDecayOptions):
+    pass
 
 
 @schedulers.register("cosine", options=CosineOptions, description="Linear warmup, then cosine decay to min_lr over the run (per optimizer step)", interval="step")
 def cosine(optimizer: torch.optim.Optimizer, *, options: CosineOptions, total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    check_warmup("cosine", options.warmup_steps, total_steps)
-    base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]  # what LambdaLR scales
-    names = [str(g.get("group_name", i)) for i, g in enumerate(optimizer.param_groups)]
-    curves = [WarmupDecay(options.warmup_steps, total_steps, f, "cosine") for f in floors("cosine", base, names, options.min_lr)]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, curves)
+    return warmup_decay(optimizer, options, total_steps, "cosine")
