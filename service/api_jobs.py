@@ -12,16 +12,15 @@ from typing import Annotated
 import anyio
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from .api_files import list_files, open_regular, read_range, safe_path
-from .api_guard import bearer, reject_unknown_query, require_token
+from .api_guard import authorize, reject_unknown_query
 from .api_problems import PROBLEM_RESPONSES
-from .api_schemas import JobOut, JobPage, JobStatus, job_out
+from .api_schemas import JobOut, JobPage, JobStatus, job_out, json_response
 from .api_submit import UnsupportedMediaTypeError, parse_body, request_hash, validate_http_config
 from .jobs.events import job_events
 from .jobs.store import JobStore
@@ -31,11 +30,8 @@ MAX_LOG_CHUNK = 1024 * 1024
 MAX_FILE_CHUNK = 16 * 1024 * 1024  # a checkpoint is read in chunks of this (X-Next-Offset)
 
 
-def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    require_token(request, credentials)
 
-
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(_auth), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authorize), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 
 
 def _store(request: Request) -> JobStore:
@@ -99,7 +95,7 @@ def _submit(request: Request, body: bytes, priority: int, idempotency_key: str |
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(out.model_dump(mode="json"), status_code=202, headers=headers)
+    return json_response(out, status_code=202, headers=headers)
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first", responses={400: {"description": "bad cursor"}})
@@ -115,9 +111,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job: status, progress, metrics, error, MLflow run", responses={404: PROBLEM_RESPONSES[404]})
-def get_job(request: Request, job_id: str) -> JobOut:
+def get_job(request: Request, job_id: str) -> Response:
     job = _store(request).require(_uuid(job_id))
-    return job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui, with_config=True)
+    return json_response(job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui, with_config=True))
 
 
 @router.post(

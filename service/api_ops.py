@@ -6,19 +6,15 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import registry
-from .api_guard import bearer, reject_unknown_query, require_token
+from .api_guard import authorize, reject_unknown_query
 from .api_problems import PROBLEM_RESPONSES, problem_response
 
 
-def _auth(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    require_token(request, credentials)
 
-
-plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(_auth), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(authorize), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 ops_router = APIRouter(tags=["operations"])
 
 

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -123,6 +124,41 @@ def test_histograms_count_every_element(tmp_path: Path) -> None:
         layer = data["layers"][name]
         assert sum(layer["grad"]["counts"]) == p.numel() == sum(layer["weight"]["counts"])
         assert layer["weight"]["min"] == pytest.approx(float(p.detach().min())) and layer["weight"]["max"] == pytest.approx(float(p.detach().max()))
+
+
+def test_histogram_counts_match_numpy_per_tensor() -> None:
+    """The fused counting (one bincount for all layers) bins each tensor over its own range,
+    as numpy.histogram does, including the maximum in the last bin and a constant tensor."""
+    model = _model_with_grads(seed=3)
+    with torch.no_grad():
+        model[2].bias.fill_(0.5)  # constant: every element in the first bin
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    labels, table = histograms.compute(names, params, bins=7)
+    assert labels == names and table.shape == (2 * len(params), 2 + 7)
+    rows = [t for p in params for t in (p.grad, p.detach())]
+    for row, tensor in zip(table.tolist(), rows):
+        values = tensor.reshape(-1).double().numpy()
+        assert row[0] == pytest.approx(values.min()) and row[1] == pytest.approx(values.max())
+        if values.max() > values.min():
+            expected = numpy.histogram(values, bins=7, range=(values.min(), values.max()))[0].tolist()
+        else:
+            expected = [len(values)] + [0] * 6
+        assert [int(c) for c in row[2:]] == expected
+
+
+def test_histograms_of_a_large_model_are_counted_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above CHUNK_ELEMENTS the counting happens at capture time, a chunk at a time (no copy of
+    the whole model); the table is the one a single fused pass gives."""
+    model = _model_with_grads(seed=5)
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    whole = histograms.capture(names, params)
+    assert whole.pending is not None and whole.table is None  # small: copied, counted later
+    monkeypatch.setattr(histograms, "CHUNK_ELEMENTS", 40)
+    chunked = histograms.capture(names, params)
+    assert chunked.pending is None and chunked.table is not None  # counted now
+    assert torch.equal(chunked.counted(), whole.counted())
 
 
 def test_status_for_errors() -> None:

@@ -206,11 +206,11 @@ class JobStore:
         max_attempts: int = 3,
         job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Queue a job; returns (job, created). One Idempotency-Key makes at most one job."""
-        if idempotency_key is not None:
-            existing = self._by_key(idempotency_key)
-            if existing is not None:
-                return self._same_request(existing, request_hash), False
+        """Queue a job; returns (job, created). One Idempotency-Key makes at most one job.
+
+        The insert comes first and the key's unique index decides: a retry with a known key
+        finds its job through the IntegrityError, so a new job costs one round of two inserts
+        and no read. The job's first event (queued, number 1) is written with it."""
         now = time.time()
         row = {
             "id": job_id or str(uuid.uuid4()),
@@ -223,20 +223,24 @@ class JobStore:
             "idempotency_key": idempotency_key,
             "attempt": 0,
             "max_attempts": max_attempts,
+            "lost_attempts": 0,
             "created_at": now,
-            "event_seq": 0,
+            "event_seq": 1,
         }
+        first_event = {"job_id": row["id"], "seq": 1, "ts": now, "type": "state",
+                       "data": {"status": JobState.queued.value, "attempt": 0}}
         try:
             with self.write() as conn:
-                conn.execute(insert(jobs).values(**row))
-                append_event(conn, row["id"], "state", {"status": JobState.queued.value, "attempt": 0}, now)
+                # Statements without inline values compile once and come from SQLAlchemy's cache.
+                conn.execute(_INSERT_JOB, row)
+                conn.execute(_INSERT_EVENT, first_event)
         except IntegrityError:
-            # Another request with the same key won the race; answer with its job.
+            # The key was used before, or by a concurrent request that won the race.
             existing = self._by_key(idempotency_key) if idempotency_key is not None else None
             if existing is None:
                 raise
             return self._same_request(existing, request_hash), False
-        return JobRecord.model_validate({**row, "event_seq": 1}), True  # as committed; no second read
+        return JobRecord.model_validate(row), True  # as committed; no second read
 
     def _by_key(self, key: str) -> JobRecord | None:
         with self.read() as conn:
@@ -421,6 +425,10 @@ def _fenced(job_id: str, fence: Fence) -> tuple[Any, ...]:
         jobs.c.worker_id == fence.worker_id,
         jobs.c.status.in_(sorted(ACTIVE_STATES)),
     )
+
+
+_INSERT_JOB = insert(jobs)
+_INSERT_EVENT = insert(job_events)
 
 
 def append_event(conn: Connection, job_id: str, type_: str, data: Mapping[str, Any], ts: float | None = None) -> int:

@@ -1,9 +1,10 @@
 """Gradient and weight statistics: fused kernels on the device, arithmetic on the host.
 
 On the device, per logging window: one `torch._foreach_norm` over all gradients before the
-optimizer step, one fused copy of the weights, and after the step one `_foreach_sub` (the
-update) and one `_foreach_norm` over updates and weights together. The observer stacks those
-0-d norms with the window's loss and moves them to the host in one transfer; everything
+optimizer step and one fused copy of the weights into buffers kept for the whole run, and
+after the step one in-place `_foreach_sub_` (the update) and one `_foreach_norm` over updates
+and weights together. The observer stacks those 0-d norms with the window's loss and moves
+them to the host in one transfer: six kernels a window in all. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
 a handful of float operations on the host, so it adds no kernels and no synchronisation.
 """
@@ -42,6 +43,23 @@ class StatLayout:
     mode: GradStatsMode
     groups: list[str] = field(default_factory=list)         # per_module: module names
     members: list[list[int]] = field(default_factory=list)  # per_module: param indices per module
+    # Detached views of the weights, made once: optimizers and load_state_dict update
+    # parameters in place, so a view sees every step (and reading it builds no graph).
+    weights: list[torch.Tensor] = field(init=False, default_factory=list)
+    # per_layer modes: the weights before a step, copied in place each window (allocating
+    # fresh tensors per window cost more than the copy itself on a small model).
+    _before: list[torch.Tensor] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.weights = [p.detach() for p in self.params]
+
+    def weights_before(self) -> list[torch.Tensor]:
+        """The weights, copied into the run's buffers with one fused kernel."""
+        if self._before is None:
+            self._before = [w.clone() for w in self.weights]
+        else:
+            torch._foreach_copy_(self._before, self.weights)
+        return self._before
 
     @classmethod
     def build(cls, named: list[tuple[str, torch.nn.Parameter]], mode: GradStatsMode) -> "StatLayout":
@@ -57,6 +75,12 @@ class StatLayout:
     @property
     def per_layer(self) -> bool:
         return self.mode in ("per_layer", "per_module")
+
+    @functools.cached_property
+    def metric_keys(self) -> tuple[list[str], list[str], list[str]]:
+        """grad_norm/, weight_norm/ and update_ratio/ keys per label (built once, not per window)."""
+        return ([f"grad_norm/{x}" for x in self.labels], [f"weight_norm/{x}" for x in self.labels],
+                [f"update_ratio/{x}" for x in self.labels])
 
     @property
     def labels(self) -> list[str]:
@@ -75,39 +99,35 @@ class GradSnapshot:
     """Device tensors taken before the optimizer step; nothing here has touched the host."""
 
     step: int
-    grad_norms: list[torch.Tensor]               # 0-d, one per watched parameter
-    weights_before: list[torch.Tensor] | None    # per_layer modes: a copy, for the update
-    update_norms: list[torch.Tensor] = field(default_factory=list)   # filled after the step
-    weight_norms: list[torch.Tensor] = field(default_factory=list)
+    grad_norms: list[torch.Tensor]                # 0-d, one per watched parameter
+    weights_before: list[torch.Tensor] | None     # per_layer modes: the layout's buffers
+    update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.grad_norms, *self.update_norms, *self.weight_norms]
+        """0-d tensors in the order host_metrics reads them (the observer stacks them with the
+        window's loss: one stack and one transfer for the whole window)."""
+        return self.grad_norms if self.update_weight_norms is None else self.grad_norms + self.update_weight_norms
 
 
 def snapshot(step: int, layout: StatLayout) -> GradSnapshot | None:
     """Norms of the current gradients (pre-clip) and, per layer, a copy of the weights."""
-    if not layout.params or any(p.grad is None for p in layout.params):
+    # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
+    grads = [p.grad for p in layout.params]
+    if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
-        grads = [p.grad.detach() for p in layout.params if p.grad is not None]
-        if not grads:
-            return None
-        return GradSnapshot(step, list(torch._foreach_norm(grads)), None)
-    grads = [p.grad.detach() for p in layout.params]
-    # A plain clone per tensor measured faster on CPU than a fused _foreach_mul(ws, 1.0) copy.
-    before = [p.detach().clone() for p in layout.params] if layout.per_layer else None
-    return GradSnapshot(step, list(torch._foreach_norm(grads)), before)
+        grads = [g for g in grads if g is not None]
+        return GradSnapshot(step, list(torch._foreach_norm(grads)), None) if grads else None
+    return GradSnapshot(step, list(torch._foreach_norm(grads)), layout.weights_before() if layout.per_layer else None)
 
 
 def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
     """Add the update and weight norms (device tensors) once the optimizer has stepped."""
     if snap.weights_before is None:
         return
-    after = [p.detach() for p in layout.params]
-    delta = torch._foreach_sub(after, snap.weights_before)
-    norms = torch._foreach_norm([*delta, *after])
-    n = len(after)
-    snap.update_norms, snap.weight_norms = list(norms[:n]), list(norms[n:])
-    snap.weights_before = None  # free the copy as soon as it has served
+    # before - after, in the buffers themselves: the same norm as the update, no new tensors.
+    torch._foreach_sub_(snap.weights_before, layout.weights)
+    snap.update_weight_norms = list(torch._foreach_norm(snap.weights_before + layout.weights))
+    snap.weights_before = None
 
 
 def host_metrics(snap: GradSnapshot, values: list[float], layout: StatLayout) -> dict[str, float]:
@@ -116,15 +136,13 @@ def host_metrics(snap: GradSnapshot, values: list[float], layout: StatLayout) ->
     gn = values[:n]
     out = {
         "train/grad_norm": math.sqrt(sum(v * v for v in gn)),
-        "train/grad_nonfinite": float(sum(1 for v in gn if not math.isfinite(v))),
+        "train/grad_nonfinite": float(n - sum(map(math.isfinite, gn))),
     }
-    if snap.update_norms and n == len(layout.params):
-        un, wn = values[n : 2 * n], values[2 * n : 3 * n]
-        labels = layout.labels
-        g, u, w = layout.group(gn), layout.group(un), layout.group(wn)
-        for i, label in enumerate(labels):
-            out[f"grad_norm/{label}"] = g[i]
-            out[f"weight_norm/{label}"] = w[i]
-            # ||w_t - w_{t-1}|| / ||w_t||: how far one step moves a layer, relative to its size.
-            out[f"update_ratio/{label}"] = u[i] / w[i] if w[i] > 0 else 0.0
+    if snap.update_weight_norms is not None and n == len(layout.params):
+        g, u, w = layout.group(gn), layout.group(values[n : 2 * n]), layout.group(values[2 * n : 3 * n])
+        grad_keys, weight_keys, ratio_keys = layout.metric_keys
+        out.update(zip(grad_keys, g))
+        out.update(zip(weight_keys, w))
+        # ||w_t - w_{t-1}|| / ||w_t||: how far one step moves a layer, relative to its size.
+        out.update(zip(ratio_keys, [ui / wi if wi > 0 else 0.0 for ui, wi in zip(u, w)]))
     return out

@@ -11,11 +11,14 @@ which the stores de-duplicate.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
+
+import orjson
 
 JOURNAL_NAME = "metrics.jsonl"
 SENT_NAME = "metrics.sent"
@@ -31,9 +34,15 @@ class Record:
     ts: int
     metrics: dict[str, float]
 
-    def to_line(self) -> str:
-        # allow_nan: a non-finite loss is a fact worth keeping, and our own reader accepts NaN.
-        return json.dumps({"seq": self.seq, "step": self.step, "ts": self.ts, "metrics": self.metrics}, separators=(",", ":"))
+    def to_line(self) -> bytes:
+        fields = {"seq": self.seq, "step": self.step, "ts": self.ts, "metrics": self.metrics}
+        if all(map(math.isfinite, self.metrics.values())):
+            # orjson: ~2 us a line against ~30 us for json.dumps (float formatting in C);
+            # this runs on the training thread once per logging window.
+            return orjson.dumps(fields)
+        # orjson writes NaN and inf as null; json keeps them (a non-finite loss is a fact worth
+        # keeping, and our own reader accepts NaN and Infinity).
+        return json.dumps(fields, separators=(",", ":")).encode()
 
 
 class Journal:
@@ -45,14 +54,14 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run in the same directory continues the numbering, so old ranges stay valid.
         self._next_seq = last_seq(self.path) + 1
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
         self._sent_lock = threading.Lock()
         self._flushed = time.monotonic()
 
     def append(self, step: int, ts: int, metrics: Mapping[str, float]) -> Record:
         record = Record(self._next_seq, int(step), int(ts), dict(metrics))
         self._next_seq += 1
-        self._file.write(record.to_line() + "\n")
+        self._file.write(record.to_line() + b"\n")
         now = time.monotonic()
         if now - self._flushed >= FLUSH_SECONDS:
             # A write syscall per window measured ~1% of a small model's step; once a second

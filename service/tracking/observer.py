@@ -50,7 +50,7 @@ class TrackingWarning(UserWarning):
 @dataclass
 class StepSnapshot:
     grads: GradSnapshot | None
-    hist: tuple[list[str], torch.Tensor] | None
+    hist: histograms.Capture | None
 
 
 class MlflowObserver:
@@ -79,6 +79,7 @@ class MlflowObserver:
         self._total_steps = 0
         self._grad_every = 0 if self.tcfg.grad_stats == "none" else self.tcfg.log_every
         self._hist_every = self.tcfg.histogram_every
+        self._histograms = histograms.HistogramWriter(self.run_dir / ARTIFACT_DIR / "histograms")
 
     # -- start --------------------------------------------------------------------------
     def start(self, ctx: RunContext) -> None:
@@ -205,7 +206,7 @@ class MlflowObserver:
         if layout is None:
             return None
         grads = gradstats.snapshot(step, layout) if self._grad_step(step) else None
-        hist = histograms.compute(layout.names, layout.params) if self._hist_step(step) else None
+        hist = histograms.capture(layout.names, layout.params) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
@@ -216,12 +217,10 @@ class MlflowObserver:
         if scalars or snap is not None:
             values, extra = _to_host(scalars, snap.tensors() if snap is not None else [])
             if snap is not None and self._layout is not None:
-                for key, value in gradstats.host_metrics(snap, extra, self._layout).items():
-                    values.setdefault(key, value)  # the trainer's own train/grad_norm wins
+                values = {**gradstats.host_metrics(snap, extra, self._layout), **values}  # the trainer's own train/grad_norm wins
             self._record(step, values)
         if isinstance(snapshot, StepSnapshot) and snapshot.hist is not None:
-            labels, table = snapshot.hist
-            histograms.write(self.run_dir / ARTIFACT_DIR / "histograms", step, labels, table.cpu().tolist())
+            self._histograms.submit(step, snapshot.hist)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         if metrics:
@@ -257,6 +256,9 @@ class MlflowObserver:
             except Exception as exc:
                 log.warning("system metrics monitor did not stop cleanly: %s", exc)
         self._journal.flush()  # the plots and the sender's last catch-up read the file
+        self._histograms.close()  # every file written before the directory is logged
+        if self._histograms.failed:
+            log.warning("%d histogram file(s) could not be written; last error: %s", self._histograms.failed, self._histograms.last_error)
         ops = self._final_ops(status, error)
         self._state.status = status
         timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
@@ -327,23 +329,24 @@ class MlflowObserver:
 
 
 def _to_host(scalars: Mapping[str, Any], tensors: list[torch.Tensor]) -> tuple[dict[str, float], list[float]]:
-    """Every tensor among `scalars`, and `tensors`, to Python floats in one device->host transfer."""
+    """Every tensor among `scalars`, then `tensors` (all 0-d), as Python floats: one stack,
+    one device->host transfer."""
     out: dict[str, float] = {}
     keys: list[str] = []
     parts: list[torch.Tensor] = []
     for key, value in scalars.items():
         if isinstance(value, torch.Tensor):
             keys.append(key)
-            parts.append(value.detach())
+            parts.append(value if value.dim() == 0 else value.reshape(()))
         else:
             out[key] = float(value)
-    parts.extend(tensors)
+    parts += tensors
     if not parts:
         return out, []
-    device, dtype = parts[0].device, torch.float32
-    if any(p.device != device or p.dtype != dtype or p.dim() != 0 for p in parts):
-        parts = [p.reshape(()).to(device=device, dtype=dtype) for p in parts]
-    flat = torch.stack(parts).tolist()  # the one synchronisation of the window
+    try:
+        flat = torch.stack(parts).tolist()  # the one synchronisation of the window
+    except RuntimeError:  # tensors on different devices: gather them on the host first
+        flat = torch.stack([p.detach().float().cpu() for p in parts]).tolist()
     out.update(zip(keys, flat))
     return out, flat[len(keys):]
 

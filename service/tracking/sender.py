@@ -1,6 +1,6 @@
 """The background sender: a bounded queue, batches of <= 1000 metrics, retries with backoff.
 
-The training thread only ever calls `submit` (put_nowait) and `submit_op`; it never waits on
+The training thread only ever calls `submit` (an append) and `submit_op`; it never waits on
 the network or the database. When the queue is full (the server has been down a long time)
 a record is dropped from the queue only: it is already in metrics.jsonl, and the sender
 re-reads the journal's unacknowledged records before it closes. Records arriving within
@@ -13,8 +13,8 @@ they keep their order with the metrics; the JSON-able ones that could not be don
 """
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -137,7 +137,11 @@ class Sender:
         self.client, self.run_id, self.journal = client, run_id, journal
         self.local_client = local_client or client
         self.flush_interval, self.max_batch, self.max_backoff = flush_interval, max_batch, max_backoff
-        self._q: queue.Queue[Record | Op] = queue.Queue(maxsize=max_queue)
+        # A deque, not a queue.Queue: the consumer polls (see _run), so the queue needs no lock
+        # or condition, and append/popleft are atomic; put_nowait's locking cost the training
+        # thread several microseconds per logging window.
+        self._q: collections.deque[Record | Op] = collections.deque()
+        self._max_queue = max_queue
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._deadline: float | None = None
@@ -153,20 +157,17 @@ class Sender:
 
     # -- training thread ----------------------------------------------------------------
     def submit(self, record: Record) -> None:
-        try:
-            self._q.put_nowait(record)
-        except queue.Full:
+        if len(self._q) < self._max_queue:
+            self._q.append(record)
+        else:
             self.dropped_records += 1  # still in metrics.jsonl; re-read before closing
 
     def submit_op(self, op: Op) -> None:
         with self._ops_lock:
             self._pending_ops.append(op)
-        try:
-            # Ops are rare (start and end of a run); wait briefly rather than lose one.
-            self._q.put(op, timeout=1.0)
-            self._wake.set()
-        except queue.Full:
-            log.warning("tracking queue full; %s will be retried by `gradloop sync`", op.name)
+        # Ops are rare (start and end of a run) and never dropped: they may pass the bound.
+        self._q.append(op)
+        self._wake.set()
 
     def close(self, timeout: float) -> SendReport:
         """Send what is queued, giving up `timeout` seconds from now; report what is left."""
@@ -200,8 +201,8 @@ class Sender:
             while True:
                 closing = self._closing.is_set()
                 try:
-                    item: Record | Op | None = self._q.get_nowait()
-                except queue.Empty:
+                    item: Record | Op | None = self._q.popleft()
+                except IndexError:
                     item = None
                 if isinstance(item, Record):
                     if not pending:
