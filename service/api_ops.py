@@ -1,7 +1,7 @@
 """Plugins, health and metrics: /v1/plugins..., /healthz, /readyz, /metrics."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
