@@ -58,7 +58,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         assert settings.db and settings.jobs_dir
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.db)
+        store = JobStore(settings.db, checkpoint_thread=True)
         await anyio.to_thread.run_sync(store.migrate)
         # Plugins load on first use; loading them now keeps that import time out of the first
         # submissions, which would otherwise all wait on it at once.

@@ -29,7 +29,10 @@ class UnsupportedMediaTypeError(GradloopError):
 def parse_body(body: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, int]]:
     media = content_type.split(";", 1)[0].strip().lower()
     if media in YAML_TYPES:
-        return load_raw_text(body, source=None)
+        raw, lines = load_raw_text(body, source=None)
+        # JSON-native from here on, as a JSON body is: YAML's dates and the like become
+        # strings, so hashing and storing the config see the same types either way.
+        return json.loads(json.dumps(raw, default=str)), lines
     if media in JSON_TYPES or media.endswith("+json"):
         return _parse_json(body), {}
     raise UnsupportedMediaTypeError(
@@ -94,10 +97,10 @@ def _is_local_store(uri: str) -> bool:
 
 def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_root: Path, tracking_uri: str | None,
                          limits: ServiceLimits | None = None) -> RunConfig:
-    """Validate `raw` as the service runs it; raise ConfigError listing every problem."""
+    """Validate `raw` (JSON-native, as parse_body returns it; data.root is filled in place) as
+    the service runs it; raise ConfigError listing every problem."""
     errors: list[FieldError] = []
     _non_finite(raw, "", errors)
-    raw = json.loads(json.dumps(raw, default=str)) if not errors else raw
 
     data = raw.get("data")
     if isinstance(data, dict):

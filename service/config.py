@@ -311,7 +311,9 @@ def validate_config(
 
     if cfg is None:
         raise ConfigError(errors, source)
-    resolved = cfg.model_copy(deep=True)
+    # `cfg` is new: validation built its own containers, so it is resolved in place (a deep
+    # copy here was a fifth of a submission's validation time).
+    resolved = cfg
     for field_name, options in resolved_options.items():
         getattr(resolved, field_name).options = options
 

@@ -71,6 +71,51 @@ def test_concurrent_submits_with_one_key_create_one_job(store: JobStore) -> None
     assert store.counts()["queued"] == 1
 
 
+def test_submit_now_writes_in_place_only_when_nobody_holds_the_write_lock(store: JobStore) -> None:
+    """The API's fast path: a job written without waiting, or None so the caller waits in a
+    thread -- always None on PostgreSQL, and on SQLite while another thread writes."""
+    args = {"request_hash": "a", "name": "a", "device": "cpu", "idempotency_key": "fast-1"}
+    done = store.submit_now({"name": "a"}, **args)
+    if not store.is_sqlite:
+        assert done is None
+        return
+    assert done is not None and done[1] and store.get(done[0].id).status == "queued"
+    assert [e.seq for e in store.events_after(done[0].id)] == [1]
+    again = store.submit_now({"name": "a"}, **args)  # the same key and body: a replay
+    assert again is not None and again[0].id == done[0].id and again[1] is False
+    with pytest.raises(IdempotencyConflictError):
+        store.submit_now({"name": "b"}, **{**args, "request_hash": "b"})
+    with store.write():  # another writer in this process: no waiting on the caller's thread
+        assert store.submit_now({"name": "c"}, **{**args, "idempotency_key": "fast-2"}) is None
+    assert store.submit_now({"name": "c"}, **{**args, "idempotency_key": "fast-2"}) is not None
+
+
+def test_wal_is_checkpointed_by_the_store_thread_not_by_committers(tmp_path) -> None:
+    """With checkpoint_thread, commits never checkpoint (a checkpoint's sync would land on a
+    request); the store's thread moves the WAL into the database file within seconds."""
+    db = tmp_path / "jobs.db"
+    control = JobStore(f"sqlite:///{tmp_path / 'control.db'}", checkpoint_thread=True)
+    control._closed.set()  # its thread stops at once: nothing checkpoints this one
+    control._checkpointer.join(5)
+    store = JobStore(f"sqlite:///{db}", checkpoint_thread=True)
+    try:
+        for s in (store, control):
+            s.migrate()
+            with s.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            for i in range(300):
+                s.submit({"name": "x" * 500, "i": i}, request_hash="h", name="x", device="cpu")
+        deadline = time.monotonic() + 10
+        while db.stat().st_size < 200_000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert db.stat().st_size >= 200_000, "the checkpoint thread never copied the WAL into the database"
+        assert (tmp_path / "control.db").stat().st_size < 200_000  # without it, all of it stays in the WAL
+    finally:
+        store.close()
+        control.close()
+    assert not store._checkpointer.is_alive()
+
+
 def test_list_is_newest_first_with_cursor_and_status_filter(store: JobStore) -> None:
     made = [_submit(store, body=f"j{i}")[0].id for i in range(5)]
     page1, cursor = store.list(limit=2)
