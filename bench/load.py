@@ -13,14 +13,20 @@ Three phases per backend:
   open    submissions arriving at a fixed rate (--rate per second) from as many clients as it
           takes: latency at a given load, not at saturation.
   poll    N clients reading GET /v1/jobs/{id} of the submitted jobs back to back.
+  wrk     the closed loop again, driven by wrk (Debian package `wrk`) when it is installed: httpx
+          costs its clients 3-7 ms of CPU a request here, more than the server's own work, so on
+          2 cores the Python clients measure mostly themselves; wrk's C event loop does not.
 Usage: python bench/load.py [--backends sqlite,postgresql] [--clients 20] [--per-client 10] [--rate 50]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +126,54 @@ async def run_phases(url: str, pid: int, args: argparse.Namespace) -> None:
             cpu0 = server_cpu_s(pid)
             ms, wall = await phase()
             print(line(label, ms, wall, server_cpu_s(pid) - cpu0))
+    measured = wrk_submits(url, pid, args.clients, args.wrk_seconds)
+    print(measured or "  (wrk is not installed: apt-get install wrk for the closed loop without Python clients)")
+
+
+# wrk script: each request a fresh Idempotency-Key (prefix per run, counter per connection thread).
+WRK_SCRIPT = """
+local counter = 0
+local thread_id = 0
+setup = function(thread) thread:set("tid", thread_id); thread_id = thread_id + 1 end
+init = function(args)
+  local f = io.open(args[1], "r"); body = f:read("*a"); f:close()
+  prefix = args[2]
+end
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/v1/jobs", {["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = string.format("%s-%d-%d", prefix, tid, counter)}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %f %f %f %d %d\\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency.max / 1000, summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_submits(url: str, pid: int, clients: int, seconds: int) -> str | None:
+    """Closed-loop submits from `clients` wrk connections for `seconds`; None without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        script, body = Path(tmp) / "submit.lua", Path(tmp) / "body.json"
+        script.write_text(WRK_SCRIPT)
+        body.write_text(json.dumps(iris_config("load-wrk")))
+        cpu0 = server_cpu_s(pid)
+        out = subprocess.run([wrk, "-t1", f"-c{clients}", f"-d{seconds}s", "-s", str(script), url, "--", str(body), uuid.uuid4().hex[:8]],
+                             capture_output=True, text=True, check=True).stdout
+        cpu = server_cpu_s(pid) - cpu0
+    found = [ln.split()[1:] for ln in out.splitlines() if ln.startswith("RESULT ")]
+    if not found:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    p50, p99, worst, n, errors = float(found[0][0]), float(found[0][1]), float(found[0][2]), int(found[0][3]), int(found[0][4])
+    if errors:
+        raise RuntimeError(f"{errors} of {n} wrk requests failed")
+    label = f"submit, closed loop, {clients} wrk connections"
+    return (f"  {label:<38} n={n:<5} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  max {worst:6.1f} ms  {n / seconds:5.0f} req/s  "
+            f"server CPU {cpu * 1000 / n:4.1f} ms/req")
 
 
 def pg_schema() -> tuple[str, Callable[[], None]] | None:
@@ -167,6 +221,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50.0, help="open-loop submissions per second")
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="length of the wrk closed-loop phase")
     args = parser.parse_args()
     for backend in args.backends.split(","):
         bench_backend(backend.strip(), args)
