@@ -6,7 +6,8 @@ store (in a temp dir), and a real `mlflow server` subprocess on localhost. Steps
 between the first and the last logging step by a timing observer, so the run's set-up (creating
 the MLflow run) and its end (plots, model, flush) are not counted: they happen once per run,
 not per step. The three are run REPEATS times in alternation and the best is kept (other load
-on a shared machine only ever slows a run down). Because wall time on a busy machine is noisy,
+on a shared machine only ever slows a run down), and so is the median of each round's ratio to
+the 'off' run beside it. Because wall time on a busy machine is noisy,
 the training thread's own CPU time per step (time.thread_time, which other processes do not
 inflate) is reported too, and the time spent inside the tracking observer's calls on the
 training thread, per step, which is what tracking itself adds to the loop (the store is
@@ -162,10 +163,14 @@ def main() -> None:
     base, base_cpu = max(rates["off"]), statistics.median(cpu["off"])
     print(f"\ndigits MLP, grad_stats=per_layer, log_every=10, {args.epochs} epochs, {args.repeats} rounds")
     step_us = 1e6 / base
-    print(f"{'tracking':10s} {'best steps/s':>12s} {'vs off':>8s} {'thread CPU us/step':>19s} {'vs off':>7s} {'us/step in tracking calls':>26s} {'= share of a step':>18s}")
+    # Paired: each round's run against the 'off' run just before it. The machine's speed drifts
+    # between rounds (other tenants), so a best-of-rounds ratio can compare a fast minute with a
+    # slow one; the median of paired ratios does not.
+    print(f"{'tracking':10s} {'best steps/s':>12s} {'vs off':>8s} {'paired vs off':>14s} {'thread CPU us/step':>19s} {'vs off':>7s} {'us/step in tracking calls':>26s} {'= share of a step':>18s}")
     for name in variants:
         best, us, inside = max(rates[name]), statistics.median(cpu[name]), statistics.median(obs[name])
-        print(f"{name:10s} {best:12.1f} {best / base:8.3f} {us:19.1f} {us / base_cpu:7.3f} {inside:26.1f} {inside / step_us * 100:17.1f}%")
+        paired = statistics.median(r / o for r, o in zip(rates[name], rates["off"]))
+        print(f"{name:10s} {best:12.1f} {best / base:8.3f} {paired:14.3f} {us:19.1f} {us / base_cpu:7.3f} {inside:26.1f} {inside / step_us * 100:17.1f}%")
 
 
 if __name__ == "__main__":
