@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
@@ -49,7 +50,9 @@ def _load_plugins() -> None:
         registry.registry(kind).names()
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | None = None) -> FastAPI:
+    """pool_lock: run the job pool only if this process takes that file lock (several API
+    processes of one service, see api_workers); without it, the pool always runs here."""
     settings = (settings or ServiceSettings()).resolved()
     metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
 
@@ -67,6 +70,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         pool = None
         slots, gpus = default_slots()
         max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
+        lock = None
+        if max_concurrent > 0 and pool_lock is not None:
+            from .api_workers import PoolLock
+
+            lock = PoolLock(pool_lock)
+            if not lock.acquire():  # another process of this service runs the jobs
+                lock, max_concurrent = None, 0
+                app.state.pool_elsewhere = True
         if max_concurrent > 0:
             pool = WorkerPool(
                 store,
@@ -82,6 +93,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             app.state.draining = True
             if pool is not None:
                 await anyio.to_thread.run_sync(pool.stop)
+            if lock is not None:
+                lock.release()
             store.close()
 
     app = FastAPI(
@@ -94,6 +107,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.store = None
     app.state.pool = None
+    app.state.pool_elsewhere = False
     app.state.draining = False
     install_problem_handlers(app)
     app.include_router(jobs_router)

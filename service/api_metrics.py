@@ -1,12 +1,15 @@
 """Prometheus metrics of one app: HTTP requests and latencies, jobs by state, queue depth, job
 durations. Each app has its own CollectorRegistry, so two apps in one process (tests) never
-share counters."""
+share counters. Under `serve --workers N`, prometheus_client's multiprocess mode (the
+PROMETHEUS_MULTIPROC_DIR that serve sets) adds up every process's counters, so /metrics gives
+the same totals whichever process answers."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,7 +48,17 @@ class ServiceMetrics:
             "gradloop_job_duration_seconds", "Job run time from start to end", ["status"], registry=self.registry,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
         )
-        self.registry.register(_JobStateCollector(store_of))  # type: ignore[arg-type]
+        self._jobs = _JobStateCollector(store_of)
+        self.registry.register(self._jobs)  # type: ignore[arg-type]
+
+    def exposition(self) -> bytes:
+        """The text format of every metric (all processes' under multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            registry.register(self._jobs)  # type: ignore[arg-type]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def job_ended(self, job: JobRecord) -> None:
         if job.started_at is not None and job.finished_at is not None:

@@ -6,7 +6,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import registry
 from .api_guard import authorize, reject_unknown_query
@@ -44,14 +44,18 @@ async def readyz(request: Request) -> Response:
     pool = request.app.state.pool
     db_ok = await anyio.to_thread.run_sync(store.ping)
     workers_ok = pool is None or pool.alive()
-    body = {"database": "ok" if db_ok else "unreachable", "workers": ("ok" if workers_ok else "down") if pool is not None else "disabled"}
+    if pool is not None:
+        workers = "ok" if workers_ok else "down"
+    else:  # another process of this service (serve --workers) runs the jobs, or none does
+        workers = "in another process" if request.app.state.pool_elsewhere else "disabled"
+    body = {"database": "ok" if db_ok else "unreachable", "workers": workers}
     if db_ok and workers_ok:
         return JSONResponse({"status": "ready", **body})
-    problems = [k for k, v in body.items() if v not in ("ok", "disabled")]
+    problems = [k for k, v in body.items() if v in ("unreachable", "down")]
     return problem_response(503, f"not ready: {', '.join(problems)} ({body})")
 
 
 @ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
-    data = await anyio.to_thread.run_sync(generate_latest, request.app.state.metrics.registry)
+    data = await anyio.to_thread.run_sync(request.app.state.metrics.exposition)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

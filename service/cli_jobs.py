@@ -45,6 +45,7 @@ def serve(
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="times a job whose worker died is retried"),
     max_body: int = typer.Option(1024 * 1024, "--max-body", min=1, help="request body limit in bytes"),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="name of this service's worker in job records (default: host-pid-random)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="API processes on one port (jobs still run in one of them); about one per core"),
     log_level: str = typer.Option("info", "--log-level"),
     max_epochs: int = typer.Option(10_000, "--max-epochs", min=1, help="limit: epochs one submitted job may ask for"),
     max_steps: int = typer.Option(10_000_000, "--max-steps", min=1, help="limit: optimizer steps of one job"),
@@ -76,10 +77,43 @@ def serve(
                              max_dataset_bytes=max_dataset_bytes, max_model_params=max_model_params),
         **({"data_root": data_root} if data_root is not None else {}),
     )
+    if workers > 1:
+        _serve_workers(settings, workers, host=host, port=port, log_level=log_level)
+        return
     app = create_app(settings)
     # Open event streams must not hold a stopping service past its grace period.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     _draining_server(config, app, cancel_grace).run()
+
+
+def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_level: str) -> None:
+    """uvicorn's supervisor over `workers` processes of the app (see service/api_workers.py).
+    SIGTERM to this process stops every worker; the one running jobs drains them first (they
+    checkpoint and go back to the queue), as a single-process service does."""
+    import shutil
+
+    import uvicorn
+
+    from .api_workers import SETTINGS_ENV
+    from .jobs.store import JobStore
+
+    settings = settings.resolved()
+    # Migrate once here, before the workers start: N processes migrating one SQLite file at
+    # the same moment could each try to create the same tables.
+    store = JobStore(settings.db)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    # Counters of every worker process, added up at each scrape (prometheus_client's
+    # multiprocess mode); emptied at each start, as its documentation asks.
+    metrics_dir = settings.state_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run("service.api_workers:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, timeout_graceful_shutdown=5)
 
 
 def _draining_server(config: Any, app: Any, grace_s: float) -> Any:

@@ -108,6 +108,7 @@ class Trainer:
         self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._step_grad_norms: list[torch.Tensor] | None = None  # this step's, for observers
         self._same_dtype = len({(p.dtype, p.device) for p in self.params}) <= 1
         self.param_names = _param_names(self.optimizer, self.model)
         self._monitor = self._plateau_monitor()
@@ -190,6 +191,7 @@ class Trainer:
             batches = self.parts.train.epoch(self.epoch, start=self.batch_in_epoch)
             for window in self.plan.windows(self.batch_in_epoch):
                 step = self.step + 1
+                self._step_grad_norms = None
 
                 # 1. Gradients of the window. Each micro-batch's mean loss is weighted by its
                 #    share of the window's samples, so the accumulated gradient is the gradient
@@ -297,7 +299,10 @@ class Trainer:
         if self._same_dtype:
             # One fused kernel for the per-tensor norms: this runs every step, and the generic
             # helper's grouping by device and dtype costs more than the maths on small models.
-            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            norms = torch._foreach_norm(grads)
+            # Observers get these through RunContext.grad_norms rather than measure them again.
+            self._step_grad_norms = list(norms) if len(grads) == len(self.params) else None
+            return torch.linalg.vector_norm(torch.stack(norms))
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
     def _grads_and_loss_finite(self, window_loss: torch.Tensor) -> bool:
@@ -521,7 +526,7 @@ class Trainer:
             config=self.config, run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
             device=self.device, param_names=list(self.param_names), total_steps=self.total_steps,
             start_step=self.start_step, mlflow_run_id=self.resumed_mlflow_run_id, job_id=self.job_id,
-            example_input=self.parts.train.example_input(),
+            example_input=self.parts.train.example_input(), grad_norms=lambda: self._step_grad_norms,
         )
         for obs in self.observers:
             obs.start(ctx)

@@ -1,6 +1,8 @@
 """The job store and its claims, written once and run against SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 import uuid
@@ -87,7 +89,23 @@ def test_submit_now_writes_in_place_only_when_nobody_holds_the_write_lock(store:
         store.submit_now({"name": "b"}, **{**args, "request_hash": "b"})
     with store.write():  # another writer in this process: no waiting on the caller's thread
         assert store.submit_now({"name": "c"}, **{**args, "idempotency_key": "fast-2"}) is None
-    assert store.submit_now({"name": "c"}, **{**args, "idempotency_key": "fast-2"}) is not None
+    # Another process writing (an API worker, a job) holds the database's lock file: writers
+    # here wait for it, in submit_now as in submit, and go on as soon as it lets go.
+    other = os.open(store.engine.url.database + ".write-lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        waiting = [threading.Thread(target=store.submit_now, args=({"name": "c"},), kwargs={**args, "idempotency_key": "fast-2"}),
+                   threading.Thread(target=store.submit, args=({"name": "d"},), kwargs={**args, "idempotency_key": "slow-1"})]
+        for t in waiting:
+            t.start()
+        time.sleep(0.5)
+        assert store._by_key("fast-2") is None and store._by_key("slow-1") is None
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    for t in waiting:
+        t.join(10)
+    assert store._by_key("fast-2") is not None and store._by_key("slow-1") is not None
 
 
 def test_wal_is_checkpointed_by_the_store_thread_not_by_committers(tmp_path) -> None:

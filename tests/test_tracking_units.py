@@ -91,6 +91,51 @@ def test_per_layer_stats_match_plain_torch() -> None:
         assert got[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
 
 
+def test_snapshot_reuses_the_trainers_norms_only_when_they_cover_every_watched_parameter() -> None:
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    measured = list(torch._foreach_norm([p.grad for _, p in named]))
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    assert gradstats.snapshot(1, layout, measured).grad_norms is measured
+    model[0].bias.requires_grad_(False)  # a frozen parameter: the trainer's list no longer lines up
+    partial = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    snap = gradstats.snapshot(1, partial, measured)
+    assert snap.grad_norms is not measured and len(snap.grad_norms) == len(named) - 1
+
+
+def test_trainer_hands_observers_the_norms_it_measured_at_logging_steps(tmp_path: Path) -> None:
+    """RunContext.grad_norms: at a logging step, the pre-clip per-parameter norms (the same values
+    as measuring the gradients), in optimizer order; None at steps it measured nothing."""
+    from service import train
+    from service.observer import NullObserver
+
+    seen: dict[int, list[float] | None] = {}
+
+    class Watch(NullObserver):
+        def start(self, ctx):
+            self.ctx = ctx
+
+        def wants_step_stats(self, step):
+            return True
+
+        def before_optimizer_step(self, step, model):
+            norms = self.ctx.grad_norms()
+            expected = [float(p.grad.norm()) for p in self.ctx.optimizer.param_groups[0]["params"]]
+            seen[step] = None if norms is None else [float(n) for n in norms]
+            if norms is not None:
+                assert seen[step] == pytest.approx(expected, rel=1e-5)
+
+    cfg = {"name": "norms", "seed": 0, "device": "cpu", "output_dir": str(tmp_path),
+           "model": {"name": "mlp", "options": {"in_features": 4, "hidden": [8], "out_features": 3}},
+           "data": {"name": "sklearn", "options": {"dataset": "iris"}, "batch_size": 16},
+           "loss": {"name": "cross_entropy"}, "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+           "trainer": {"epochs": 1, "progress": "none", "checkpoint_at_end": False},
+           "tracking": {"enabled": False, "log_every": 3}}
+    train(cfg, observers=[Watch()])
+    assert seen[3] is not None and len(seen[3]) == 4
+    assert seen[1] is None and seen[2] is None
+
+
 def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> None:
     model = _model_with_grads()
     model[2].bias.grad[0] = float("nan")

@@ -34,6 +34,9 @@ from .store import Fence, JobRecord, JobStore, StaleAttemptError
 from .worker import WorkerSettings, close_job_runs, log_path
 
 LOG_TAIL_LINES = 20
+# The API's bearer tokens, the settings (tokens included) that serve --workers hands its
+# processes, and where they keep their metrics: never passed on to job processes.
+SERVICE_ONLY_ENV = frozenset({"GRADLOOP_API_TOKEN", "GRADLOOP_SERVICE_SETTINGS", "PROMETHEUS_MULTIPROC_DIR"})
 
 
 @dataclass
@@ -196,7 +199,8 @@ class WorkerPool:
     # -- fork server --------------------------------------------------------------------
     def _start_forkserver(self) -> None:
         self._ready.clear()
-        env = dict(os.environ)
+        # Jobs run what a client sent: they get the service's environment minus its secrets.
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_ONLY_ENV}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "service.jobs.forkserver", self.worker_settings.to_json()],
             stdin=subprocess.PIPE,

@@ -11,7 +11,9 @@ refused with StaleAttemptError once the job has moved on without them.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
 import threading
 import time
 import uuid
@@ -129,13 +131,21 @@ class JobStore:
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._flock_path: Path | None = None
+        self._flock_pid: int | None = None
+        self._flock = -1
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self._flock_path = Path(parsed.database + ".write-lock")
             # A job's child process writes to the same file: wait for the lock, never fail fast.
             kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
             if not pooled:
                 kwargs["poolclass"] = NullPool
+            else:
+                # No cap on connections (a SQLite connection is an open file): taking one never
+                # waits, which matters because submit_now takes one on the event loop.
+                kwargs.update(pool_size=10, max_overflow=-1)
             self.engine: Engine = create_engine(url, **kwargs)
             _sqlite_pragmas(self.engine, autocheckpoint=not checkpoint_thread)
             if checkpoint_thread:
@@ -154,6 +164,9 @@ class JobStore:
         return self.dialect == "sqlite"
 
     def close(self) -> None:
+        if self._flock_pid == os.getpid():
+            os.close(self._flock)
+            self._flock_pid = None
         self._closed.set()
         if self._checkpointer is not None:
             self._checkpointer.join(5)
@@ -200,10 +213,29 @@ class JobStore:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
-        # Threads of this process queue on a lock, handed over at once; SQLite's own busy
-        # handler would make them sleep and retry in steps of up to 100 ms.
-        with self._write_lock, self._sqlite_transaction() as conn:
-            yield conn
+        # Writers queue on locks that are handed over at once: a threading lock between the
+        # threads of this process, an flock between processes (API workers, job processes).
+        # SQLite's own busy handler would make them sleep and retry in steps of up to 100 ms.
+        with self._write_lock:
+            fd = self._flock_fd()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks without the GIL
+            try:
+                with self._sqlite_transaction() as conn:
+                    yield conn
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _flock_fd(self) -> int | None:
+        """This process's descriptor of the database's lock file (none for :memory:). Opened
+        per process: a descriptor inherited through fork would share the parent's lock."""
+        if self._flock_path is None:
+            return None
+        if self._flock_pid != os.getpid():
+            self._flock = os.open(self._flock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            self._flock_pid = os.getpid()
+        return self._flock
 
     @contextmanager
     def _sqlite_transaction(self) -> Iterator[Connection]:
@@ -247,24 +279,31 @@ class JobStore:
 
     def submit_now(self, config: Mapping[str, Any], *, request_hash: str, name: str, device: str, priority: int = 0,
                    idempotency_key: str | None = None, max_attempts: int = 3) -> tuple[JobRecord, bool] | None:
-        """`submit`, if it can be done without waiting on another thread of this process;
-        None otherwise (and always on PostgreSQL, whose every statement is a network round
-        trip). Lets an event loop write a job in place -- half a millisecond -- instead of
-        paying a thread hand-off that costs as much again, and go to a thread only when
-        the write lock is taken."""
+        """`submit`, if it can be done without waiting for anyone; None otherwise, and always
+        on PostgreSQL, whose every statement is a network round trip. Lets an event loop write
+        a job in place -- half a millisecond -- instead of paying a thread hand-off that costs
+        as much again; the caller goes to a thread when another thread of this process holds
+        the write lock (it may be waiting for a third party)."""
         if not self.is_sqlite or not self._write_lock.acquire(blocking=False):
             return None
-        row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, None)
         try:
-            with self._sqlite_transaction() as conn:
-                _insert_job(conn, row, first_event)
-        except IntegrityError as exc:
+            fd = self._flock_fd()
+            if fd is not None:
+                # Another process's write (an API worker's insert, a job's progress) holds it
+                # for well under a millisecond and the kernel hands it over at once: waiting
+                # here costs less than the thread hand-off that going elsewhere would.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, None)
+                with self._sqlite_transaction() as conn:
+                    _insert_job(conn, row, first_event)
+            except IntegrityError as exc:
+                return self._replay(idempotency_key, request_hash, exc)
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
             self._write_lock.release()
-            return self._replay(idempotency_key, request_hash, exc)
-        except BaseException:
-            self._write_lock.release()
-            raise
-        self._write_lock.release()
         return JobRecord.model_validate(row), True
 
     def _replay(self, idempotency_key: str | None, request_hash: str, error: IntegrityError) -> tuple[JobRecord, bool]:
@@ -460,6 +499,7 @@ def _fenced(job_id: str, fence: Fence) -> tuple[Any, ...]:
     )
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer outside our locks (a person's sqlite3 shell): wait for it
 _INSERT_JOB = insert(jobs)
 _INSERT_EVENT = insert(job_events)
 
@@ -529,7 +569,7 @@ def _sqlite_pragmas(engine: Engine, autocheckpoint: bool = True) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         if not autocheckpoint:
             cur.execute("PRAGMA wal_autocheckpoint=0")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

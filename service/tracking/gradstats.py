@@ -49,6 +49,7 @@ class StatLayout:
     # per_layer modes: the weights before a step, copied in place each window (allocating
     # fresh tensors per window cost more than the copy itself on a small model).
     _before: list[torch.Tensor] | None = field(init=False, default=None)
+    all_params: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.weights = [p.detach() for p in self.params]
@@ -63,8 +64,9 @@ class StatLayout:
 
     @classmethod
     def build(cls, named: list[tuple[str, torch.nn.Parameter]], mode: GradStatsMode) -> "StatLayout":
-        named = [(n, p) for n, p in named if p.requires_grad]
-        layout = cls([metric_safe(n) for n, _ in named], [p for _, p in named], mode)
+        watched = [(n, p) for n, p in named if p.requires_grad]
+        layout = cls([metric_safe(n) for n, _ in watched], [p for _, p in watched], mode)
+        layout.all_params = len(watched) == len(named)  # the optimizer's parameters, all, in order
         if mode == "per_module":
             modules: dict[str, list[int]] = {}
             for i, name in enumerate(layout.names):
@@ -109,15 +111,19 @@ class GradSnapshot:
         return self.grad_norms if self.update_weight_norms is None else self.grad_norms + self.update_weight_norms
 
 
-def snapshot(step: int, layout: StatLayout) -> GradSnapshot | None:
-    """Norms of the current gradients (pre-clip) and, per layer, a copy of the weights."""
+def snapshot(step: int, layout: StatLayout, measured: list[torch.Tensor] | None = None) -> GradSnapshot | None:
+    """Norms of the current gradients (pre-clip) and, per layer, a copy of the weights.
+
+    measured: the trainer's own per-parameter norms of these gradients, in optimizer order
+    (RunContext.grad_norms); used when they cover exactly the watched parameters."""
     # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
     grads = [p.grad for p in layout.params]
     if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
         grads = [g for g in grads if g is not None]
         return GradSnapshot(step, list(torch._foreach_norm(grads)), None) if grads else None
-    return GradSnapshot(step, list(torch._foreach_norm(grads)), layout.weights_before() if layout.per_layer else None)
+    norms = measured if measured is not None and layout.all_params and len(measured) == len(grads) else list(torch._foreach_norm(grads))
+    return GradSnapshot(step, norms, layout.weights_before() if layout.per_layer else None)
 
 
 def after_step(snap: GradSnapshot, layout: StatLayout) -> None:

@@ -205,7 +205,7 @@ class MlflowObserver:
         layout = self._layout
         if layout is None:
             return None
-        grads = gradstats.snapshot(step, layout) if self._grad_step(step) else None
+        grads = gradstats.snapshot(step, layout, self._ctx.grad_norms() if self._ctx else None) if self._grad_step(step) else None
         hist = histograms.capture(layout.names, layout.params) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
