@@ -16,14 +16,13 @@ Three phases per backend:
   wrk     the closed loop again, driven by wrk (Debian package `wrk`) when it is installed: httpx
           costs its clients 3-7 ms of CPU a request here, more than the server's own work, so on
           2 cores the Python clients measure mostly themselves; wrk's C event loop does not.
-Usage: python bench/load.py [--backends sqlite,postgresql] [--clients 20] [--per-client 10] [--rate 50]
+Usage: python bench/load.py [--backends sqlite,postgresql] [--clients 20] [--per-client 10] [--rate 50] [--workers 2]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from api_fixtures import Service, iris_config  # noqa: E402
@@ -48,10 +48,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 def server_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the server process so far (Linux /proc): per-request CPU is
-    steadier than latency on a machine shared with other work."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of the server so far, its worker processes included
+    (serve --workers): per-request CPU is steadier than latency on a machine shared with other work."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def line(label: str, ms: list[float], wall: float, cpu_s: float) -> str:
@@ -197,7 +204,7 @@ def pg_schema() -> tuple[str, Callable[[], None]] | None:
 
 
 def bench_backend(backend: str, args: argparse.Namespace) -> None:
-    extra = ["--max-concurrent", "0"]
+    extra = ["--max-concurrent", "0", "--workers", str(args.workers)]
     cleanup: Callable[[], None] = lambda: None
     if backend == "postgresql":
         found = pg_schema()
@@ -221,6 +228,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50.0, help="open-loop submissions per second")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers: API processes")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="length of the wrk closed-loop phase")
     args = parser.parse_args()
     for backend in args.backends.split(","):
