@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from .api_files import list_files, open_regular, read_range, safe_path
-from .api_guard import authorize, reject_unknown_query
+from .api_guard import guard
 from .api_problems import PROBLEM_RESPONSES
 from .api_schemas import JobOut, JobPage, JobStatus, job_out, json_response
 from .api_submit import (
@@ -38,7 +38,7 @@ MAX_FILE_CHUNK = 16 * 1024 * 1024  # a checkpoint is read in chunks of this (X-N
 
 
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authorize), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(guard)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 
 
 def _store(request: Request) -> JobStore:

@@ -9,12 +9,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import registry
-from .api_guard import authorize, reject_unknown_query
+from .api_guard import guard
 from .api_problems import PROBLEM_RESPONSES, problem_response
 
 
 
-plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(authorize), Depends(reject_unknown_query)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(guard)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
 ops_router = APIRouter(tags=["operations"])
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import orjson
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy.engine import make_url
@@ -146,7 +147,7 @@ class JobStore:
                 # No cap on connections (a SQLite connection is an open file): taking one never
                 # waits, which matters because submit_now takes one on the event loop.
                 kwargs.update(pool_size=10, max_overflow=-1)
-            self.engine: Engine = create_engine(url, **kwargs)
+            self.engine: Engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
             _sqlite_pragmas(self.engine, autocheckpoint=not checkpoint_thread)
             if checkpoint_thread:
                 self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gradloop-wal-checkpoint", daemon=True)
@@ -157,7 +158,7 @@ class JobStore:
                 kwargs["poolclass"] = NullPool
             else:
                 kwargs.update(pool_size=5, max_overflow=20)
-            self.engine = create_engine(url, **kwargs)
+            self.engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
 
     @property
     def is_sqlite(self) -> bool:
@@ -497,6 +498,13 @@ def _fenced(job_id: str, fence: Fence) -> tuple[Any, ...]:
         jobs.c.worker_id == fence.worker_id,
         jobs.c.status.in_(sorted(ACTIVE_STATES)),
     )
+
+
+def _json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: orjson, a tenth of json.dumps' time on a job's config (a
+    submit writes one). NaN and infinities become null, which PostgreSQL's json type accepts
+    and json.dumps' NaN is not; reading stays json.loads, which also reads rows written before."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer outside our locks (a person's sqlite3 shell): wait for it
