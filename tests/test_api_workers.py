@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from api_fixtures import Service, iris_config
+from service.jobs.store import JobStore, sqlite_url
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -92,10 +93,18 @@ def test_two_api_processes_share_one_job_pool_and_survive_its_death(tmp_path: Pa
         else:
             raise AssertionError("no process took over the job pool after its holder was killed")
         _run_jobs(svc, 2, "after")
+        # A long job still training when the service is told to stop: drained back to the queue.
+        long_job = svc.submit(iris_config("long", epochs=5_000, tracking=False)).json()["id"]
+        svc.wait_for(long_job, {"running"}, step_at_least=1)
         tree = [svc.proc.pid] + [p.pid for p in psutil.Process(svc.proc.pid).children(recursive=True)]
     finally:
         svc.stop()
     assert svc.proc.returncode is not None
+    store = JobStore(sqlite_url(svc.state_dir))
+    try:
+        assert store.get(long_job).status == "queued"
+    finally:
+        store.close()
     time.sleep(1)
     left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes outlived the service: {left}"
