@@ -77,10 +77,11 @@ async def submit_job(
         raise HTTPException(503, "the service is shutting down and takes no new jobs; submit again once it is back", headers={"Retry-After": "5"})
     settings = app.state.settings
     content_type = request.headers.get("content-type", "")
-    # Parsing and validating an ordinary config is under a millisecond of CPU: done on the
-    # event loop, it does not pass the GIL back and forth with the loop as a worker thread
-    # would, which made every request slower under load. A large body (a slow YAML parse)
-    # still goes to a thread, so it cannot hold up other requests.
+    # Parsing and validating an ordinary config is under a millisecond of CPU (a model's size,
+    # counted on the meta device, is cached per model config): done on the event loop, it does
+    # not pass the GIL back and forth with the loop as a worker thread would, which made every
+    # request slower under load. A large body (a slow YAML parse) still goes to a thread, so
+    # it cannot hold up other requests.
     if len(body) <= INLINE_BODY_BYTES:
         raw, config = _validated(body, content_type, settings)
     else:
@@ -89,8 +90,9 @@ async def submit_job(
     job_args = {"request_hash": request_hash(raw, priority), "name": config.name, "device": config.device,
                 "priority": priority, "idempotency_key": idempotency_key, "max_attempts": settings.max_attempts}
     fields = config.to_dict()
-    # SQLite with its write lock free: written in place. Otherwise (the lock is taken, or
-    # PostgreSQL's network round trips) the write waits in a worker thread, never on the loop.
+    # SQLite: written in place (if another process is writing, after a kernel hand-off of its
+    # lock, well under a millisecond). When another thread of this process holds the lock, or on
+    # PostgreSQL (network round trips), the write waits in a worker thread instead.
     done = store.submit_now(fields, **job_args)
     job, created = done if done is not None else await anyio.to_thread.run_sync(functools.partial(store.submit, fields, **job_args))
     if created and pool is not None:
