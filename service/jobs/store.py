@@ -217,16 +217,25 @@ class JobStore:
         # Writers queue on locks that are handed over at once: a threading lock between the
         # threads of this process, an flock between processes (API workers, job processes).
         # SQLite's own busy handler would make them sleep and retry in steps of up to 100 ms.
-        with self._write_lock:
-            fd = self._flock_fd()
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks without the GIL
-            try:
-                with self._sqlite_transaction() as conn:
+        with self._write_lock, self._sqlite_write() as conn:
+            yield conn
+
+    @contextmanager
+    def _sqlite_write(self) -> Iterator[Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock file; the caller holds _write_lock."""
+        fd = self._flock_fd()
+        if fd is not None:
+            # Another process's write (an API worker's insert, a job's progress) holds it for
+            # well under a millisecond, and the kernel hands it over at once (without our GIL).
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
                     yield conn
-            finally:
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _flock_fd(self) -> int | None:
         """This process's descriptor of the database's lock file (none for :memory:). Opened
@@ -237,14 +246,6 @@ class JobStore:
             self._flock = os.open(self._flock_path, os.O_CREAT | os.O_RDWR, 0o644)
             self._flock_pid = os.getpid()
         return self._flock
-
-    @contextmanager
-    def _sqlite_transaction(self) -> Iterator[Connection]:
-        """BEGIN IMMEDIATE ... COMMIT on a pooled connection; the caller holds _write_lock."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -280,29 +281,19 @@ class JobStore:
 
     def submit_now(self, config: Mapping[str, Any], *, request_hash: str, name: str, device: str, priority: int = 0,
                    idempotency_key: str | None = None, max_attempts: int = 3) -> tuple[JobRecord, bool] | None:
-        """`submit`, if it can be done without waiting for anyone; None otherwise, and always
-        on PostgreSQL, whose every statement is a network round trip. Lets an event loop write
-        a job in place -- half a millisecond -- instead of paying a thread hand-off that costs
-        as much again; the caller goes to a thread when another thread of this process holds
-        the write lock (it may be waiting for a third party)."""
+        """`submit` on the caller's own thread, unless another thread of this process is
+        writing (it may itself be waiting for another process): then None, and the caller
+        waits in a worker thread rather than on its event loop. Always None on PostgreSQL,
+        whose every statement is a network round trip. Lets an event loop write a job in place
+        -- half a millisecond -- instead of paying a thread hand-off that costs as much again."""
         if not self.is_sqlite or not self._write_lock.acquire(blocking=False):
             return None
         try:
-            fd = self._flock_fd()
-            if fd is not None:
-                # Another process's write (an API worker's insert, a job's progress) holds it
-                # for well under a millisecond and the kernel hands it over at once: waiting
-                # here costs less than the thread hand-off that going elsewhere would.
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, None)
-                with self._sqlite_transaction() as conn:
-                    _insert_job(conn, row, first_event)
-            except IntegrityError as exc:
-                return self._replay(idempotency_key, request_hash, exc)
-            finally:
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+            row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, None)
+            with self._sqlite_write() as conn:
+                _insert_job(conn, row, first_event)
+        except IntegrityError as exc:
+            return self._replay(idempotency_key, request_hash, exc)
         finally:
             self._write_lock.release()
         return JobRecord.model_validate(row), True
