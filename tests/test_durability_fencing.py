@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service.jobs.claims import claim_next, requeue_expired
 from service.jobs.progress import EXIT_FENCED, JobProgressObserver
-from service.jobs.store import JobStore, sqlite_url
+from service.jobs.store import JobRecord, JobStore, sqlite_url
 
 
 def _store(tmp_path: Path) -> JobStore:
@@ -18,13 +18,20 @@ def _store(tmp_path: Path) -> JobStore:
     return store
 
 
-def test_fenced_job_process_exits_without_writing(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def _stale_attempt(store: JobStore) -> tuple[JobRecord, JobRecord, list[str]]:
+    """A job claimed by worker "old" whose lease then ran out, and the ids re-queued for it:
+    the claim's fence (attempt, worker) is stale from here on."""
     job, _ = store.submit({}, request_hash="h", name="n", device="cpu")
     claimed = claim_next(store, "old", lease_s=0.01)
     assert claimed is not None
     time.sleep(0.05)
-    assert requeue_expired(store) == [job.id]  # its lease ran out: the attempt is stale now
+    return job, claimed, requeue_expired(store)
+
+
+def test_fenced_job_process_exits_without_writing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    job, claimed, requeued = _stale_attempt(store)
+    assert requeued == [job.id]  # its lease ran out: the attempt is stale now
     events_before = store.require(job.id).event_seq
 
     pid = os.fork()
@@ -42,11 +49,7 @@ def test_fenced_job_process_exits_without_writing(tmp_path: Path) -> None:
 
 def test_fenced_observer_in_process_only_stops_the_trainer(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    job, _ = store.submit({}, request_hash="h", name="n", device="cpu")
-    claimed = claim_next(store, "old", lease_s=0.01)
-    assert claimed is not None
-    time.sleep(0.05)
-    requeue_expired(store)
+    job, claimed, _ = _stale_attempt(store)
     stop = threading.Event()
     observer = JobProgressObserver(store, job.id, claimed.fence, stop_event=stop)
     observer.log_checkpoint(tmp_path / "step-20.pt", 20)
