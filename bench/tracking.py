@@ -58,11 +58,11 @@ class StepClock(NullObserver):
         return (self.last[2] - self.first[2]) / (self.last[0] - self.first[0]) * 1e6
 
 
-def config(epochs: int, out: str, uri: str | None) -> dict:
+def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
     return {
         "name": "bench-tracking",
         "seed": 0,
-        "device": "cpu",
+        "device": device,
         "output_dir": out,
         "model": {"name": "mlp", "options": {"in_features": 64, "hidden": [128], "out_features": 10}},
         "data": {"name": "sklearn", "options": {"dataset": "digits"}, "batch_size": 32, "val_fraction": 0.2},
@@ -111,12 +111,12 @@ def _install_timing() -> None:
     tracking.make_observer = make_timed  # the runner looks it up at each train()
 
 
-def one_run(epochs: int, out: str, uri: str | None) -> tuple[float, float, float, int, int]:
+def one_run(epochs: int, out: str, uri: str | None, device: str = "cpu") -> tuple[float, float, float, int, int]:
     from service import train
 
     clock = StepClock()
     _timed.clear()
-    result = train(config(epochs, out, uri), observers=[clock])
+    result = train(config(epochs, out, uri, device), observers=[clock])
     in_observer = _timed[0].seconds / result.steps * 1e6 if _timed else 0.0
     unsent = 0
     if uri is not None:
@@ -130,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -149,10 +150,10 @@ def main() -> None:
     _install_timing()
     try:
         for uri in variants.values():  # warm-up: imports, tables, the store-writing child process
-            one_run(2, str(tmp / "runs"), uri)
+            one_run(2, str(tmp / "runs"), uri, args.device)
         for r in range(args.repeats):
             for name, uri in variants.items():
-                sps, us, in_obs, steps, unsent = one_run(args.epochs, str(tmp / "runs"), uri)
+                sps, us, in_obs, steps, unsent = one_run(args.epochs, str(tmp / "runs"), uri, args.device)
                 rates[name].append(sps)
                 cpu[name].append(us)
                 obs[name].append(in_obs)
@@ -161,7 +162,7 @@ def main() -> None:
     finally:
         server.stop()
     base, base_cpu = max(rates["off"]), statistics.median(cpu["off"])
-    print(f"\ndigits MLP, grad_stats=per_layer, log_every=10, {args.epochs} epochs, {args.repeats} rounds")
+    print(f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, {args.epochs} epochs, {args.repeats} rounds")
     step_us = 1e6 / base
     # Paired: each round's run against the 'off' run just before it. The machine's speed drifts
     # between rounds (other tenants), so a best-of-rounds ratio can compare a fast minute with a

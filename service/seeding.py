@@ -48,10 +48,14 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put the generators back where `capture_rng_state` found them."""
+    """Put the generators back where `capture_rng_state` found them.
+
+    Every tensor is brought to the host first: a checkpoint loaded with map_location=cuda has
+    put these states on the GPU too, but they belong to host-side generators.
+    """
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+    np.random.set_state((np_state["kind"], np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     random.setstate(_python_state_from_plain(state["python"]))
     cuda = state.get("cuda")

@@ -25,7 +25,9 @@ from torch import nn
 from service.config import RunConfig
 from service.observer import RunContext
 
-MLFLOW_BIN = str(Path(sys.executable).parent / "mlflow")
+# `python -m mlflow` rather than the console script: the same interpreter and packages as the
+# tests, also where mlflow was installed with --target and has no script on PATH.
+MLFLOW_CLI = [sys.executable, "-m", "mlflow"]
 
 
 def free_port() -> int:
@@ -46,7 +48,7 @@ class MlflowServer:
     def start(self, timeout: float = 60.0) -> None:
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [MLFLOW_BIN, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            [*MLFLOW_CLI, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root}/server.db",
              "--artifacts-destination", (self.root / "artifacts").as_uri()],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
