@@ -1,19 +1,21 @@
 """What MLflow tracking costs a training loop: tracking off vs the sqlite store vs a real server.
 
 The digits MLP (64-128-10, batch 32, SGD) with tracking.grad_stats=per_layer, log_every=10 and
-histogram_every=100, trained in one process against: tracking disabled, the default sqlite
-store (in a temp dir), and a real `mlflow server` subprocess on localhost. Steps/s is measured
-between the first and the last logging step by a timing observer, so the run's set-up (creating
-the MLflow run) and its end (plots, model, flush) are not counted: they happen once per run,
-not per step. The three are run REPEATS times in alternation and the best is kept (other load
-on a shared machine only ever slows a run down), and so is the median of each round's ratio to
-the 'off' run beside it. Because wall time on a busy machine is noisy,
-the training thread's own CPU time per step (time.thread_time, which other processes do not
-inflate) is reported too, and the time spent inside the tracking observer's calls on the
-training thread, per step, which is what tracking itself adds to the loop (the store is
-written by a child process). Target: <= 3% fewer steps/s.
+histogram_every=100, trained with tracking disabled and, side by side in the same process, with
+the default sqlite store (in a temp dir) or a real `mlflow server` subprocess on localhost.
+Target: <= 3% fewer steps/s.
 
-    python bench/tracking.py [--repeats 5] [--epochs 100]
+Side by side means in lockstep: the two runs train in two threads that pass a baton every
+TURN_STEPS optimizer steps, so exactly one of them trains at any moment and each adds up only
+the time it held the baton. This machine's speed drifts by 10-30% from one second to the next
+(other tenants of the host), which made run-after-run comparisons of a 3% effect hopeless: two
+identical runs differed by up to 20%. Turns of about 50 ms see the same drift on both sides.
+Everything else of the tracked run goes on as in any run: its sender thread and histogram
+writer share the process, and the store is written by its own child process (or the server).
+A pair of two tracking-off runs shows the method's own noise. The time spent inside the
+tracking observer's calls on the training thread is reported too.
+
+    python bench/tracking.py [--repeats 3] [--epochs 100] [--device cuda]
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,28 +37,69 @@ sys.path.insert(0, str(ROOT))
 from service.observer import NullObserver  # noqa: E402  (after the path set-up above)
 
 
-class StepClock(NullObserver):
-    """Times the steps between the first and the last logging call (an observer that only reads)."""
+TURN_STEPS = 50
 
-    def __init__(self) -> None:
-        self.first: tuple[int, float, float] | None = None
-        self.last: tuple[int, float, float] | None = None
+
+class Baton:
+    """Lets two runs train in turns; each turn is TURN_STEPS optimizer steps of one run."""
+
+    def __init__(self, names: tuple[str, str]) -> None:
+        self.names = names
+        self.holder: str | None = None
+        self.arrived: set[str] = set()
+        self.done: set[str] = set()
+        self.cond = threading.Condition()
+
+    def wait_turn(self, name: str) -> None:
+        with self.cond:
+            self.arrived.add(name)
+            if self.holder is None and self.arrived == set(self.names):
+                self.holder = self.names[0]  # both are set up: the first turn begins
+                self.cond.notify_all()
+            self.cond.wait_for(lambda: self.holder == name or self._other(name) in self.done)
+
+    def pass_on(self, name: str, finished: bool = False) -> None:
+        with self.cond:
+            if finished:
+                self.done.add(name)
+            if self.holder == name:
+                self.holder = self._other(name)
+            self.cond.notify_all()
+
+    def both_running(self) -> bool:
+        return not self.done
+
+    def _other(self, name: str) -> str:
+        return self.names[1] if name == self.names[0] else self.names[0]
+
+
+class Turns(NullObserver):
+    """Takes turns on the baton at logging steps and adds up the steps and time of its turns."""
+
+    def __init__(self, name: str, baton: Baton) -> None:
+        self.name, self.baton = name, baton
+        self.steps = 0
+        self.seconds = 0.0
+        self._since: tuple[int, float] | None = None
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
-        now = (step, time.perf_counter(), time.thread_time())
-        if self.first is None:
-            self.first = now
-        self.last = now
+        if self._since is None:
+            self.baton.wait_turn(self.name)
+            self._since = (step, time.perf_counter())
+        elif step - self._since[0] >= TURN_STEPS:
+            if self.baton.both_running():  # only turns taken while the other run still trains count
+                self.steps += step - self._since[0]
+                self.seconds += time.perf_counter() - self._since[1]
+            self.baton.pass_on(self.name)
+            self.baton.wait_turn(self.name)
+            self._since = (step, time.perf_counter())
+
+    def finish(self, status: Any, error: BaseException | None = None) -> None:
+        self.baton.pass_on(self.name, finished=True)
 
     @property
     def steps_per_s(self) -> float:
-        assert self.first and self.last and self.last[0] > self.first[0]
-        return (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
-
-    @property
-    def cpu_us_per_step(self) -> float:
-        assert self.first and self.last and self.last[0] > self.first[0]
-        return (self.last[2] - self.first[2]) / (self.last[0] - self.first[0]) * 1e6
+        return self.steps / self.seconds
 
 
 def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
@@ -76,24 +120,32 @@ def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
 
 
 class Timed:
-    """Wraps the MLflow observer and adds up the time its calls take on the training thread."""
+    """Wraps the MLflow observer and adds up the time its calls take on the training thread.
+
+    The timed methods are bound once, here: a wrapper looked up per call (__getattr__) would
+    itself cost the tracked run a microsecond or two per step."""
+
+    TIMED = ("wants_step_stats", "before_optimizer_step", "after_optimizer_step", "log_metrics")
 
     def __init__(self, inner: Any):
         self.inner, self.seconds = inner, 0.0
+        for name in self.TIMED:
+            setattr(self, name, self._timed(getattr(inner, name)))
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if name not in ("wants_step_stats", "before_optimizer_step", "after_optimizer_step", "log_metrics"):
-            return attr
+    def _timed(self, method: Any) -> Any:
+        clock = time.perf_counter
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
-                return attr(*args, **kwargs)
+                return method(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - t0
+                self.seconds += clock() - t0
 
         return timed
+
+    def __getattr__(self, name: str) -> Any:  # everything else goes straight to the observer
+        return getattr(self.inner, name)
 
 
 _timed: list[Timed] = []
@@ -111,24 +163,44 @@ def _install_timing() -> None:
     tracking.make_observer = make_timed  # the runner looks it up at each train()
 
 
-def one_run(epochs: int, out: str, uri: str | None, device: str = "cpu") -> tuple[float, float, float, int, int]:
+def lockstep(epochs: int, out: str, uris: tuple[str | None, str | None], device: str) -> tuple[Turns, Turns, float, int]:
+    """Train two configs in lockstep; returns both runs' turn totals, the tracked run's
+    microseconds per step inside the observer's calls, and its points left unsent."""
     from service import train
 
-    clock = StepClock()
+    baton = Baton(("a", "b"))
+    turns = (Turns("a", baton), Turns("b", baton))
+    results: list[Any] = [None, None]
+    errors: list[BaseException] = []
     _timed.clear()
-    result = train(config(epochs, out, uri, device), observers=[clock])
-    in_observer = _timed[0].seconds / result.steps * 1e6 if _timed else 0.0
+
+    def go(i: int) -> None:
+        try:
+            results[i] = train(config(epochs, f"{out}/{i}", uris[i], device), observers=[turns[i]])
+        except BaseException as exc:  # surfaced below; the other run must not wait for a dead one
+            errors.append(exc)
+            baton.pass_on(turns[i].name, finished=True)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    tracked = next((i for i in (1, 0) if uris[i] is not None), None)
+    in_observer = _timed[0].seconds / results[tracked].steps * 1e6 if _timed and tracked is not None else 0.0
     unsent = 0
-    if uri is not None:
+    if tracked is not None:
         from service.tracking.jsonl import unsent_records
 
-        unsent = sum(len(r.metrics) for r in unsent_records(result.run_dir))
-    return clock.steps_per_s, clock.cpu_us_per_step, in_observer, result.steps, unsent
+        unsent = sum(len(r.metrics) for r in unsent_records(results[tracked].run_dir))
+    return turns[0], turns[1], in_observer, unsent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = parser.parse_args()
@@ -144,34 +216,32 @@ def main() -> None:
     server = MlflowServer(tmp)
     server.start()
     variants = {"off": None, "sqlite": f"sqlite:///{tmp}/mlflow.db", "server": server.uri}
+    ratios: dict[str, list[float]] = {k: [] for k in variants}
     rates: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
     obs: dict[str, list[float]] = {k: [] for k in variants}
     _install_timing()
     try:
         for uri in variants.values():  # warm-up: imports, tables, the store-writing child process
-            one_run(2, str(tmp / "runs"), uri, args.device)
+            lockstep(2, str(tmp / "runs"), (None, uri), args.device)
         for r in range(args.repeats):
             for name, uri in variants.items():
-                sps, us, in_obs, steps, unsent = one_run(args.epochs, str(tmp / "runs"), uri, args.device)
-                rates[name].append(sps)
-                cpu[name].append(us)
+                off, other, in_obs, unsent = lockstep(args.epochs, str(tmp / "runs"), (None, uri), args.device)
+                ratios[name].append(other.steps_per_s / off.steps_per_s)
+                rates[name].append(other.steps_per_s)
                 obs[name].append(in_obs)
-                print(f"  round {r + 1} {name:7s} {sps:8.1f} steps/s {us:7.1f} us CPU/step {in_obs:6.1f} us/step in tracking"
-                      f"  ({steps} steps, {unsent} points unsent)", flush=True)
+                print(f"  round {r + 1} off {off.steps_per_s:7.1f} steps/s beside {name:6s} {other.steps_per_s:7.1f} steps/s"
+                      f" = {ratios[name][-1]:.3f}  ({other.steps} steps in turns, {in_obs:5.1f} us/step in tracking calls,"
+                      f" {unsent} points unsent)", flush=True)
     finally:
         server.stop()
-    base, base_cpu = max(rates["off"]), statistics.median(cpu["off"])
-    print(f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, {args.epochs} epochs, {args.repeats} rounds")
-    step_us = 1e6 / base
-    # Paired: each round's run against the 'off' run just before it. The machine's speed drifts
-    # between rounds (other tenants), so a best-of-rounds ratio can compare a fast minute with a
-    # slow one; the median of paired ratios does not.
-    print(f"{'tracking':10s} {'best steps/s':>12s} {'vs off':>8s} {'paired vs off':>14s} {'thread CPU us/step':>19s} {'vs off':>7s} {'us/step in tracking calls':>26s} {'= share of a step':>18s}")
+    print(f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, histogram_every=100, {args.epochs} epochs,"
+          f" {args.repeats} lockstep pairs per variant, turns of {TURN_STEPS} steps")
+    print(f"{'beside off':12s} {'steps/s':>9s} {'vs off (median)':>16s} {'vs off (each pair)':>28s} {'us/step in tracking calls':>26s}")
     for name in variants:
-        best, us, inside = max(rates[name]), statistics.median(cpu[name]), statistics.median(obs[name])
-        paired = statistics.median(r / o for r, o in zip(rates[name], rates["off"]))
-        print(f"{name:10s} {best:12.1f} {best / base:8.3f} {paired:14.3f} {us:19.1f} {us / base_cpu:7.3f} {inside:26.1f} {inside / step_us * 100:17.1f}%")
+        label = "off (control)" if name == "off" else name
+        each = " ".join(f"{x:.3f}" for x in ratios[name])
+        print(f"{label:13s} {statistics.median(rates[name]):8.1f} {statistics.median(ratios[name]):16.3f} {each:>28s}"
+              f" {statistics.median(obs[name]):26.1f}")
 
 
 if __name__ == "__main__":
