@@ -220,3 +220,36 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
     assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # pinned: a later chdir keeps the store
+
+
+def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
+    """Logging windows are held as one stacked tensor until the once-a-second write: what is
+    written must be the values at the step, not what the tensors hold a second later."""
+    from service.tracking.observer import _held_window
+
+    loss, norm = torch.tensor(0.25), torch.tensor([3.0])
+    held = _held_window(40, 1234, {"train/loss": loss, "train/grad_norm": norm, "epoch": 2, "val/acc@1": None,
+                                   "train/lr/head:0": 0.5}, None)
+    loss.fill_(99.0)  # the trainer reuses nothing, but a held window must not depend on that
+    norm.fill_(99.0)
+    assert (held.step, held.ts) == (40, 1234)
+    assert held.host_values(None) == {"train/loss": 0.25, "train/grad_norm": 3.0, "epoch": 2.0, "train/lr/head_0": 0.5}
+    assert _held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
+
+
+def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
+    from service.tracking.observer import _held_window
+
+    model = nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    snap = gradstats.snapshot(7, layout)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    gradstats.after_step(snap, layout)
+    values = _held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap).host_values(layout)
+    assert values["train/loss"] == 1.5
+    assert values["grad_norm/weight"] == pytest.approx(float(model.weight.grad.norm()))
+    assert values["weight_norm/weight"] == pytest.approx(float(model.weight.norm()))
+    assert values["update_ratio/weight"] == pytest.approx(math.sqrt(6) / float(model.weight.norm()))
+    assert values["update_ratio/bias"] == 0.0
