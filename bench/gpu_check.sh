@@ -2,7 +2,11 @@
 # The checks a session runs on a lent CUDA machine, in one go (nothing there can be downloaded):
 # the CUDA tests, `gradloop run` of the quickstart on `device: auto`, and the throughput and
 # tracking benches on cuda beside the hand-written loop. Wheels of the packages the machine's
-# image lacks (mlflow, pydantic, ...) travel in .whl/; logs go to $OUT.
+# image lacks (mlflow, pydantic, ...) travel in .whl/ (git-ignored locally), made here with
+#   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+#     -d .whl mlflow==3.17.2 "pydantic>=2.6,<3" orjson sqlalchemy alembic sse-starlette
+# minus the packages the GPU image already has (about 35 MB remain). Logs go to $OUT.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
