@@ -162,3 +162,29 @@ def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
         assert unsent == "0"
         assert client.get_run(run_id).info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 61))
+
+
+def test_held_windows_are_written_at_the_cap_and_all_at_the_end(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging windows wait on the device until a second has passed or MAX_HELD_WINDOWS are
+    held; finish writes whatever is still held, so nothing is lost either way."""
+    from service.tracking import observer as observer_module
+
+    monkeypatch.setattr(observer_module, "WRITE_SECONDS", 1e9)  # only the cap and finish write
+    monkeypatch.setattr(observer_module, "MAX_HELD_WINDOWS", 3)
+    batches: list[int] = []
+    original = observer_module.MlflowObserver._write_held
+
+    def counting(self) -> None:
+        batches.append(len(self._held))
+        original(self)
+
+    monkeypatch.setattr(observer_module.MlflowObserver, "_write_held", counting)
+    cfg = tiny_config(sqlite_uri, log_every=2, log_model=False, plots=False, histogram_every=0)
+    obs = make_observer(cfg, tmp_path / "run")
+    hand_loop(obs, cfg, tmp_path / "run", steps=20)
+    written = list(read_records(tmp_path / "run" / "metrics.jsonl"))
+    assert batches[0] == 3 and max(batches) == 3 and len(batches) >= 4  # written during the run
+    assert len(written) == sum(batches)
+    assert [r.step for r in written if "train/loss" in r.metrics] == list(range(2, 21, 2))
+    history = MlflowClient(sqlite_uri).get_metric_history(obs.mlflow_run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(2, 21, 2))

@@ -43,6 +43,7 @@ log = logging.getLogger("gradloop.tracking")
 
 ARTIFACT_DIR = "tracking"   # run_dir/tracking/: what this package writes besides the journal
 WRITE_SECONDS = 1.0         # how long logging windows are held before they are written
+MAX_HELD_WINDOWS = 1000     # ...or how many (log_every: 1 on a fast model), whichever comes first
 
 
 class TrackingWarning(UserWarning):
@@ -242,7 +243,7 @@ class MlflowObserver:
         if held is not None:
             self._held.append(held)
         now = time.monotonic()
-        if now - self._written_at >= WRITE_SECONDS:
+        if now - self._written_at >= WRITE_SECONDS or len(self._held) >= MAX_HELD_WINDOWS:
             self._write_held()
             self._written_at = now
 
