@@ -195,9 +195,8 @@ class MlflowObserver:
 
     # -- the training loop's calls ------------------------------------------------------
     def wants_step_stats(self, step: int) -> bool:
-        # Asked every optimizer step: plain integer arithmetic only, no further calls.
-        g, h = self._grad_every, self._hist_every
-        return (g > 0 and (step % g == 0 or step == self._total_steps)) or (h > 0 and step % h == 0)
+        # Asked every optimizer step: plain integer arithmetic only.
+        return self._grad_step(step) or self._hist_step(step)
 
     def _grad_step(self, step: int) -> bool:
         return self._grad_every > 0 and (step % self._grad_every == 0 or step == self._total_steps)
