@@ -140,7 +140,7 @@ class JobStore:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 self._flock_path = Path(parsed.database + ".write-lock")
             # A job's child process writes to the same file: wait for the lock, never fail fast.
-            kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
             if not pooled:
                 kwargs["poolclass"] = NullPool
             else:

@@ -125,7 +125,8 @@ def to_json(step: int, labels: list[str], table: list[list[float]]) -> dict:
 
 
 def _ints(values: list) -> list[int]:
-    return values if all(type(v) is int for v in values[:1]) else [int(v) for v in values]
+    """Counts as ints; `write` already gives ints (from the tensor), a list of floats is converted."""
+    return values if values and type(values[0]) is int else [int(v) for v in values]
 
 
 def write(directory: Path, step: int, labels: list[str], table: torch.Tensor | list[list[float]]) -> Path:
