@@ -84,7 +84,9 @@ class MlflowObserver:
         self._hist_every = self.tcfg.histogram_every
         self._histograms = histograms.HistogramWriter(self.run_dir / ARTIFACT_DIR / "histograms")
         self._held: list[HeldWindow] = []
-        self._written_at = time.monotonic()
+        # The first window is written at once, so a new run shows its first points in MLflow
+        # within the sender's flush interval, not a holding period later.
+        self._written_at = float("-inf")
 
     # -- start --------------------------------------------------------------------------
     def start(self, ctx: RunContext) -> None:
