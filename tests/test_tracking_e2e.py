@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from service import train
-from service.tracking.jsonl import read_records, unsent_records
+from service.tracking.jsonl import Journal, read_records, unsent_records
+from service.tracking.remote import RemoteClient
+from service.tracking.sender import line_requests
 from service.observer import NullObserver
 from service.tracking.observer import TrackingWarning
 from service.tracking.sync import SyncError, sync_run_dir
@@ -74,6 +77,26 @@ class StopServerAt(NullObserver):
             while not self.sent_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)  # until the sender has delivered something, so the outage is mid-run
             self.server.stop()
+
+
+def test_journal_lines_reach_the_store_through_the_child_process(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    """The sender forwards metrics.jsonl lines as bytes; the store's child process turns them
+    into metrics, a window larger than the 1000 metrics of one request too, and keeps NaN."""
+    client = MlflowClient(mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("lines")).info.run_id
+    journal = Journal(tmp_path)
+    records = [journal.append(7, 1234, {f"m{i}": float(i) for i in range(1500)}),
+               journal.append(8, 1235, {"m0": 0.5, "train/loss": float("nan")})]
+    remote = RemoteClient(mlflow_server.uri)
+    try:
+        for lines, _, _ in line_requests(records):
+            remote.log_journal_lines(run_id, lines)
+    finally:
+        remote.close()
+    metrics = client.get_run(run_id).data.metrics
+    assert len(metrics) == 1501 and metrics["m1499"] == 1499.0
+    assert [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, "m0")] == [(7, 1234, 0.0), (8, 1235, 0.5)]
+    assert math.isnan(metrics["train/loss"])
 
 
 def test_server_down_mid_run_nothing_is_lost_and_sync_completes_it(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from service.tracking import gradstats, histograms
 from service.tracking.jsonl import Journal, read_records, unsent_records
 from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
-from service.tracking.sender import metric_requests
+from service.tracking.sender import line_requests, metric_requests
 from service.tracking.status import Terminated, status_for
 from service.tracking.store import resolve_uri
 
@@ -40,6 +40,17 @@ def test_requests_hold_at_most_1000_metrics_and_complete_records_last(tmp_path: 
     assert [seqs for _, seqs in requests] == [[0], [1], [2]]
     assert {(m.key, m.step, m.timestamp) for batch, _ in requests for m in batch} == {
         (f"m{i}", s, 1000 + s) for i in range(700) for s in range(3)}
+
+
+def test_line_requests_group_whole_records_up_to_the_limit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    sizes = [400, 400, 300, 1500, 10]
+    records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(n)}) for step, n in enumerate(sizes)]
+    requests = line_requests(records)
+    # 400 + 400 fit, the 300 would not; the 1500-point record travels alone; 10 starts anew
+    assert [(seqs, n) for _, seqs, n in requests] == [([0, 1], 800), ([2], 300), ([3], 1500), ([4], 10)]
+    assert requests[0][0] == records[0].line + b"\n" + records[1].line
+    assert journal.path.read_bytes().splitlines()[3] == records[3].line  # what was journaled is what is sent
 
 
 def test_journal_tracks_what_was_sent_and_survives_a_torn_line(tmp_path: Path) -> None:
@@ -206,6 +217,37 @@ def test_histograms_of_a_large_model_are_counted_chunk_by_chunk(monkeypatch: pyt
     assert torch.equal(chunked.counted(), whole.counted())
 
 
+def test_histogram_writer_holds_captures_until_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model_with_grads()
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    writer = histograms.HistogramWriter(tmp_path / "h", bins=5)
+    first = histograms.capture(names, params)
+    with torch.no_grad():
+        params[0].add_(100.0)  # a later step changes the weights: the capture keeps its copy
+    writer.hold(10, first)
+    writer.hold(20, histograms.capture(names, params))
+    assert not (tmp_path / "h").exists() and not writer.full
+    writer.close()  # flushes what is held and waits for the files
+    ten = json.loads((tmp_path / "h" / "step_000010.json").read_text())
+    twenty = json.loads((tmp_path / "h" / "step_000020.json").read_text())
+    assert ten["bins"] == 5 and ten["layers"][names[0]]["weight"]["max"] < 50 < twenty["layers"][names[0]]["weight"]["min"]
+    assert writer.failed == 0
+    monkeypatch.setattr(histograms, "MAX_HELD_ELEMENTS", 10)
+    writer.hold(30, histograms.capture(names, params))
+    assert writer.full  # the observer writes early rather than hold more copies of the model
+
+
+def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> None:
+    model = _model_with_grads()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    writer = histograms.HistogramWriter(blocked / "h")
+    writer.hold(1, histograms.capture([n for n, _ in model.named_parameters()], list(model.parameters())))
+    writer.close()
+    assert writer.failed == 1 and "NotADirectoryError" in (writer.last_error or "")
+
+
 def test_status_for_errors() -> None:
     assert status_for(None) == "FINISHED"
     assert status_for(ValueError("x")) == "FAILED"
@@ -223,22 +265,48 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
-    """Logging windows are held as one stacked tensor until the once-a-second write: what is
-    written must be the values at the step, not what the tensors hold a second later."""
-    from service.tracking.observer import _held_window
+    """A logging window holds its 0-d tensors until the once-a-second write, which moves every
+    held window's values to the host in one stack."""
+    from service.tracking.observer import _held_window, _to_host
 
-    loss, norm = torch.tensor(0.25), torch.tensor([3.0])
-    held = _held_window(40, 1234, {"train/loss": loss, "train/grad_norm": norm, "epoch": 2, "val/acc@1": None,
-                                   "train/lr/head:0": 0.5}, None)
-    loss.fill_(99.0)  # the trainer reuses nothing, but a held window must not depend on that
-    norm.fill_(99.0)
+    held = _held_window(40, 1234, {"train/loss": torch.tensor(0.25), "train/grad_norm": torch.tensor([3.0]),
+                                   "epoch": 2, "val/acc@1": None, "train/lr/head:0": 0.5}, None)
+    later = _held_window(50, 1300, {"train/loss": torch.tensor(0.125, dtype=torch.float64)}, None)
+    flat = _to_host(held.parts + later.parts)
     assert (held.step, held.ts) == (40, 1234)
-    assert held.host_values(None) == {"train/loss": 0.25, "train/grad_norm": 3.0, "epoch": 2.0, "train/lr/head_0": 0.5}
+    assert held.host_values(flat[:2], None) == {"train/loss": 0.25, "train/grad_norm": 3.0, "epoch": 2.0, "train/lr/head_0": 0.5}
+    assert later.host_values(flat[2:], None) == {"train/loss": 0.125}
     assert _held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
 
 
+def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: Path) -> None:
+    """Held windows keep the trainer's tensors, not copies: every window's values must be fresh
+    tensors that no later step writes into."""
+    from service import train
+    from service.observer import NullObserver
+
+    given: list[tuple[torch.Tensor, float]] = []
+
+    class Keep(NullObserver):
+        def after_optimizer_step(self, step, snapshot, metrics):
+            given.extend((v, float(v)) for v in metrics.values() if isinstance(v, torch.Tensor))
+
+        def log_metrics(self, metrics, step):
+            given.extend((v, float(v)) for v in metrics.values() if isinstance(v, torch.Tensor))
+
+    cfg = {"name": "fresh", "seed": 0, "device": "cpu", "output_dir": str(tmp_path),
+           "model": {"name": "mlp", "options": {"in_features": 4, "hidden": [8], "out_features": 3}},
+           "data": {"name": "sklearn", "options": {"dataset": "iris"}, "batch_size": 16},
+           "loss": {"name": "cross_entropy"}, "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+           "trainer": {"epochs": 3, "progress": "none", "checkpoint_at_end": False, "val_every_epochs": 1},
+           "tracking": {"enabled": False, "log_every": 2}}
+    train(cfg, observers=[Keep()])
+    assert len(given) > 10 and len({v for v, _ in given}) > 5
+    assert [float(v) for v, _ in given] == [value for _, value in given]
+
+
 def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
-    from service.tracking.observer import _held_window
+    from service.tracking.observer import _held_window, _to_host
 
     model = nn.Linear(3, 2)
     model(torch.ones(4, 3)).sum().backward()
@@ -247,7 +315,8 @@ def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
     with torch.no_grad():
         model.weight.add_(1.0)
     gradstats.after_step(snap, layout)
-    values = _held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap).host_values(layout)
+    held = _held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap)
+    values = held.host_values(_to_host(held.parts), layout)
     assert values["train/loss"] == 1.5
     assert values["grad_norm/weight"] == pytest.approx(float(model.weight.grad.norm()))
     assert values["weight_norm/weight"] == pytest.approx(float(model.weight.norm()))

@@ -14,7 +14,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -27,22 +27,34 @@ FLUSH_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Record:
-    """One logging window's points: all share a step and a timestamp."""
+    """One logging window's points: all share a step and a timestamp. `line` is its journal
+    line when the record was just appended (the sender forwards it as it is)."""
 
     seq: int
     step: int
     ts: int
     metrics: dict[str, float]
+    line: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_line(self) -> bytes:
-        fields = {"seq": self.seq, "step": self.step, "ts": self.ts, "metrics": self.metrics}
-        if all(map(math.isfinite, self.metrics.values())):
-            # orjson: ~2 us a line against ~30 us for json.dumps (float formatting in C);
-            # this runs on the training thread once per logging window.
-            return orjson.dumps(fields)
-        # orjson writes NaN and inf as null; json keeps them (a non-finite loss is a fact worth
-        # keeping, and our own reader accepts NaN and Infinity).
-        return json.dumps(fields, separators=(",", ":")).encode()
+        return self.line if self.line is not None else encode_line(self.seq, self.step, self.ts, self.metrics)
+
+
+def encode_line(seq: int, step: int, ts: int, metrics: Mapping[str, float]) -> bytes:
+    fields = {"seq": seq, "step": step, "ts": ts, "metrics": metrics}
+    if all(map(math.isfinite, metrics.values())):
+        # orjson: ~2 us a line against ~30 us for json.dumps (float formatting in C).
+        return orjson.dumps(fields)
+    # orjson writes NaN and inf as null; json keeps them (a non-finite loss is a fact worth
+    # keeping, and our own reader accepts NaN and Infinity).
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def decode_line(line: bytes | str) -> dict:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:  # NaN or Infinity, which only json writes and reads
+        return json.loads(line)
 
 
 class Journal:
@@ -59,9 +71,10 @@ class Journal:
         self._flushed = time.monotonic()
 
     def append(self, step: int, ts: int, metrics: Mapping[str, float]) -> Record:
-        record = Record(self._next_seq, int(step), int(ts), dict(metrics))
+        seq, step, ts, metrics = self._next_seq, int(step), int(ts), dict(metrics)
+        record = Record(seq, step, ts, metrics, encode_line(seq, step, ts, metrics))
         self._next_seq += 1
-        self._file.write(record.to_line() + b"\n")
+        self._file.write(record.line + b"\n")
         now = time.monotonic()
         if now - self._flushed >= FLUSH_SECONDS:
             # A write syscall per window measured ~1% of a small model's step; once a second

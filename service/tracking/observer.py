@@ -1,8 +1,8 @@
 """MlflowObserver: what the trainer's observer calls become in MLflow.
 
 On the training thread this class does only cheap things: fused device-side statistics
-(gradstats) and one stack of each logging window's values, held on the device; once a second
-the held windows are moved to the host together, appended to metrics.jsonl and put on the
+(gradstats), each logging window's values held on the device; once a second the held
+windows are moved to the host together (one stack), appended to metrics.jsonl and put on the
 sender's queue. Everything that talks to MLflow (params, tags, metrics, artifacts, status)
 runs on the sender's thread.
 """
@@ -223,7 +223,9 @@ class MlflowObserver:
         if metrics or snap is not None:
             self._hold(step, metrics, snap)
         if isinstance(snapshot, StepSnapshot) and snapshot.hist is not None:
-            self._histograms.submit(step, snapshot.hist)
+            self._histograms.hold(step, snapshot.hist)
+            if self._histograms.full:
+                self._write_held()
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         if metrics:
@@ -235,10 +237,12 @@ class MlflowObserver:
     # -- logging windows: held on the device, written once a second ----------------------
     # Code that runs once per logging window runs cold: ten training steps in between evict
     # it from the caches, and one orjson line measured 24 us there against 1 us in a loop. So
-    # a window only stacks its values into one tensor and is held; once a second the held
-    # windows go to the host, to metrics.jsonl and to the sender in one warm loop. The journal
-    # was flushed once a second before as well, so a SIGKILL loses no more than it did; on
-    # CUDA the device->host copy (a synchronisation) now happens once a second, not per window.
+    # a window only keeps its values (0-d device tensors) and is held (a histogram step only
+    # copies the tensors to count); once a second the held windows go to the host in one
+    # stack, to metrics.jsonl and to the sender, and the held histograms are counted, in one
+    # warm pass. The journal was flushed once a second before as well, so a SIGKILL loses no
+    # more than it did; on CUDA the device->host copy (a synchronisation) happens once a
+    # second, not per window.
     def _hold(self, step: int, metrics: Mapping[str, Any], snap: GradSnapshot | None) -> None:
         held = _held_window(step, int(time.time() * 1000), metrics, snap)
         if held is not None:
@@ -250,10 +254,15 @@ class MlflowObserver:
 
     def _write_held(self) -> None:
         held, self._held = self._held, []
+        flat = _to_host([t for window in held for t in window.parts])
+        start = 0
         for window in held:
-            self._record(window.step, window.ts, window.host_values(self._layout))
+            end = start + len(window.parts)
+            self._record(window.step, window.ts, window.host_values(flat[start:end], self._layout))
+            start = end
         if self._journal is not None and held:
             self._journal.flush()
+        self._histograms.flush()  # held captures are counted here as well, in the same warm pass
 
     def _record(self, step: int, ts: int, values: dict[str, float]) -> None:
         if self._journal is None:
@@ -357,18 +366,20 @@ class MlflowObserver:
 
 @dataclass
 class HeldWindow:
-    """One logging window's values as the training thread left them: host floats, and the
-    device values stacked into one tensor (the named ones first, then the snapshot's)."""
+    """One logging window's values as the training thread left them: host floats, and 0-d
+    device tensors (the named ones first, then the snapshot's). The tensors are the trainer's
+    and gradstats' own results, made fresh for this window, so nothing changes them while
+    they are held; they are stacked with every other held window's and moved at write time."""
 
     step: int
     ts: int
     plain: dict[str, float]
     keys: list[str]
-    stacked: torch.Tensor | None
+    parts: list[torch.Tensor]
     snap: GradSnapshot | None
 
-    def host_values(self, layout: StatLayout | None) -> dict[str, float]:
-        flat = self.stacked.tolist() if self.stacked is not None else []
+    def host_values(self, flat: list[float], layout: StatLayout | None) -> dict[str, float]:
+        """The window's metrics, given its parts as host floats (in `parts` order)."""
         values = {metric_safe(k): v for k, v in self.plain.items()}
         values.update(zip(map(metric_safe, self.keys), flat))
         if self.snap is not None and layout is not None:
@@ -390,13 +401,17 @@ def _held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnaps
             plain[key] = float(value)
     if snap is not None:
         parts += snap.tensors()
-    if not parts:
-        return HeldWindow(step, ts, plain, keys, None, None) if plain else None
+    return HeldWindow(step, ts, plain, keys, parts, snap) if parts or plain else None
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[float]:
+    """0-d tensors as floats: one stack and one transfer (on CUDA, the one synchronisation)."""
+    if not tensors:
+        return []
     try:
-        stacked = torch.stack(parts).float()  # a copy: later steps cannot change what it holds
+        return torch.stack(tensors).float().tolist()
     except RuntimeError:  # tensors on different devices (or dtypes torch.stack refuses)
-        stacked = torch.stack([p.detach().float().cpu() for p in parts])
-    return HeldWindow(step, ts, plain, keys, stacked, snap)
+        return [float(t) for t in tensors]
 
 
 def _model_logger(ctx: RunContext, uri: str) -> Any:

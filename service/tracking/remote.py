@@ -2,7 +2,7 @@
 
 Logging 1000 metrics into the sqlite store costs MLflow ~130 ms of Python (SQLAlchemy ORM);
 done on a thread of the training process, that time is taken from the training thread by the
-GIL. `RemoteClient` forwards the few calls the sender makes (log_batch, log_artifact(s),
+GIL. `RemoteClient` forwards the few calls the sender makes (metric lines, log_artifact(s),
 set_terminated, ...) over a pair of pipes to `python -m service.tracking.remote`, which owns
 the real client, and re-raises a failure there as an MlflowException with the same error
 code. A plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's
@@ -21,7 +21,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-ALLOWED = frozenset({"log_metric_rows", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "update_run"})
+ALLOWED = frozenset({"log_journal_lines", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "update_run"})
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
@@ -43,18 +43,30 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
                 raise AttributeError(f"{method} is not forwarded")
             if client is None:
                 client = open_client(uri)
-            if method == "log_metric_rows":
-                # Rows of plain tuples pickle several times faster than Metric objects: the
-                # parent's share of the work (and of its GIL) stays small.
-                from mlflow.entities import Metric
-
-                run_id, rows = args
-                client.log_batch(run_id, metrics=[Metric(*row) for row in rows], synchronous=True)
+            if method == "log_journal_lines":
+                log_journal_lines(client, *args)
             else:
                 getattr(client, method)(*args, **kwargs)
             conn_out.send(("ok", None))
         except Exception as exc:  # the parent decides whether to retry; it needs the code
             conn_out.send(("err", type(exc).__name__, getattr(exc, "error_code", None), str(exc)[:2000]))
+
+
+def log_journal_lines(client: Any, run_id: str, lines: bytes) -> None:
+    """Log metrics.jsonl lines as they are: the parent sends the bytes it wrote to the journal,
+    so building and pickling the Metric objects (per point, in Python) happens here, not on a
+    thread that shares the training thread's GIL. (MlflowClient.log_batch splits what is
+    above MLflow's 1000 metrics per request.)"""
+    from mlflow.entities import Metric
+
+    from .jsonl import decode_line
+
+    metrics = []
+    for line in lines.split(b"\n"):
+        record = decode_line(line)
+        step, ts = int(record["step"]), int(record["ts"])
+        metrics += [Metric(key, float(value), ts, step) for key, value in record["metrics"].items()]
+    client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
 class RemoteClient:

@@ -88,22 +88,42 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in PERMANENT_CODES
 
 
-def metric_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST, *, rows: bool = False) -> list[tuple[list[Any], list[int]]]:
-    """Split records into requests of <= limit metrics; each carries the seqs it completes.
-
-    rows: (key, value, timestamp, step) tuples instead of Metric objects (for RemoteClient)."""
-    requests: list[tuple[list[Any], list[int]]] = []
-    batch: list[Any] = []
+def metric_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST) -> list[tuple[list[Metric], list[int]]]:
+    """Split records into requests of <= limit metrics; each carries the seqs it completes."""
+    requests: list[tuple[list[Metric], list[int]]] = []
+    batch: list[Metric] = []
     done: list[int] = []
     for r in records:
         for key, value in r.metrics.items():
             if len(batch) >= limit:
                 requests.append((batch, done))
                 batch, done = [], []
-            batch.append((key, value, r.ts, r.step) if rows else Metric(key, value, r.ts, r.step))
+            batch.append(Metric(key, value, r.ts, r.step))
         done.append(r.seq)  # complete only once its last metric is in a sent request
     if batch or done:
         requests.append((batch, done))
+    return requests
+
+
+def line_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST) -> list[tuple[bytes, list[int], int]]:
+    """Group whole records into requests of <= limit metrics for a RemoteClient: each is the
+    records' journal lines (the child process parses them; this process builds no Metric), the
+    seqs it completes and its number of points. A record above the limit travels alone
+    (MlflowClient.log_batch in the child splits it into requests MLflow accepts)."""
+    requests: list[tuple[bytes, list[int], int]] = []
+    lines: list[bytes] = []
+    seqs: list[int] = []
+    points = 0
+    for r in records:
+        n = len(r.metrics)
+        if lines and points + n > limit:
+            requests.append((b"\n".join(lines), seqs, points))
+            lines, seqs, points = [], [], 0
+        lines.append(r.to_line())
+        seqs.append(r.seq)
+        points += n
+    if lines:
+        requests.append((b"\n".join(lines), seqs, points))
     return requests
 
 
@@ -235,18 +255,19 @@ class Sender:
             log.exception("tracking sender stopped: %s", exc)
 
     def _send(self, records: list[Record]) -> bool:
-        rows = isinstance(self.client, RemoteClient)
-        for metrics, seqs in metric_requests(records, self.max_batch, rows=rows):
-            if rows:
-                call = lambda m=metrics: self.client.log_metric_rows(self.run_id, m) if m else None  # noqa: E731
-            else:
-                call = lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None  # noqa: E731
+        if isinstance(self.client, RemoteClient):
+            requests = [(lambda lines=lines: self.client.log_journal_lines(self.run_id, lines), seqs, n)
+                        for lines, seqs, n in line_requests(records, self.max_batch)]
+        else:
+            requests = [(lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None, seqs, len(metrics))
+                        for metrics, seqs in metric_requests(records, self.max_batch)]
+        for call, seqs, points in requests:
             outcome = self._retry(call)
             if outcome == "abandoned":
                 return False
             if outcome == "ok":
                 self.journal.mark_sent(seqs)
-                self.sent_points += len(metrics)
+                self.sent_points += points
         return True
 
     def _do_op(self, op: Op) -> bool:
