@@ -396,7 +396,8 @@ def _held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnaps
             continue
         if isinstance(value, torch.Tensor):
             keys.append(key)
-            parts.append(value.detach().reshape(()) if value.dim() else value.detach())
+            value = value.detach() if value.requires_grad else value  # the trainer's are detached already
+            parts.append(value.reshape(()) if value.dim() else value)
         else:
             plain[key] = float(value)
     if snap is not None:
