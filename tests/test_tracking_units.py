@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.tracking import gradstats, histograms
+from service.tracking import gradstats, histfile, histograms
 from service.tracking.jsonl import Journal, read_records, unsent_records
 from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
 from service.tracking.sender import line_requests, metric_requests
@@ -203,6 +203,19 @@ def test_histogram_counts_match_numpy_per_tensor() -> None:
         assert [int(c) for c in row[2:]] == expected
 
 
+def test_numpy_counting_bins_exactly_as_the_torch_kernels_do() -> None:
+    """histfile.count (the store's child process, numpy) and histograms._count (torch, on the
+    tensors' device) must give the same files: same ranges, every element in the same bin."""
+    torch.manual_seed(11)
+    parts = [torch.randn(1000) * 3, torch.rand(37), torch.full((5,), 0.25), torch.linspace(-1, 1, 301),
+             torch.tensor([1.0, float("nan"), float("inf"), -2.0])]
+    flat, sizes = torch.cat(parts), tuple(p.numel() for p in parts)
+    expected = histograms.table_rows(histograms._count(flat, sizes, 13))
+    got = histfile.count(flat.numpy(), sizes, 13)
+    assert got == expected
+    assert [sum(row[2:]) for row in got] == list(sizes)
+
+
 def test_histograms_of_a_large_model_are_counted_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above CHUNK_ELEMENTS the counting happens at capture time, a chunk at a time (no copy of
     the whole model); the table is the one a single fused pass gives."""
@@ -246,6 +259,32 @@ def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> N
     writer.hold(1, histograms.capture([n for n, _ in model.named_parameters()], list(model.parameters())))
     writer.close()
     assert writer.failed == 1 and "NotADirectoryError" in (writer.last_error or "")
+
+
+def test_histograms_are_counted_in_the_store_child_process(tmp_path: Path) -> None:
+    """With a counter (the RemoteClient whose child process writes the MLflow store), CPU
+    captures are counted there with numpy; the files are those counted here with torch."""
+    from service.tracking.remote import RemoteClient
+
+    model = _model_with_grads(seed=2)
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
+    try:
+        there = histograms.HistogramWriter(tmp_path / "there", bins=9, counter=counter)
+        there.hold(5, histograms.capture(names, params))
+        there.close()
+        blocked = tmp_path / "file"
+        blocked.write_text("not a directory")
+        failing = histograms.HistogramWriter(blocked / "h", counter=counter)
+        failing.hold(1, histograms.capture(names, params))
+        failing.hold(2, histograms.capture(names, params))
+        failing.close()
+    finally:
+        counter.close()
+    here = histograms.write(tmp_path / "here", 5, *histograms.compute(names, params, bins=9))
+    assert there.failed == 0
+    assert json.loads((tmp_path / "there" / "step_000005.json").read_text()) == json.loads(here.read_text())
+    assert failing.failed == 2 and "NotADirectoryError" in (failing.last_error or "")
 
 
 def test_status_for_errors() -> None:

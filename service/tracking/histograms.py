@@ -1,18 +1,15 @@
-"""Per-layer histograms of gradients and weights (MLflow has no histogram type).
-
-Each recorded step becomes one JSON file, histograms/step_000100.json, logged as an artifact:
-for every parameter, the gradient's and the weight's min, max and bin counts (equal-width bins
-between the two).
+"""Per-layer histograms of gradients and weights (MLflow has no histogram type): capturing
+them on the training thread, counting them with torch, and HistogramWriter. The file format
+and the numpy counter are in histfile.
 
 Counting is fused: the tensors are concatenated into one vector, each element is mapped to a
 bin of its own tensor's range (offset by tensor, so bins of different tensors never meet) and
 one bincount counts them all -- about a dozen kernels whatever the number of layers, where a
 histc per tensor costs seven each. The concatenation is also a copy, taken before the optimizer
 step: for a model of up to CHUNK_ELEMENTS values the training thread pays that copy and holds
-it; HistogramWriter counts and encodes what is held in one warm pass (the observer calls it
-once a second) and a thread of its own only writes the files. A larger model is counted chunk
-by chunk at capture time, so memory never holds a second copy of it; beside such a model's
-step the counting is small anyway.
+it until HistogramWriter.flush (see there for where it is counted). A larger model is counted
+chunk by chunk on its device at capture time, so memory never holds a second copy of it;
+beside such a model's step the counting is small anyway.
 """
 from __future__ import annotations
 
@@ -21,11 +18,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import orjson
 import torch
 
-BINS = 30
+from . import histfile
+from .histfile import BINS
+
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per concatenated chunk
 
 
@@ -115,40 +114,21 @@ def _segment_max(flat: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([s.max() for s in segments])
 
 
-def to_json(step: int, labels: list[str], table: list[list[float]]) -> dict:
-    layers = {}
-    for i, name in enumerate(labels):
-        g, w = table[2 * i], table[2 * i + 1]
-        layers[name] = {
-            "grad": {"min": g[0], "max": g[1], "counts": _ints(g[2:])},
-            "weight": {"min": w[0], "max": w[1], "counts": _ints(w[2:])},
-        }
-    return {"step": step, "bins": len(table[0]) - 2 if table else 0, "layers": layers}
-
-
-def _ints(values: list) -> list[int]:
-    """Counts as ints; `encode` already gives ints (from the tensor), a list of floats is converted."""
-    return values if values and type(values[0]) is int else [int(v) for v in values]
-
-
-def encode(step: int, labels: list[str], table: torch.Tensor | list[list[float]]) -> bytes:
-    """One step's file contents (min and max are finite: non-finite elements were counted as 0)."""
+def table_rows(table: torch.Tensor | list[list[float]]) -> list[list[float]]:
+    """A counted table as histfile's rows, counts as ints."""
     if isinstance(table, torch.Tensor):
         # Counts as integers straight from the tensor: int() on each of them in Python cost
         # more than the rest of the file.
         ranges, counts = table[:, :2].tolist(), table[:, 2:].long().tolist()
-        table = [r + c for r, c in zip(ranges, counts)]
-    return orjson.dumps(to_json(step, labels, table))
-
-
-def file_name(step: int) -> str:
-    return f"step_{step:06d}.json"
+        return [r + c for r, c in zip(ranges, counts)]
+    return table
 
 
 def write(directory: Path, step: int, labels: list[str], table: torch.Tensor | list[list[float]]) -> Path:
+    """One step's file (min and max are finite: non-finite elements were counted as 0)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(step)
-    path.write_bytes(encode(step, labels, table))
+    path = directory / histfile.file_name(step)
+    path.write_bytes(histfile.encode(step, labels, table_rows(table)))
     return path
 
 
@@ -158,18 +138,21 @@ MAX_HELD_ELEMENTS = 4 * CHUNK_ELEMENTS
 
 
 class HistogramWriter:
-    """Holds the run's captures until `flush`, then counts and encodes them there (on the
-    caller's thread, all together) and writes the files on a thread of its own.
+    """Holds the run's captures until `flush` (the observer's once-a-second pass), then has them
+    counted and written off the training thread.
 
-    Why not count on that thread: the counting is a dozen small torch calls, each of which
-    releases and retakes the GIL, and a thread doing that while the training thread runs takes
-    the GIL from it a dozen times per histogram (measured: 2% of a small model's steps/s).
-    Counted in a warm loop once a second the same work costs a fraction of that; the thread is
-    left with file writes, which wait in the kernel without the GIL. `close` writes what is
-    held and waits for every file, so the run's artifacts are complete before they are logged."""
+    Where the counting happens: a dozen small torch (or numpy) calls per histogram, each of
+    which releases and retakes the GIL, so on a thread of this process they take the GIL from
+    the training thread a dozen times per histogram (measured: 2% of a small model's steps/s).
+    With `counter` (the store's child process, a RemoteClient) CPU captures go there as bytes
+    and are counted with numpy: no GIL of ours at all. Otherwise (no child, captures on a GPU,
+    or counted at capture time) they are counted in `flush` itself, in one warm pass, and only
+    the file writes, which wait in the kernel without the GIL, go to a thread. `close` writes
+    what is held and waits for every file, so the run's artifacts are complete before they are
+    logged."""
 
-    def __init__(self, directory: Path, bins: int = BINS):
-        self.directory, self.bins = directory, bins
+    def __init__(self, directory: Path, bins: int = BINS, counter: Any = None):
+        self.directory, self.bins, self.counter = directory, bins, counter
         self.failed = 0
         self.last_error: str | None = None
         self._held: list[tuple[int, Capture]] = []
@@ -187,35 +170,49 @@ class HistogramWriter:
         return self._held_elements >= MAX_HELD_ELEMENTS
 
     def flush(self) -> None:
-        """Count and encode the held captures here; queue their files for the writer thread."""
+        """Hand the held captures on: to the counter process, or counted and encoded here."""
         if not self._held:
             return
         held, self._held, self._held_elements = self._held, [], 0
-        files = []
+        remote: list[tuple[int, Capture]] = []
+        files: list[tuple[str, bytes]] = []
         for step, taken in held:
+            if self.counter is not None and taken.pending is not None and taken.pending[0].device.type == "cpu":
+                remote.append((step, taken))
+                continue
             try:
-                files.append((file_name(step), encode(step, taken.labels, taken.counted(self.bins))))
+                files.append((histfile.file_name(step), histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins)))))
             except Exception as exc:  # a histogram is never worth a failed run
                 self._failed(exc)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradloop-histograms")
-        self._pool.submit(self._write, files)
+        self._pool.submit(self._write, files, remote)
 
-    def _write(self, files: list[tuple[str, bytes]]) -> None:
+    def _write(self, files: list[tuple[str, bytes]], remote: list[tuple[int, Capture]]) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            self._failed(exc)
+            self._failed(exc, len(files) + len(remote))
             return
         for name, data in files:  # one file that cannot be written does not stop the others
             try:
                 (self.directory / name).write_bytes(data)
             except OSError as exc:
                 self._failed(exc)
+        if remote:
+            items = [(step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
+                     for step, taken in remote if taken.pending is not None]
+            try:
+                errors = self.counter.count_histograms(str(self.directory), items, self.bins)
+            except Exception as exc:  # the child is gone or refused: these histograms are lost
+                self._failed(exc, len(items))
+            else:
+                for error in errors or []:
+                    self._failed(RuntimeError(error))
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, n: int = 1) -> None:
         with self._lock:  # the caller's thread and the writer's both count
-            self.failed += 1
+            self.failed += n
             self.last_error = f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:

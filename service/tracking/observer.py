@@ -140,6 +140,7 @@ class MlflowObserver:
         if self._state.create is None and self._client is not None and self.mlflow_run_id:
             # The store is written from a child process: its Python never competes for our GIL.
             self._sender = Sender(shared_client(self.uri), self.mlflow_run_id, self._journal, local_client=self._client)
+            self._histograms.counter = self._sender.client  # that child counts histograms too
             for op in start_ops:
                 self._sender.submit_op(op)
             self._start_system_metrics(resumed)

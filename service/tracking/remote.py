@@ -5,7 +5,8 @@ done on a thread of the training process, that time is taken from the training t
 GIL. `RemoteClient` forwards the few calls the sender makes (metric lines, log_artifact(s),
 set_terminated, ...) over a pair of pipes to `python -m service.tracking.remote`, which owns
 the real client, and re-raises a failure there as an MlflowException with the same error
-code. A plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's
+code. The same process counts CPU runs' histograms (histfile, numpy), for the same reason. A
+plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's
 main script in the child, and a script without a `__main__` guard would train again there.
 The child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it before the
 run flushes) and exits when its pipe closes, so it never outlives its parent. Calls that
@@ -21,7 +22,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-ALLOWED = frozenset({"log_journal_lines", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "update_run"})
+ALLOWED = frozenset({"log_journal_lines", "count_histograms", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "update_run"})
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
@@ -41,13 +42,18 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
         try:
             if method not in ALLOWED:
                 raise AttributeError(f"{method} is not forwarded")
-            if client is None:
+            if client is None and method != "count_histograms":
                 client = open_client(uri)
+            result = None
             if method == "log_journal_lines":
                 log_journal_lines(client, *args)
+            elif method == "count_histograms":
+                from .histfile import count_and_write
+
+                result = count_and_write(*args)
             else:
                 getattr(client, method)(*args, **kwargs)
-            conn_out.send(("ok", None))
+            conn_out.send(("ok", result))
         except Exception as exc:  # the parent decides whether to retry; it needs the code
             conn_out.send(("err", type(exc).__name__, getattr(exc, "error_code", None), str(exc)[:2000]))
 
@@ -92,7 +98,7 @@ class RemoteClient:
         self._to = Connection(down_w, readable=False)
         self._from = Connection(up_r, writable=False)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> None:
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method not in ALLOWED:
             raise AttributeError(method)
         with self._lock:
@@ -109,6 +115,7 @@ class RemoteClient:
         if reply[0] == "err":
             _, name, code, message = reply
             raise _exception(name, code, message)
+        return reply[1]
 
     def __getattr__(self, method: str) -> Any:
         if method in ALLOWED:
