@@ -11,7 +11,10 @@ the time it held the baton. This machine's speed drifts by 10-30% from one secon
 (other tenants of the host), which made run-after-run comparisons of a 3% effect hopeless: two
 identical runs differed by up to 20%. Turns of about 50 ms see the same drift on both sides.
 Everything else of the tracked run goes on as in any run: its sender thread and histogram
-writer share the process, and the store is written by its own child process (or the server).
+writer share the process, and the store is written (and a CPU run's histograms counted) by its
+own child process, or by the server. Such threads also take the GIL during the untracked run's
+turns, so lockstep shows only part of what they cost; work moved from them to the training
+thread shows in full.
 A pair of two tracking-off runs shows the method's own noise. The time spent inside the
 tracking observer's calls on the training thread is reported too.
 
