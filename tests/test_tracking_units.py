@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy
@@ -285,6 +286,34 @@ def test_histograms_are_counted_in_the_store_child_process(tmp_path: Path) -> No
     assert there.failed == 0
     assert json.loads((tmp_path / "there" / "step_000005.json").read_text()) == json.loads(here.read_text())
     assert failing.failed == 2 and "NotADirectoryError" in (failing.last_error or "")
+
+
+def test_a_counter_process_that_stops_answering_does_not_hold_up_the_end_of_a_run(tmp_path: Path) -> None:
+    """close() waits `timeout` seconds for the store's child process, then kills it and counts
+    what it held in-process: the files are all there, and the run's end is not held up."""
+    import signal
+    import threading
+
+    from service.tracking.remote import RemoteClient
+
+    model = _model_with_grads(seed=4)
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
+    try:
+        counter.count_histograms(str(tmp_path / "warm"), [], 5)  # the child is up and answering
+        os.kill(counter._proc.pid, signal.SIGSTOP)
+        writer = histograms.HistogramWriter(tmp_path / "h", bins=5, counter=counter)
+        writer.hold(3, histograms.capture(names, params))
+        writer.hold(6, histograms.capture(names, params))
+        closing = threading.Thread(target=writer.close, kwargs={"timeout": 1.0})
+        closing.start()
+        closing.join(120)
+        assert not closing.is_alive()  # a stopped child would otherwise hold it forever
+    finally:
+        counter.kill()  # (should the assertion fail, the stuck call must not hold up close())
+        counter.close()
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["step_000003.json", "step_000006.json"]
+    assert writer.failed == 0 and writer.counter is None  # counted here from then on
 
 
 def test_status_for_errors() -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ import torch
 
 from . import histfile
 from .histfile import BINS
+
+log = logging.getLogger("gradloop.tracking")
 
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per concatenated chunk
 
@@ -159,6 +163,7 @@ class HistogramWriter:
         self._held_elements = 0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def hold(self, step: int, taken: Capture) -> None:
         self._held.append((step, taken))
@@ -186,7 +191,8 @@ class HistogramWriter:
                 self._failed(exc)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradloop-histograms")
-        self._pool.submit(self._write, files, remote)
+        # One worker runs the submissions in order: waiting on the last waits on them all.
+        self._pending = self._pool.submit(self._write, files, remote)
 
     def _write(self, files: list[tuple[str, bytes]], remote: list[tuple[int, Capture]]) -> None:
         try:
@@ -200,23 +206,46 @@ class HistogramWriter:
             except OSError as exc:
                 self._failed(exc)
         if remote:
-            items = [(step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
-                     for step, taken in remote if taken.pending is not None]
-            try:
-                errors = self.counter.count_histograms(str(self.directory), items, self.bins)
-            except Exception as exc:  # the child is gone or refused: these histograms are lost
-                self._failed(exc, len(items))
-            else:
-                for error in errors or []:
-                    self._failed(RuntimeError(error))
+            self._count_remotely(remote)
+
+    def _count_remotely(self, remote: list[tuple[int, Capture]]) -> None:
+        items = [(step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
+                 for step, taken in remote if taken.pending is not None]
+        try:
+            errors = self.counter.count_histograms(str(self.directory), items, self.bins)
+        except Exception as exc:
+            # The child is gone (it crashed, or close() killed it when it did not answer): the
+            # captures are still here, so they are counted here instead of lost.
+            log.warning("histograms are counted in-process: the store's child process failed (%s)", exc)
+            self.counter = None
+            for step, taken in remote:
+                try:
+                    write(self.directory, step, taken.labels, taken.counted(self.bins))
+                except Exception as error:
+                    self._failed(error)
+        else:
+            for error in errors or []:
+                self._failed(RuntimeError(error))
 
     def _failed(self, exc: BaseException, n: int = 1) -> None:
         with self._lock:  # the caller's thread and the writer's both count
             self.failed += n
             self.last_error = f"{type(exc).__name__}: {exc}"
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is held and wait for every file. A counter process that has not answered
+        within `timeout` seconds is killed; what it held is then counted here."""
         self.flush()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._pool is None:
+            return
+        if self._pending is not None:
+            try:
+                self._pending.result(timeout)
+            except FuturesTimeout:
+                kill = getattr(self.counter, "kill", None)
+                if kill is not None:
+                    kill()
+            except Exception:
+                pass  # _write reports its own failures
+        self._pool.shutdown(wait=True)
+        self._pool = None

@@ -293,12 +293,12 @@ class MlflowObserver:
             except Exception as exc:
                 log.warning("system metrics monitor did not stop cleanly: %s", exc)
         self._journal.flush()  # the plots and the sender's last catch-up read the file
-        self._histograms.close()  # every file written before the directory is logged
+        timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
+        self._histograms.close(timeout)  # every file written before the directory is logged
         if self._histograms.failed:
             log.warning("%d histogram file(s) could not be written; last error: %s", self._histograms.failed, self._histograms.last_error)
         ops = self._final_ops(status, error)
         self._state.status = status
-        timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
         if self._sender is not None:
             for op in ops:
                 self._sender.submit_op(op)
