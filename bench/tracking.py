@@ -19,7 +19,7 @@ A pair of two tracking-off runs shows the method's own noise (such pairs came ou
 favour of the second thread, so the tracked run takes the first thread in every other round).
 The time spent inside the tracking observer's calls on the training thread is reported too.
 
-    python bench/tracking.py [--repeats 3] [--epochs 100] [--device cuda]
+    python bench/tracking.py [--repeats 4] [--epochs 100] [--device cuda]
 """
 from __future__ import annotations
 
