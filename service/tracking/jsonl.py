@@ -110,8 +110,8 @@ def read_records(path: Path) -> Iterator[Record]:
             if not line:
                 continue
             try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
+                d = decode_line(line)
+            except json.JSONDecodeError:  # (orjson's error is one too)
                 continue
             yield Record(int(d["seq"]), int(d["step"]), int(d["ts"]), {k: float(v) for k, v in d["metrics"].items()})
 
