@@ -243,3 +243,37 @@ def test_events_are_numbered_per_job_and_follow_transitions(store: JobStore) -> 
     assert [e.seq for e in events] == [1, 2, 3, 4]
     assert [(e.type, e.data.get("status")) for e in events] == [("state", "queued"), ("state", "running"), ("progress", None), ("state", "succeeded")]
     assert [e.seq for e in store.events_after(job.id, after_seq=2)] == [3, 4]
+
+
+@pytest.mark.postgres
+def test_a_session_stalled_inside_a_transaction_does_not_keep_its_job_from_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that freezes mid-transaction (a stalled VM) keeps its row lock until the server
+    ends its session: until then claims skip the job (SKIP LOCKED). The store's sessions carry
+    idle_in_transaction_session_timeout, so another service gets the job once it passes."""
+    from sqlalchemy import text
+
+    import service.jobs.store as store_module
+
+    monkeypatch.setattr(store_module, "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 500)
+    url, schema = fresh_pg_schema("the stalled-session test")
+    store = JobStore(url)
+    stalled = None
+    try:
+        store.migrate()
+        job, _ = _submit(store)
+        stalled = store.engine.connect()
+        stalled.begin()
+        stalled.execute(text("SELECT id FROM gradloop_jobs WHERE id = :id FOR UPDATE"), {"id": job.id})
+        assert claim_next(store, "other", lease_s=30) is None  # locked: skipped while it holds it
+        claimed = None
+        for _ in range(200):  # the server ends the stalled transaction after half a second
+            claimed = claim_next(store, "other", lease_s=30)
+            if claimed is not None:
+                break
+            time.sleep(0.05)
+        assert claimed is not None and claimed.id == job.id and claimed.worker_id == "other"
+    finally:
+        if stalled is not None:
+            stalled.invalidate()  # (should the assertion fail, its lock must not hold up the clean-up)
+        store.close()
+        drop_pg_schema(schema)

@@ -159,6 +159,7 @@ class JobStore:
             else:
                 kwargs.update(pool_size=5, max_overflow=20)
             self.engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
+            _postgres_session(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -499,6 +500,7 @@ def _json_dumps(value: Any) -> str:
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer outside our locks (a person's sqlite3 shell): wait for it
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000  # a stalled holder's row locks go well within a lease (30 s)
 _INSERT_JOB = insert(jobs)
 _INSERT_EVENT = insert(job_events)
 
@@ -556,6 +558,17 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 class InvalidCursorError(GradloopError, ValueError):
     """A list cursor that this service did not produce."""
+
+
+def _postgres_session(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # A process that stalls inside a transaction (a frozen VM, a SIGSTOP) would keep its row
+        # locks for as long as its connection lives: claims skip a locked job and the lease
+        # sweep waits on it, so its job would never be taken over. The server ends such a
+        # transaction after this long; ours never sit idle inside one.
+        dbapi_conn.execute(f"SET idle_in_transaction_session_timeout = {PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}")
+        dbapi_conn.commit()
 
 
 def _sqlite_pragmas(engine: Engine, autocheckpoint: bool = True) -> None:
