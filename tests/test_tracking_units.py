@@ -347,6 +347,25 @@ def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
     assert _held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
 
 
+def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
+    """On the CPU there is no synchronisation to save: a window's tensors are read when it is
+    held, so nothing the garbage collector has to walk survives until the write."""
+    from service.tracking.observer import _held_window, _to_host
+
+    model = nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    snap = gradstats.snapshot(7, layout)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    gradstats.after_step(snap, layout)
+    device_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap)
+    cpu_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap, on_host=True)
+    assert all(type(p) is float for p in cpu_held.parts)
+    assert not any(isinstance(getattr(cpu_held, f), (torch.Tensor, gradstats.GradSnapshot)) for f in cpu_held.__slots__)
+    assert cpu_held.host_values(cpu_held.parts, layout) == device_held.host_values(_to_host(device_held.parts), layout)
+
+
 def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: Path) -> None:
     """Held windows keep the trainer's tensors, not copies: every window's values must be fresh
     tensors that no later step writes into."""
@@ -387,6 +406,6 @@ def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
     values = held.host_values(_to_host(held.parts), layout)
     assert values["train/loss"] == 1.5
     assert values["grad_norm/weight"] == pytest.approx(float(model.weight.grad.norm()))
-    assert values["weight_norm/weight"] == pytest.approx(float(model.weight.norm()))
-    assert values["update_ratio/weight"] == pytest.approx(math.sqrt(6) / float(model.weight.norm()))
+    assert values["weight_norm/weight"] == pytest.approx(float(model.weight.detach().norm()))
+    assert values["update_ratio/weight"] == pytest.approx(math.sqrt(6) / float(model.weight.detach().norm()))
     assert values["update_ratio/bias"] == 0.0

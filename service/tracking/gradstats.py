@@ -14,7 +14,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -96,6 +96,11 @@ class StatLayout:
         return [math.sqrt(sum(per_param[i] ** 2 for i in idx)) for idx in self.members]
 
 
+class SnapshotShape(NamedTuple):
+    grad_norms: int       # how many gradient norms lead the values
+    with_updates: bool    # whether update and weight norms follow them
+
+
 @dataclass
 class GradSnapshot:
     """Device tensors taken before the optimizer step; nothing here has touched the host."""
@@ -104,6 +109,10 @@ class GradSnapshot:
     grad_norms: list[torch.Tensor]                # 0-d, one per watched parameter
     weights_before: list[torch.Tensor] | None     # per_layer modes: the layout's buffers
     update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
+
+    def shape(self) -> "SnapshotShape":
+        """What host_metrics needs besides the values: kept once the tensors are gone."""
+        return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None)
 
     def tensors(self) -> list[torch.Tensor]:
         """0-d tensors in the order host_metrics reads them (the observer stacks them with the
@@ -116,14 +125,16 @@ def snapshot(step: int, layout: StatLayout, measured: list[torch.Tensor] | None 
 
     measured: the trainer's own per-parameter norms of these gradients, in optimizer order
     (RunContext.grad_norms); used when they cover exactly the watched parameters."""
+    if measured is not None and layout.all_params and len(measured) == len(layout.params):
+        # The trainer measured every watched gradient (so none is missing): nothing to read.
+        return GradSnapshot(step, measured, layout.weights_before() if layout.per_layer else None)
     # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
     grads = [p.grad for p in layout.params]
     if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
         grads = [g for g in grads if g is not None]
         return GradSnapshot(step, list(torch._foreach_norm(grads)), None) if grads else None
-    norms = measured if measured is not None and layout.all_params and len(measured) == len(grads) else list(torch._foreach_norm(grads))
-    return GradSnapshot(step, norms, layout.weights_before() if layout.per_layer else None)
+    return GradSnapshot(step, list(torch._foreach_norm(grads)), layout.weights_before() if layout.per_layer else None)
 
 
 def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
@@ -136,15 +147,15 @@ def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
     snap.weights_before = None
 
 
-def host_metrics(snap: GradSnapshot, values: list[float], layout: StatLayout) -> dict[str, float]:
-    """Metrics from the snapshot's norms, given as host floats in `snap.tensors()` order."""
-    n = len(snap.grad_norms)
+def host_metrics(snap: "GradSnapshot | SnapshotShape", values: list[float], layout: StatLayout) -> dict[str, float]:
+    """Metrics from a snapshot's norms, given as host floats in `snap.tensors()` order."""
+    n, with_updates = snap.shape() if isinstance(snap, GradSnapshot) else snap
     gn = values[:n]
     out = {
         "train/grad_norm": math.sqrt(sum(v * v for v in gn)),
         "train/grad_nonfinite": float(n - sum(map(math.isfinite, gn))),
     }
-    if snap.update_weight_norms is not None and n == len(layout.params):
+    if with_updates and n == len(layout.params):
         g, u, w = layout.group(gn), layout.group(values[n : 2 * n]), layout.group(values[2 * n : 3 * n])
         grad_keys, weight_keys, ratio_keys = layout.metric_keys
         out.update(zip(grad_keys, g))
