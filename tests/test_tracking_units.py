@@ -82,9 +82,13 @@ def _model_with_grads(seed: int = 0) -> nn.Module:
     return model
 
 
-def test_per_layer_stats_match_plain_torch() -> None:
+@pytest.mark.parametrize("ring", [True, False], ids=["cpu-ring", "foreach"])
+def test_per_layer_stats_match_plain_torch(ring: bool) -> None:
     model = _model_with_grads()
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    assert layout.ring is not None  # a small CPU model: its windows go through the ring
+    if not ring:
+        layout.ring = None  # as on a GPU, or for a large model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     snap = gradstats.snapshot(3, layout)
     with torch.no_grad():
@@ -101,6 +105,42 @@ def test_per_layer_stats_match_plain_torch() -> None:
         assert got[f"weight_norm/{name}"] == pytest.approx(float(p.detach().norm()), rel=1e-5)
         ratio = float((p.detach() - before[name]).norm() / p.detach().norm())
         assert got[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+
+
+def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_batches() -> None:
+    """More windows than the ring has slots, norms read back only at the end (as the observer's
+    once-a-second write does): every window gets the norms of its own step."""
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    reference = gradstats.StatLayout.build(named, "per_layer")
+    reference.ring = None
+    got, expected = [], []
+    for step in range(1, 2 * len(layout.ring._rows) + 4):
+        snap, ref = gradstats.snapshot(step, layout), gradstats.snapshot(step, reference)
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.01 * step * p.grad
+        gradstats.after_step(snap, layout)
+        gradstats.after_step(ref, reference)
+        got.append(snap)
+        expected.append(gradstats.host_metrics(ref, torch.stack(ref.tensors()).tolist(), reference))
+        if step == 5:
+            gradstats.snapshot(step, layout)  # a step that never came: its slot is taken by the next
+    for snap, want in zip(got, expected):
+        have = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+        assert have.keys() == want.keys()
+        assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
+
+
+def test_the_ring_is_only_for_cpu_parameters_that_fit() -> None:
+    from service.tracking.updatering import UpdateRing
+
+    assert UpdateRing.fits([torch.zeros(3, 4), torch.zeros(4)])
+    assert not UpdateRing.fits([torch.zeros(4, 3).t()])                          # not contiguous
+    assert not UpdateRing.fits([torch.zeros(3), torch.zeros(3, dtype=torch.float64)])  # two dtypes
+    assert not UpdateRing.fits([torch.zeros(3, device="meta")])                   # not on the CPU
+    assert not UpdateRing.fits([torch.zeros(1 << 20)])                            # 16 slots x 2 x 4 MiB
 
 
 def test_snapshot_reuses_the_trainers_norms_only_when_they_cover_every_watched_parameter() -> None:

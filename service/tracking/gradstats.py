@@ -1,10 +1,12 @@
 """Gradient and weight statistics: fused kernels on the device, arithmetic on the host.
 
 On the device, per logging window: one `torch._foreach_norm` over all gradients before the
-optimizer step and one fused copy of the weights into buffers kept for the whole run, and
-after the step one in-place `_foreach_sub_` (the update) and one `_foreach_norm` over updates
-and weights together. The observer stacks those 0-d norms with the window's loss and moves
-them to the host in one transfer: six kernels a window in all. Everything
+optimizer step (the trainer's own, at logging steps) and one fused copy of the weights into
+buffers kept for the whole run, and after the step one in-place `_foreach_sub_` (the update)
+and one `_foreach_norm` over updates and weights together. The observer stacks those 0-d norms
+with the window's loss and moves them to the host in one transfer. On the CPU, where foreach
+ops are loops of small kernels, a small model's weights go to updatering's ring instead and
+their norms are computed a batch of windows at a time. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
 a handful of float operations on the host, so it adds no kernels and no synchronisation.
 """
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
+
+from .updatering import PendingNorms, UpdateRing
 
 GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
 
@@ -50,6 +54,9 @@ class StatLayout:
     # fresh tensors per window cost more than the copy itself on a small model).
     _before: list[torch.Tensor] | None = field(init=False, default=None)
     all_params: bool = field(init=False, default=False)
+    # per_layer modes on the CPU, where the parameters fit: windows' weights are copied into a
+    # ring and reduced in batches instead (see updatering).
+    ring: UpdateRing | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.weights = [p.detach() for p in self.params]
@@ -72,6 +79,8 @@ class StatLayout:
             for i, name in enumerate(layout.names):
                 modules.setdefault(module_of(name), []).append(i)
             layout.groups, layout.members = list(modules), list(modules.values())
+        if layout.per_layer and UpdateRing.fits(layout.weights):
+            layout.ring = UpdateRing(layout.weights)
         return layout
 
     @property
@@ -99,6 +108,7 @@ class StatLayout:
 class SnapshotShape(NamedTuple):
     grad_norms: int       # how many gradient norms lead the values
     with_updates: bool    # whether update and weight norms follow them
+    late: PendingNorms | None = None  # ...or come from the ring (replacing any that follow)
 
 
 @dataclass
@@ -109,10 +119,11 @@ class GradSnapshot:
     grad_norms: list[torch.Tensor]                # 0-d, one per watched parameter
     weights_before: list[torch.Tensor] | None     # per_layer modes: the layout's buffers
     update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
+    pending: PendingNorms | None = None           # per_layer modes with the layout's ring
 
     def shape(self) -> "SnapshotShape":
         """What host_metrics needs besides the values: kept once the tensors are gone."""
-        return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None)
+        return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None or self.pending is not None, self.pending)
 
     def tensors(self) -> list[torch.Tensor]:
         """0-d tensors in the order host_metrics reads them (the observer stacks them with the
@@ -127,18 +138,31 @@ def snapshot(step: int, layout: StatLayout, measured: list[torch.Tensor] | None 
     (RunContext.grad_norms); used when they cover exactly the watched parameters."""
     if measured is not None and layout.all_params and len(measured) == len(layout.params):
         # The trainer measured every watched gradient (so none is missing): nothing to read.
-        return GradSnapshot(step, measured, layout.weights_before() if layout.per_layer else None)
+        return _with_weights(GradSnapshot(step, measured, None), layout)
     # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
     grads = [p.grad for p in layout.params]
     if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
         grads = [g for g in grads if g is not None]
         return GradSnapshot(step, list(torch._foreach_norm(grads)), None) if grads else None
-    return GradSnapshot(step, list(torch._foreach_norm(grads)), layout.weights_before() if layout.per_layer else None)
+    return _with_weights(GradSnapshot(step, list(torch._foreach_norm(grads)), None), layout)
+
+
+def _with_weights(snap: GradSnapshot, layout: StatLayout) -> GradSnapshot:
+    """per_layer modes: the weights before the step, in the ring or in the layout's buffers."""
+    if layout.ring is not None:
+        snap.pending = layout.ring.before_step()
+    elif layout.per_layer:
+        snap.weights_before = layout.weights_before()
+    return snap
 
 
 def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
-    """Add the update and weight norms (device tensors) once the optimizer has stepped."""
+    """Add the update and weight norms (device tensors, or pending in the ring) once the
+    optimizer has stepped."""
+    if snap.pending is not None and layout.ring is not None:
+        layout.ring.after_step(snap.pending)
+        return
     if snap.weights_before is None:
         return
     # before - after, in the buffers themselves: the same norm as the update, no new tensors.
@@ -148,8 +172,13 @@ def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
 
 
 def host_metrics(snap: "GradSnapshot | SnapshotShape", values: list[float], layout: StatLayout) -> dict[str, float]:
-    """Metrics from a snapshot's norms, given as host floats in `snap.tensors()` order."""
-    n, with_updates = snap.shape() if isinstance(snap, GradSnapshot) else snap
+    """Metrics from a snapshot's norms, given as host floats in `snap.tensors()` order; norms
+    pending in the layout's ring are computed now (with every other window of its batch)."""
+    n, with_updates, late = snap.shape() if isinstance(snap, GradSnapshot) else snap
+    if late is not None:
+        if late.values is None and layout.ring is not None:
+            layout.ring.compute()
+        values, with_updates = values[:n] + (late.values or []), late.values is not None
     gn = values[:n]
     out = {
         "train/grad_norm": math.sqrt(sum(v * v for v in gn)),
