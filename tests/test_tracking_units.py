@@ -70,9 +70,12 @@ def test_journal_tracks_what_was_sent_and_survives_a_torn_line(tmp_path: Path) -
 
 def test_nan_values_round_trip_through_the_journal(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
-    journal.append(1, 1, {"train/loss": float("nan")})
+    journal.append(1, 1, {"train/loss": float("nan"), "grad_norm/x": float("-inf")})
+    journal.append(2, 2, {"grad_norm/nullable.weight": 0.5})  # "null" in a key, every value finite
     journal.close()
-    assert math.isnan(next(read_records(tmp_path / "metrics.jsonl")).metrics["train/loss"])
+    first, second = read_records(tmp_path / "metrics.jsonl")
+    assert math.isnan(first.metrics["train/loss"]) and first.metrics["grad_norm/x"] == float("-inf")
+    assert second.metrics == {"grad_norm/nullable.weight": 0.5}
 
 
 def _model_with_grads(seed: int = 0) -> nn.Module:

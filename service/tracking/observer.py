@@ -422,11 +422,12 @@ def _held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnaps
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:
-    """0-d tensors as floats: one stack and one transfer (on CUDA, the one synchronisation)."""
+    """0-d tensors as numbers: one stack and one transfer (on CUDA, the one synchronisation).
+    (Integer tensors give ints: the journal's readers and the store take any number.)"""
     if not tensors:
         return []
     try:
-        return torch.stack(tensors).float().tolist()
+        return torch.stack(tensors).tolist()
     except RuntimeError:  # tensors on different devices (or dtypes torch.stack refuses)
         return [float(t) for t in tensors]
 
