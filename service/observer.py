@@ -43,10 +43,10 @@ class RunContext:
     job_id: str | None = None                   # set when the HTTP service runs the job
     extra_tags: dict[str, str] = field(default_factory=dict)
     example_input: Any = None                   # one batch of inputs (for a model signature)
-    # The pre-clip L2 norm of each parameter's gradient, in param_names order, when the trainer
-    # measured them for the step being observed (logging steps, clipping); else None. An
-    # observer reuses them instead of measuring the same norms a second time.
-    grad_norms: Callable[[], "list[torch.Tensor] | None"] = field(default=lambda: None)
+    # The pre-clip L2 norm of each parameter's gradient (a 1-d device tensor, in param_names
+    # order) when the trainer measured them for the step being observed (logging steps,
+    # clipping); else None. An observer reuses them instead of measuring them a second time.
+    grad_norms: Callable[[], "torch.Tensor | None"] = field(default=lambda: None)
 
 
 class Observer(Protocol):

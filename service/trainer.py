@@ -108,7 +108,7 @@ class Trainer:
         self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self._step_grad_norms: list[torch.Tensor] | None = None  # this step's, for observers
+        self._step_grad_norms: torch.Tensor | None = None  # this step's, for observers
         self._same_dtype = len({(p.dtype, p.device) for p in self.params}) <= 1
         self.param_names = _param_names(self.optimizer, self.model)
         self._monitor = self._plateau_monitor()
@@ -299,10 +299,10 @@ class Trainer:
         if self._same_dtype:
             # One fused kernel for the per-tensor norms: this runs every step, and the generic
             # helper's grouping by device and dtype costs more than the maths on small models.
-            norms = torch._foreach_norm(grads)
+            norms = torch.stack(torch._foreach_norm(grads))
             # Observers get these through RunContext.grad_norms rather than measure them again.
-            self._step_grad_norms = list(norms) if len(grads) == len(self.params) else None
-            return torch.linalg.vector_norm(torch.stack(norms))
+            self._step_grad_norms = norms if len(grads) == len(self.params) else None
+            return torch.linalg.vector_norm(norms)
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
     def _grads_and_loss_finite(self, window_loss: torch.Tensor) -> bool:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from service.tracking import gradstats, histfile, histograms
+from service.tracking.observer import _to_host
 from service.tracking.jsonl import Journal, read_records, unsent_records
 from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
 from service.tracking.sender import line_requests, metric_requests
@@ -98,7 +99,7 @@ def test_per_layer_stats_match_plain_torch(ring: bool) -> None:
         for p in model.parameters():
             p -= 0.1 * p.grad
     gradstats.after_step(snap, layout)
-    values = torch.stack(snap.tensors()).tolist()
+    values = _to_host(snap.tensors())
     got = gradstats.host_metrics(snap, values, layout)
     total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters()))
     assert got["train/grad_norm"] == pytest.approx(total, rel=1e-5)
@@ -127,11 +128,11 @@ def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_bat
         gradstats.after_step(snap, layout)
         gradstats.after_step(ref, reference)
         got.append(snap)
-        expected.append(gradstats.host_metrics(ref, torch.stack(ref.tensors()).tolist(), reference))
+        expected.append(gradstats.host_metrics(ref, _to_host(ref.tensors()), reference))
         if step == 5:
             gradstats.snapshot(step, layout)  # a step that never came: its slot is taken by the next
     for snap, want in zip(got, expected):
-        have = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+        have = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
         assert have.keys() == want.keys()
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
@@ -149,7 +150,7 @@ def test_the_ring_is_only_for_cpu_parameters_that_fit() -> None:
 def test_snapshot_reuses_the_trainers_norms_only_when_they_cover_every_watched_parameter() -> None:
     model = _model_with_grads()
     named = list(model.named_parameters())
-    measured = list(torch._foreach_norm([p.grad for _, p in named]))
+    measured = torch.stack(torch._foreach_norm([p.grad for _, p in named]))
     layout = gradstats.StatLayout.build(named, "per_layer")
     assert gradstats.snapshot(1, layout, measured).grad_norms is measured
     model[0].bias.requires_grad_(False)  # a frozen parameter: the trainer's list no longer lines up
@@ -197,7 +198,7 @@ def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> 
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_module")
     snap = gradstats.snapshot(1, layout)
     gradstats.after_step(snap, layout)
-    got = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+    got = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
     assert got["train/grad_nonfinite"] == 1
     expected = math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm()))
     assert got["grad_norm/0"] == pytest.approx(expected, rel=1e-5)
@@ -208,7 +209,7 @@ def test_total_mode_reports_no_layers() -> None:
     model = _model_with_grads()
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "total")
     snap = gradstats.snapshot(1, layout)
-    got = gradstats.host_metrics(snap, torch.stack(snap.tensors()).tolist(), layout)
+    got = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
     assert set(got) == {"train/grad_norm", "train/grad_nonfinite"}
 
 
@@ -378,7 +379,7 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
     """A logging window holds its 0-d tensors until the once-a-second write, which moves every
     held window's values to the host in one stack."""
-    from service.tracking.observer import _held_window, _to_host
+    from service.tracking.observer import _held_window
 
     held = _held_window(40, 1234, {"train/loss": torch.tensor(0.25), "train/grad_norm": torch.tensor([3.0]),
                                    "epoch": 2, "val/acc@1": None, "train/lr/head:0": 0.5}, None)
@@ -393,7 +394,7 @@ def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
 def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
     """On the CPU there is no synchronisation to save: a window's tensors are read when it is
     held, so nothing the garbage collector has to walk survives until the write."""
-    from service.tracking.observer import _held_window, _to_host
+    from service.tracking.observer import _held_window
 
     model = nn.Linear(3, 2)
     model(torch.ones(4, 3)).sum().backward()
@@ -436,7 +437,7 @@ def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: 
 
 
 def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
-    from service.tracking.observer import _held_window, _to_host
+    from service.tracking.observer import _held_window
 
     model = nn.Linear(3, 2)
     model(torch.ones(4, 3)).sum().backward()

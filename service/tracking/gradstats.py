@@ -116,7 +116,7 @@ class GradSnapshot:
     """Device tensors taken before the optimizer step; nothing here has touched the host."""
 
     step: int
-    grad_norms: list[torch.Tensor]                # 0-d, one per watched parameter
+    grad_norms: torch.Tensor                      # 1-d, one per watched parameter
     weights_before: list[torch.Tensor] | None     # per_layer modes: the layout's buffers
     update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
     pending: PendingNorms | None = None           # per_layer modes with the layout's ring
@@ -126,12 +126,12 @@ class GradSnapshot:
         return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None or self.pending is not None, self.pending)
 
     def tensors(self) -> list[torch.Tensor]:
-        """0-d tensors in the order host_metrics reads them (the observer stacks them with the
-        window's loss: one stack and one transfer for the whole window)."""
-        return self.grad_norms if self.update_weight_norms is None else self.grad_norms + self.update_weight_norms
+        """The norms in the order host_metrics reads them, flattened (the observer moves them to
+        the host with the window's loss: one transfer for all held windows)."""
+        return [self.grad_norms] + (self.update_weight_norms or [])
 
 
-def snapshot(step: int, layout: StatLayout, measured: list[torch.Tensor] | None = None) -> GradSnapshot | None:
+def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None) -> GradSnapshot | None:
     """Norms of the current gradients (pre-clip) and, per layer, a copy of the weights.
 
     measured: the trainer's own per-parameter norms of these gradients, in optimizer order
@@ -144,8 +144,8 @@ def snapshot(step: int, layout: StatLayout, measured: list[torch.Tensor] | None 
     if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
         grads = [g for g in grads if g is not None]
-        return GradSnapshot(step, list(torch._foreach_norm(grads)), None) if grads else None
-    return _with_weights(GradSnapshot(step, list(torch._foreach_norm(grads)), None), layout)
+        return GradSnapshot(step, torch.stack(torch._foreach_norm(grads)), None) if grads else None
+    return _with_weights(GradSnapshot(step, torch.stack(torch._foreach_norm(grads)), None), layout)
 
 
 def _with_weights(snap: GradSnapshot, layout: StatLayout) -> GradSnapshot:

@@ -51,20 +51,27 @@ class Capture:
         return self.table
 
 
-def capture(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS) -> Capture | None:
-    """Take the histograms' inputs now (before the optimizer step changes the weights)."""
+def capture(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS,
+            weights: list[torch.Tensor] | None = None) -> Capture | None:
+    """Take the histograms' inputs now (before the optimizer step changes the weights).
+    weights: the parameters, detached (StatLayout.weights), if the caller keeps them."""
     labels: list[str] = []
     tensors: list[torch.Tensor] = []
-    for name, p in zip(names, params):
-        if p.grad is None or p.numel() == 0:
+    for name, p, w in zip(names, params, weights or [p.detach() for p in params]):
+        g = p.grad
+        if g is None or w.numel() == 0:
             continue
         labels.append(name)
-        tensors += [p.grad.detach().reshape(-1), p.detach().reshape(-1)]
+        # (.grad needs no detach unless a backward pass made it with create_graph.)
+        tensors += [(g.detach() if g.requires_grad else g).reshape(-1), w.reshape(-1)]
     if not tensors:
         return None
+    sizes = tuple(t.numel() for t in tensors)
+    if sum(sizes) <= CHUNK_ELEMENTS:  # most models: one copy, counted later
+        return Capture(labels, pending=(torch.cat(tensors), sizes))
     chunks = _chunks(tensors)
     if len(chunks) == 1:
-        return Capture(labels, pending=(torch.cat(tensors), tuple(t.numel() for t in tensors)))
+        return Capture(labels, pending=(torch.cat(tensors), sizes))
     table = torch.cat([_count(torch.cat(chunk), tuple(t.numel() for t in chunk), bins) for chunk in chunks])
     return Capture(labels, table=table)
 

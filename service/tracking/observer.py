@@ -218,7 +218,7 @@ class MlflowObserver:
         if layout is None:
             return None
         grads = gradstats.snapshot(step, layout, self._ctx.grad_norms() if self._ctx else None) if self._grad_step(step) else None
-        hist = histograms.capture(layout.names, layout.params) if self._hist_step(step) else None
+        hist = histograms.capture(layout.names, layout.params, weights=layout.weights) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
@@ -245,10 +245,10 @@ class MlflowObserver:
     # a window only keeps its values and is held (a histogram step only copies the tensors to
     # count); once a second the held windows go to metrics.jsonl and to the sender, and the
     # held histograms are counted, in one warm pass. The journal was flushed once a second
-    # before as well, so a SIGKILL loses no more than it did. On a GPU the values stay 0-d
-    # device tensors until then and go to the host in one stack: the device->host copy (a
+    # before as well, so a SIGKILL loses no more than it did. On a GPU the values stay device
+    # tensors until then and go to the host together: the device->host copy (a
     # synchronisation) happens once a second, not per window. On the CPU there is nothing to
-    # synchronise, so its values are read at once (one stack): no tensors are kept alive. Held
+    # synchronise, so its values are read at once: no tensors are kept alive. Held
     # tensors, a dozen garbage-collected objects a window, each surviving a second, made the
     # collector's full passes cost 1.7% of a 20 s run of the digits MLP (0.1% without them).
     def _hold(self, step: int, metrics: Mapping[str, Any], snap: GradSnapshot | None) -> None:
@@ -268,7 +268,7 @@ class MlflowObserver:
             if window.on_host:
                 values = window.parts
             else:
-                end = start + len(window.parts)
+                end = start + sum(t.numel() for t in window.parts)
                 values, start = flat[start:end], end
             self._record(window.step, window.ts, window.host_values(values, self._layout))
         if self._journal is not None and held:
@@ -378,10 +378,10 @@ class MlflowObserver:
 @dataclass(slots=True)
 class HeldWindow:
     """One logging window's values as the training thread left them: host floats, and the
-    values of 0-d tensors (the named ones first, then the snapshot's): read already when
-    `on_host`, else the device tensors themselves. Those are the trainer's and gradstats' own
-    results, made fresh for this window, so nothing changes them while they are held; they
-    are stacked with every other held window's and moved at write time."""
+    values of 0-d and 1-d tensors (the named ones first, then the snapshot's): read already
+    when `on_host`, else the device tensors themselves. Those are the trainer's and gradstats'
+    own results, made fresh for this window, so nothing changes them while they are held; they
+    are gathered with every other held window's and moved at write time."""
 
     step: int
     ts: int
@@ -417,19 +417,33 @@ def _held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnaps
     if snap is not None:
         parts += snap.tensors()
     if on_host:
-        parts = _to_host(parts)
+        parts = _read(parts)
     return HeldWindow(step, ts, plain, keys, parts, snap.shape() if snap is not None else None, on_host) if parts or plain else None
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:
-    """0-d tensors as numbers: one stack and one transfer (on CUDA, the one synchronisation).
-    (Integer tensors give ints: the journal's readers and the store take any number.)"""
+    """0-d and 1-d device tensors as one flat list of numbers: one concatenation and one
+    transfer (on a GPU, the one synchronisation). Integer tensors give ints: the journal's
+    readers and the store take any number."""
     if not tensors:
         return []
     try:
-        return torch.stack(tensors).tolist()
-    except RuntimeError:  # tensors on different devices (or dtypes torch.stack refuses)
-        return [float(t) for t in tensors]
+        return torch.cat([t.reshape(-1) for t in tensors]).tolist()
+    except RuntimeError:  # tensors on different devices (or dtypes torch.cat refuses)
+        return _read(tensors)
+
+
+def _read(tensors: list[torch.Tensor]) -> list[float]:
+    """The same, tensor by tensor: on the CPU, where there is nothing to gather, a handful of
+    tolist() calls cost less than the concatenation."""
+    out: list[float] = []
+    for t in tensors:
+        value = t.tolist()
+        if isinstance(value, list):
+            out += value
+        else:
+            out.append(value)
+    return out
 
 
 def _model_logger(ctx: RunContext, uri: str) -> Any:
