@@ -3,8 +3,8 @@
 On the device, per logging window: one `torch._foreach_norm` over all gradients before the
 optimizer step (the trainer's own, at logging steps) and one fused copy of the weights into
 buffers kept for the whole run, and after the step one in-place `_foreach_sub_` (the update)
-and one `_foreach_norm` over updates and weights together. The observer stacks those 0-d norms
-with the window's loss and moves them to the host in one transfer. On the CPU, where foreach
+and one `_foreach_norm` over updates and weights together. The observer moves those norms to
+the host with the window's loss, in one transfer for all held windows. On the CPU, where foreach
 ops are loops of small kernels, a small model's weights go to updatering's ring instead and
 their norms are computed a batch of windows at a time. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
