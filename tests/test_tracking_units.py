@@ -391,11 +391,8 @@ def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
     assert _held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
 
 
-def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
-    """On the CPU there is no synchronisation to save: a window's tensors are read when it is
-    held, so nothing the garbage collector has to walk survives until the write."""
-    from service.tracking.observer import _held_window
-
+def _snapshot_around_a_step() -> tuple[nn.Linear, gradstats.StatLayout, gradstats.GradSnapshot]:
+    """A Linear layer's per-layer snapshot around a step that adds 1 to each weight (not the bias)."""
     model = nn.Linear(3, 2)
     model(torch.ones(4, 3)).sum().backward()
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
@@ -403,6 +400,15 @@ def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
     with torch.no_grad():
         model.weight.add_(1.0)
     gradstats.after_step(snap, layout)
+    return model, layout, snap
+
+
+def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
+    """On the CPU there is no synchronisation to save: a window's tensors are read when it is
+    held, so nothing the garbage collector has to walk survives until the write."""
+    from service.tracking.observer import _held_window
+
+    _, layout, snap = _snapshot_around_a_step()
     device_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap)
     cpu_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap, on_host=True)
     assert all(type(p) is float for p in cpu_held.parts)
@@ -439,13 +445,7 @@ def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: 
 def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
     from service.tracking.observer import _held_window
 
-    model = nn.Linear(3, 2)
-    model(torch.ones(4, 3)).sum().backward()
-    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
-    snap = gradstats.snapshot(7, layout)
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    gradstats.after_step(snap, layout)
+    model, layout, snap = _snapshot_around_a_step()
     held = _held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap)
     values = held.host_values(_to_host(held.parts), layout)
     assert values["train/loss"] == 1.5
