@@ -38,6 +38,12 @@ class Record:
     def to_line(self) -> bytes:
         return self.line if self.line is not None else encode_line(self.seq, self.step, self.ts, self.metrics)
 
+    @classmethod
+    def from_line(cls, line: bytes | str) -> "Record":
+        """The record of one journal line (raises json.JSONDecodeError for a torn one)."""
+        d = decode_line(line)
+        return cls(int(d["seq"]), int(d["step"]), int(d["ts"]), {k: float(v) for k, v in d["metrics"].items()})
+
 
 def encode_line(seq: int, step: int, ts: int, metrics: Mapping[str, float]) -> bytes:
     fields = {"seq": seq, "step": step, "ts": ts, "metrics": metrics}
@@ -113,10 +119,9 @@ def read_records(path: Path) -> Iterator[Record]:
             if not line:
                 continue
             try:
-                d = decode_line(line)
+                yield Record.from_line(line)
             except json.JSONDecodeError:  # (orjson's error is one too)
                 continue
-            yield Record(int(d["seq"]), int(d["step"]), int(d["ts"]), {k: float(v) for k, v in d["metrics"].items()})
 
 
 def read_sent(path: Path) -> set[int]:

@@ -65,13 +65,12 @@ def log_journal_lines(client: Any, run_id: str, lines: bytes) -> None:
     above MLflow's 1000 metrics per request.)"""
     from mlflow.entities import Metric
 
-    from .jsonl import decode_line
+    from .jsonl import Record
 
     metrics = []
     for line in lines.split(b"\n"):
-        record = decode_line(line)
-        step, ts = int(record["step"]), int(record["ts"])
-        metrics += [Metric(key, float(value), ts, step) for key, value in record["metrics"].items()]
+        record = Record.from_line(line)
+        metrics += [Metric(key, value, record.ts, record.step) for key, value in record.metrics.items()]
     client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
