@@ -39,6 +39,7 @@ test: setup-dev
 bench: setup-dev
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/tracking.py
+	$(BIN)/python bench/tracking_switch.py
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db gradloop-state *.egg-info
