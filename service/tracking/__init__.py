@@ -2,7 +2,8 @@
 
 `make_observer` is the one entry point the runner uses; `sync.sync_run_dir` is what
 `gradloop sync RUN_DIR` calls. Module map: observer (the trainer's calls), gradstats and
-histograms (device-side statistics), histfile (histogram files, numpy counting), jsonl (the
+histograms (device-side statistics), updatering (per-layer norms of CPU runs, in batches of
+windows), histfile (histogram files, numpy counting), jsonl (the
 local journal, written first), sender (the background thread), remote (the store's child
 process), params, plots, status, state (tracking.json), store (URI, sqlite), sync.
 """
