@@ -164,6 +164,34 @@ def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
         assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 61))
 
 
+def test_an_interrupt_in_the_middle_of_a_write_loses_no_window(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM or Ctrl-C can land while the held windows are being written: the windows not yet
+    in the journal stay held, and the run's finish writes them (each once)."""
+    from service.tracking import observer as observer_module
+    from service.tracking.jsonl import Journal
+    from service.tracking.status import Terminated
+
+    monkeypatch.setattr(observer_module, "WRITE_SECONDS", 1e9)  # the first window, then every 4
+    monkeypatch.setattr(observer_module, "MAX_HELD_WINDOWS", 4)
+    appended: list[int] = []
+    original = Journal.append
+
+    def interrupted_once(self, step, ts, metrics):
+        appended.append(step)
+        if len(appended) == 3:  # the second window of the first pass of four (steps 4-10)
+            raise Terminated()
+        return original(self, step, ts, metrics)
+
+    monkeypatch.setattr(Journal, "append", interrupted_once)
+    cfg = tiny_config(sqlite_uri, log_every=2, log_model=False, plots=False, histogram_every=0)
+    obs = make_observer(cfg, tmp_path / "run")
+    with pytest.raises(Terminated):
+        hand_loop(obs, cfg, tmp_path / "run", steps=20)
+    steps = [r.step for r in read_records(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == [2, 4, 6, 8, 10]  # the interrupt came in step 10's write pass
+    assert MlflowClient(sqlite_uri).get_run(obs.mlflow_run_id).info.status == "KILLED"
+
+
 def test_held_windows_are_written_at_the_cap_and_all_at_the_end(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Logging windows wait on the device until a second has passed or MAX_HELD_WINDOWS are
     held (the run's first window is written at once); finish writes whatever is still held,

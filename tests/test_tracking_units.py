@@ -137,6 +137,38 @@ def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_bat
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
 
+def test_a_ring_pass_cut_short_gives_the_same_norms_when_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt can land inside UpdateRing.compute (the observer's write pass); the copies
+    must survive it so that finish() computes the same norms."""
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    reference = gradstats.StatLayout.build(named, "per_layer")
+    reference.ring = None
+    pairs = []
+    for step in range(1, 4):
+        snap, ref = gradstats.snapshot(step, layout), gradstats.snapshot(step, reference)
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        gradstats.after_step(snap, layout)
+        gradstats.after_step(ref, reference)
+        pairs.append((snap, ref))
+    norm = torch.linalg.vector_norm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layout.ring.compute()
+    monkeypatch.setattr(torch.linalg, "vector_norm", norm)
+    for snap, ref in pairs:
+        have = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
+        want = gradstats.host_metrics(ref, _to_host(ref.tensors()), reference)
+        assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
+
+
 def test_the_ring_is_only_for_cpu_parameters_that_fit() -> None:
     from service.tracking.updatering import UpdateRing
 

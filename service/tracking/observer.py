@@ -263,15 +263,22 @@ class MlflowObserver:
 
     def _write_held(self) -> None:
         held, self._held = self._held, []
-        flat = _to_host([t for window in held if not window.on_host for t in window.parts])
-        start = 0
-        for window in held:
-            if window.on_host:
-                values = window.parts
-            else:
-                end = start + sum(t.numel() for t in window.parts)
-                values, start = flat[start:end], end
-            self._record(window.step, window.ts, window.host_values(values, self._layout))
+        written = 0
+        try:
+            flat = _to_host([t for window in held if not window.on_host for t in window.parts])
+            start = 0
+            for window in held:
+                if window.on_host:
+                    values = window.parts
+                else:
+                    end = start + sum(t.numel() for t in window.parts)
+                    values, start = flat[start:end], end
+                self._record(window.step, window.ts, window.host_values(values, self._layout))
+                written += 1
+        finally:
+            # An interrupt (SIGTERM, Ctrl-C) in the middle of the pass: the windows not yet in
+            # the journal are held again, and finish() writes them.
+            self._held[:0] = held[written:]
         if self._journal is not None and held:
             self._journal.flush()
         self._histograms.flush()  # held captures are counted here as well, in the same warm pass

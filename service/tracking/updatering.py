@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 RING_SLOTS = 16           # windows per batch
-RING_BYTES = 16 << 20     # at most this much for the ring (2 copies of the weights per slot)
+RING_BYTES = 16 << 20     # at most this much for the ring (3 weight-sized rows per slot)
 
 
 class PendingNorms:
@@ -32,7 +32,8 @@ class PendingNorms:
 
 
 class UpdateRing:
-    """Slots of [weights before the step, weights after it], flat, for the windows not yet reduced."""
+    """Slots of [weights before the step, update, weights after it], flat, for the windows not
+    yet reduced."""
 
     def __init__(self, weights: list[torch.Tensor], slots: int = RING_SLOTS):
         # Views of the parameters' storage: optimizers update in place, so they see every step.
@@ -40,15 +41,18 @@ class UpdateRing:
         sizes = [w.numel() for w in weights]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self._bounds = [(a, a + n) for a, n in zip(starts, sizes)]
-        self._buffer = torch.zeros(slots, 2, sum(sizes), dtype=weights[0].dtype)
-        self._rows = [(self._buffer[k, 0], self._buffer[k, 1]) for k in range(slots)]
+        # Per slot three rows: the weights before the step, the update (filled in by compute,
+        # which leaves the copies as they were, so a pass cut short can simply run again), and
+        # the weights after the step. Rows 1:3 are then [update, weights], in the order wanted.
+        self._buffer = torch.zeros(slots, 3, sum(sizes), dtype=weights[0].dtype)
+        self._rows = [(self._buffer[k, 0], self._buffer[k, 2]) for k in range(slots)]
         self._filled: list[PendingNorms] = []
 
     @staticmethod
     def fits(weights: list[torch.Tensor], slots: int = RING_SLOTS) -> bool:
         if not weights or any(w.device.type != "cpu" or not w.is_contiguous() or w.dtype != weights[0].dtype for w in weights):
             return False
-        return 2 * slots * sum(w.numel() for w in weights) * weights[0].element_size() <= RING_BYTES
+        return 3 * slots * sum(w.numel() for w in weights) * weights[0].element_size() <= RING_BYTES
 
     def before_step(self) -> PendingNorms:
         """Copy the weights into the next free slot (a window whose step never comes is simply
@@ -68,9 +72,9 @@ class UpdateRing:
             return
         n = len(self._filled)
         block = self._buffer[:n]
-        block[:, 0].sub_(block[:, 1])  # before - after: the update's norm
+        torch.sub(block[:, 0], block[:, 2], out=block[:, 1])  # before - after: the update's norm
         # (n, 2, parameters): per window, the update norms, then the weight norms.
-        norms = torch.stack([torch.linalg.vector_norm(block[:, :, a:b], dim=2) for a, b in self._bounds], dim=2)
+        norms = torch.stack([torch.linalg.vector_norm(block[:, 1:, a:b], dim=2) for a, b in self._bounds], dim=2)
         for pending, values in zip(self._filled, norms.reshape(n, -1).tolist()):
             pending.values = values
         self._filled = []
