@@ -328,6 +328,28 @@ def test_histogram_writer_holds_captures_until_flushed(tmp_path: Path, monkeypat
     assert writer.full  # the observer writes early rather than hold more copies of the model
 
 
+def test_an_interrupt_while_histograms_are_flushed_loses_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model_with_grads()
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    writer = histograms.HistogramWriter(tmp_path / "h", bins=5)
+    for step in (1, 2, 3):
+        writer.hold(step, histograms.capture(names, params))
+    encode, calls = histfile.encode, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(histfile, "encode", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()  # the observer's write pass, cut short at the second histogram
+    writer.close()  # the run's finish
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == [f"step_00000{i}.json" for i in (1, 2, 3)]
+    assert writer.failed == 0
+
+
 def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> None:
     model = _model_with_grads()
     blocked = tmp_path / "file"

@@ -188,18 +188,27 @@ class HistogramWriter:
         held, self._held, self._held_elements = self._held, [], 0
         remote: list[tuple[int, Capture]] = []
         files: list[tuple[str, bytes]] = []
-        for step, taken in held:
-            if self.counter is not None and taken.pending is not None and taken.pending[0].device.type == "cpu":
-                remote.append((step, taken))
-                continue
-            try:
-                files.append((histfile.file_name(step), histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins)))))
-            except Exception as exc:  # a histogram is never worth a failed run
-                self._failed(exc)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradloop-histograms")
-        # One worker runs the submissions in order: waiting on the last waits on them all.
-        self._pending = self._pool.submit(self._write, files, remote)
+        done = 0
+        try:
+            for step, taken in held:
+                if self.counter is not None and taken.pending is not None and taken.pending[0].device.type == "cpu":
+                    remote.append((step, taken))
+                else:
+                    try:
+                        files.append((histfile.file_name(step), histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins)))))
+                    except Exception as exc:  # a histogram is never worth a failed run
+                        self._failed(exc)
+                done += 1
+        finally:
+            # An interrupt mid-pass (SIGTERM, Ctrl-C): what is ready is still written, and the
+            # rest is held again for close().
+            for step, taken in held[done:]:
+                self.hold(step, taken)
+            if files or remote:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradloop-histograms")
+                # One worker runs the submissions in order: waiting on the last waits on them all.
+                self._pending = self._pool.submit(self._write, files, remote)
 
     def _write(self, files: list[tuple[str, bytes]], remote: list[tuple[int, Capture]]) -> None:
         try:
