@@ -100,7 +100,7 @@ def test_per_layer_stats_match_plain_torch(ring: bool) -> None:
             p -= 0.1 * p.grad
     gradstats.after_step(snap, layout)
     values = _to_host(snap.tensors())
-    got = gradstats.host_metrics(snap, values, layout)
+    got = gradstats.host_metrics(snap.shape(), values, layout)
     total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters()))
     assert got["train/grad_norm"] == pytest.approx(total, rel=1e-5)
     assert got["train/grad_nonfinite"] == 0
@@ -128,11 +128,11 @@ def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_bat
         gradstats.after_step(snap, layout)
         gradstats.after_step(ref, reference)
         got.append(snap)
-        expected.append(gradstats.host_metrics(ref, _to_host(ref.tensors()), reference))
+        expected.append(gradstats.host_metrics(ref.shape(), _to_host(ref.tensors()), reference))
         if step == 5:
             gradstats.snapshot(step, layout)  # a step that never came: its slot is taken by the next
     for snap, want in zip(got, expected):
-        have = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
+        have = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
         assert have.keys() == want.keys()
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
@@ -164,8 +164,8 @@ def test_a_ring_pass_cut_short_gives_the_same_norms_when_run_again(monkeypatch: 
         layout.ring.compute()
     monkeypatch.setattr(torch.linalg, "vector_norm", norm)
     for snap, ref in pairs:
-        have = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
-        want = gradstats.host_metrics(ref, _to_host(ref.tensors()), reference)
+        have = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
+        want = gradstats.host_metrics(ref.shape(), _to_host(ref.tensors()), reference)
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
 
@@ -230,7 +230,7 @@ def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> 
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_module")
     snap = gradstats.snapshot(1, layout)
     gradstats.after_step(snap, layout)
-    got = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
+    got = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
     assert got["train/grad_nonfinite"] == 1
     expected = math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm()))
     assert got["grad_norm/0"] == pytest.approx(expected, rel=1e-5)
@@ -241,7 +241,7 @@ def test_total_mode_reports_no_layers() -> None:
     model = _model_with_grads()
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "total")
     snap = gradstats.snapshot(1, layout)
-    got = gradstats.host_metrics(snap, _to_host(snap.tensors()), layout)
+    got = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
     assert set(got) == {"train/grad_norm", "train/grad_nonfinite"}
 
 

@@ -171,10 +171,11 @@ def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
     snap.weights_before = None
 
 
-def host_metrics(snap: "GradSnapshot | SnapshotShape", values: list[float], layout: StatLayout) -> dict[str, float]:
-    """Metrics from a snapshot's norms, given as host floats in `snap.tensors()` order; norms
-    pending in the layout's ring are computed now (with every other window of its batch)."""
-    n, with_updates, late = snap.shape() if isinstance(snap, GradSnapshot) else snap
+def host_metrics(shape: SnapshotShape, values: list[float], layout: StatLayout) -> dict[str, float]:
+    """Metrics from a snapshot's norms (GradSnapshot.shape() describes them), given as host
+    floats in `tensors()` order; norms pending in the layout's ring are computed now (with
+    every other window of its batch)."""
+    n, with_updates, late = shape
     if late is not None:
         if late.values is None and layout.ring is not None:
             layout.ring.compute()

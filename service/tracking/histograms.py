@@ -67,10 +67,8 @@ def capture(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS
     if not tensors:
         return None
     sizes = tuple(t.numel() for t in tensors)
-    if sum(sizes) <= CHUNK_ELEMENTS:  # most models: one copy, counted later
-        return Capture(labels, pending=(torch.cat(tensors), sizes))
-    chunks = _chunks(tensors)
-    if len(chunks) == 1:
+    chunks = [tensors] if sum(sizes) <= CHUNK_ELEMENTS else _chunks(tensors)
+    if len(chunks) == 1:  # most models: one copy, counted later
         return Capture(labels, pending=(torch.cat(tensors), sizes))
     table = torch.cat([_count(torch.cat(chunk), tuple(t.numel() for t in chunk), bins) for chunk in chunks])
     return Capture(labels, table=table)
