@@ -105,6 +105,12 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none. A disabled
         # scaler passes everything through, so the loop below reads the same for all three.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
+        self._scaling = self.scaler.is_enabled()
+        self._stepped = False
+        if self._scaling:
+            # GradScaler skips optimizer.step() when the scaled gradients overflowed and tells
+            # nobody; a post-step hook says whether the step ran, without a host sync.
+            self.optimizer.register_step_post_hook(self._mark_stepped)
         self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -222,11 +228,12 @@ class Trainer:
                             self._clip_to_norm(clip_norm, grad_norm)
                         elif clip_value is not None:
                             torch.nn.utils.clip_grad_value_(self.params, clip_value)
+                        self._stepped = False
                         self.scaler.step(opt)  # with fp16, skips the step if the scaled grads overflowed
                         self.scaler.update()
                 self.batch_in_epoch = window.stop
                 self.step = step
-                if not ok:
+                if not ok or (self._scaling and not self._stepped):
                     self.skipped_steps += 1
 
                 # 4. Watchers see the step (gradients still there, per the observer protocol),
@@ -291,6 +298,9 @@ class Trainer:
         return first["loss"], first["norm"], ok, first.get("stats", [])
 
     # -- pieces of a step ---------------------------------------------------------------------
+    def _mark_stepped(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+
     def _total_grad_norm(self) -> torch.Tensor:
         """The L2 norm of all gradients together, as a 0-d device tensor."""
         grads = [p.grad for p in self.params if p.grad is not None]

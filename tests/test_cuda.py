@@ -6,6 +6,7 @@ Skipped on a machine without CUDA (CI has none); run on a GPU machine with
 """
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -101,6 +102,8 @@ def test_fp16_overflow_skips_the_step_instead_of_failing(tmp_path, monkeypatch):
     state = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)
     assert result.status == "FINISHED"
     assert state["scaler"]["scale"] < 2.0**40  # it backed off
+    # Each backoff halved the scale after a skipped step (no growth within 2000 steps).
+    assert result.skipped_steps == round(math.log2(2.0**40 / state["scaler"]["scale"])) > 0
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert result.metrics["val/accuracy"] > 0.5
 

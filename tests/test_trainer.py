@@ -1,6 +1,7 @@
 """The training loop's contract: zeroing, non-finite handling, validation, schedulers, stopping, precision."""
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -254,3 +255,31 @@ def test_clip_by_norm_bounds_the_update(tmp_path):
     after, before = h.model_state(clipped.checkpoint_path), h.model_state(start.checkpoint_path)
     update = torch.cat([(after[k] - before[k]).flatten() for k in after])
     assert float(update.norm()) == pytest.approx(1e-3, rel=1e-2)
+
+
+@pytest.mark.parametrize("init_scale, overflows", [(torch.finfo(torch.float32).max, True), (1.0, False)], ids=["overflowing", "healthy"])
+def test_steps_a_loss_scaler_skips_are_counted_as_skipped(tmp_path, monkeypatch, init_scale, overflows):
+    """fp16 runs need CUDA, but GradScaler itself runs on the CPU: forced on here (the model
+    stays fp32). Diabetes targets are in the hundreds, so an MSE scaled by float32's maximum
+    overflows; the scaler skips those steps and halves its scale each time until the scaled
+    gradients fit. The run must count exactly those steps, and a scale of 1 none."""
+    real = torch.amp.GradScaler
+
+    def forced_on(device, enabled=True, **kwargs):
+        return real(device, enabled=True, init_scale=init_scale, growth_interval=10**6)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", forced_on)
+    rec = h.Recorder()
+    cfg = h.base_config(tmp_path, model={"name": "mlp", "options": {"in_features": 10, "hidden": [16], "out_features": 1}},
+                        data={"name": "sklearn", "options": {"dataset": "diabetes"}, "batch_size": 32},
+                        loss={"name": "mse"}, optimizer={"name": "adam", "options": {"lr": 0.01}},
+                        tracking__log_every=1)
+    result = train(cfg, observers=[rec])
+    state = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)
+    backoffs = round(math.log2(init_scale / state["scaler"]["scale"]))
+    assert result.status == "FINISHED" and result.skipped_steps == backoffs
+    assert (0 < backoffs < result.steps) == overflows and (backoffs == 0) != overflows
+    assert result.metrics.get("train/skipped_steps", 0.0) == backoffs
+    counts = [c[2].get("train/skipped_steps", 0.0) for c in rec.calls if c[0] == "after"]
+    assert counts == sorted(counts) and counts[-1] == backoffs  # a running count, window by window
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
