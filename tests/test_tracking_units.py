@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from service.tracking import gradstats, histfile, histograms
-from service.tracking.observer import _to_host
+from service.tracking.windows import held_window, to_host
 from service.tracking.jsonl import Journal, read_records, unsent_records
 from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
 from service.tracking.sender import line_requests, metric_requests
@@ -99,7 +99,7 @@ def test_per_layer_stats_match_plain_torch(ring: bool) -> None:
         for p in model.parameters():
             p -= 0.1 * p.grad
     gradstats.after_step(snap, layout)
-    values = _to_host(snap.tensors())
+    values = to_host(snap.tensors())
     got = gradstats.host_metrics(snap.shape(), values, layout)
     total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters()))
     assert got["train/grad_norm"] == pytest.approx(total, rel=1e-5)
@@ -128,11 +128,11 @@ def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_bat
         gradstats.after_step(snap, layout)
         gradstats.after_step(ref, reference)
         got.append(snap)
-        expected.append(gradstats.host_metrics(ref.shape(), _to_host(ref.tensors()), reference))
+        expected.append(gradstats.host_metrics(ref.shape(), to_host(ref.tensors()), reference))
         if step == 5:
             gradstats.snapshot(step, layout)  # a step that never came: its slot is taken by the next
     for snap, want in zip(got, expected):
-        have = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
+        have = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
         assert have.keys() == want.keys()
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
@@ -164,8 +164,8 @@ def test_a_ring_pass_cut_short_gives_the_same_norms_when_run_again(monkeypatch: 
         layout.ring.compute()
     monkeypatch.setattr(torch.linalg, "vector_norm", norm)
     for snap, ref in pairs:
-        have = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
-        want = gradstats.host_metrics(ref.shape(), _to_host(ref.tensors()), reference)
+        have = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
+        want = gradstats.host_metrics(ref.shape(), to_host(ref.tensors()), reference)
         assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
 
 
@@ -230,7 +230,7 @@ def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> 
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_module")
     snap = gradstats.snapshot(1, layout)
     gradstats.after_step(snap, layout)
-    got = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
+    got = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
     assert got["train/grad_nonfinite"] == 1
     expected = math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm()))
     assert got["grad_norm/0"] == pytest.approx(expected, rel=1e-5)
@@ -241,7 +241,7 @@ def test_total_mode_reports_no_layers() -> None:
     model = _model_with_grads()
     layout = gradstats.StatLayout.build(list(model.named_parameters()), "total")
     snap = gradstats.snapshot(1, layout)
-    got = gradstats.host_metrics(snap.shape(), _to_host(snap.tensors()), layout)
+    got = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
     assert set(got) == {"train/grad_norm", "train/grad_nonfinite"}
 
 
@@ -433,16 +433,14 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
     """A logging window holds its 0-d tensors until the once-a-second write, which moves every
     held window's values to the host in one stack."""
-    from service.tracking.observer import _held_window
-
-    held = _held_window(40, 1234, {"train/loss": torch.tensor(0.25), "train/grad_norm": torch.tensor([3.0]),
+    held = held_window(40, 1234, {"train/loss": torch.tensor(0.25), "train/grad_norm": torch.tensor([3.0]),
                                    "epoch": 2, "val/acc@1": None, "train/lr/head:0": 0.5}, None)
-    later = _held_window(50, 1300, {"train/loss": torch.tensor(0.125, dtype=torch.float64)}, None)
-    flat = _to_host(held.parts + later.parts)
+    later = held_window(50, 1300, {"train/loss": torch.tensor(0.125, dtype=torch.float64)}, None)
+    flat = to_host(held.parts + later.parts)
     assert (held.step, held.ts) == (40, 1234)
     assert held.host_values(flat[:2], None) == {"train/loss": 0.25, "train/grad_norm": 3.0, "epoch": 2.0, "train/lr/head_0": 0.5}
     assert later.host_values(flat[2:], None) == {"train/loss": 0.125}
-    assert _held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
+    assert held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
 
 
 def _snapshot_around_a_step() -> tuple[nn.Linear, gradstats.StatLayout, gradstats.GradSnapshot]:
@@ -460,14 +458,12 @@ def _snapshot_around_a_step() -> tuple[nn.Linear, gradstats.StatLayout, gradstat
 def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
     """On the CPU there is no synchronisation to save: a window's tensors are read when it is
     held, so nothing the garbage collector has to walk survives until the write."""
-    from service.tracking.observer import _held_window
-
     _, layout, snap = _snapshot_around_a_step()
-    device_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap)
-    cpu_held = _held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap, on_host=True)
+    device_held = held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap)
+    cpu_held = held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap, on_host=True)
     assert all(type(p) is float for p in cpu_held.parts)
     assert not any(isinstance(getattr(cpu_held, f), (torch.Tensor, gradstats.GradSnapshot)) for f in cpu_held.__slots__)
-    assert cpu_held.host_values(cpu_held.parts, layout) == device_held.host_values(_to_host(device_held.parts), layout)
+    assert cpu_held.host_values(cpu_held.parts, layout) == device_held.host_values(to_host(device_held.parts), layout)
 
 
 def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: Path) -> None:
@@ -497,11 +493,9 @@ def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: 
 
 
 def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
-    from service.tracking.observer import _held_window
-
     model, layout, snap = _snapshot_around_a_step()
-    held = _held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap)
-    values = held.host_values(_to_host(held.parts), layout)
+    held = held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap)
+    values = held.host_values(to_host(held.parts), layout)
     assert values["train/loss"] == 1.5
     assert values["grad_norm/weight"] == pytest.approx(float(model.weight.grad.norm()))
     assert values["weight_norm/weight"] == pytest.approx(float(model.weight.detach().norm()))

@@ -1,15 +1,14 @@
 """MlflowObserver: what the trainer's observer calls become in MLflow.
 
 On the training thread this class does only cheap things: fused device-side statistics
-(gradstats), each logging window's values held on the device; once a second the held
-windows are moved to the host together (one stack), appended to metrics.jsonl and put on the
-sender's queue. Everything that talks to MLflow (params, tags, metrics, artifacts, status)
-runs on the sender's thread.
+(gradstats), each logging window's values held (windows); once a second the held windows are
+written together: appended to metrics.jsonl and put on the sender's queue. Everything that
+talks to MLflow (params, tags, metrics, artifacts, status) runs on the sender's thread, and
+the store itself is written by a child process (remote).
 """
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -25,14 +24,16 @@ import torch
 
 from ..observer import RunContext, RunStatus
 from . import gradstats, histograms, plots
-from .gradstats import GradSnapshot, SnapshotShape, StatLayout, metric_safe
+from .gradstats import GradSnapshot, StatLayout
 from .jsonl import Journal, read_records
+from .modellog import model_logger
 from .params import config_params
 from .remote import shared_client
 from .sender import Op, Sender
 from .state import TrackingState
 from .status import SigtermGuard, error_tags, status_for
 from .store import experiment_id, open_client, resolve_uri
+from .windows import HeldWindow, held_window, to_host
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -253,7 +254,7 @@ class MlflowObserver:
     # collector run full passes (~260 ms each, every 20-25 s): 1.3% of a 47 s run of the digits
     # MLP, against 0.1% (no full pass) without them.
     def _hold(self, step: int, metrics: Mapping[str, Any], snap: GradSnapshot | None) -> None:
-        held = _held_window(step, int(time.time() * 1000), metrics, snap, self._on_host)
+        held = held_window(step, int(time.time() * 1000), metrics, snap, self._on_host)
         if held is not None:
             self._held.append(held)
         now = time.monotonic()
@@ -265,7 +266,7 @@ class MlflowObserver:
         held, self._held = self._held, []
         written = 0
         try:
-            flat = _to_host([t for window in held if not window.on_host for t in window.parts])
+            flat = to_host([t for window in held if not window.on_host for t in window.parts])
             start = 0
             for window in held:
                 if window.on_host:
@@ -366,7 +367,7 @@ class MlflowObserver:
         for log_file in logs:
             ops.append(Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"}))
         if self.tcfg.log_model and status == "FINISHED" and self._ctx is not None:
-            fn = _model_logger(self._ctx, self.uri)
+            fn = model_logger(self._ctx, self.uri)
             if fn is not None:
                 ops.append(Op("log_model", fn=fn))
         tags = error_tags(error)
@@ -381,128 +382,6 @@ class MlflowObserver:
             self.finish("KILLED", None)
         except Exception:
             pass
-
-
-@dataclass(slots=True)
-class HeldWindow:
-    """One logging window's values as the training thread left them: host floats, and the
-    values of 0-d and 1-d tensors (the named ones first, then the snapshot's): read already
-    when `on_host`, else the device tensors themselves. Those are the trainer's and gradstats'
-    own results, made fresh for this window, so nothing changes them while they are held; they
-    are gathered with every other held window's and moved at write time."""
-
-    step: int
-    ts: int
-    plain: dict[str, float]
-    keys: list[str]
-    parts: list[Any]                 # torch.Tensor, or float when on_host
-    snap: SnapshotShape | None
-    on_host: bool
-
-    def host_values(self, flat: list[float], layout: StatLayout | None) -> dict[str, float]:
-        """The window's metrics, given its parts as host floats (in `parts` order)."""
-        values = {} if self.snap is None or layout is None else gradstats.host_metrics(self.snap, flat[len(self.keys):], layout)
-        # The trainer's values come last: its own train/grad_norm wins over the one derived here.
-        values.update(zip(map(metric_safe, self.plain), self.plain.values()))
-        values.update(zip(map(metric_safe, self.keys), flat))
-        return values
-
-
-def _held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnapshot | None,
-                 on_host: bool = False) -> HeldWindow | None:
-    plain: dict[str, float] = {}
-    keys: list[str] = []
-    parts: list[torch.Tensor] = []
-    for key, value in metrics.items():
-        if value is None:
-            continue
-        if isinstance(value, torch.Tensor):
-            keys.append(key)
-            value = value.detach() if value.requires_grad else value  # the trainer's are detached already
-            parts.append(value.reshape(()) if value.dim() else value)
-        else:
-            plain[key] = float(value)
-    if snap is not None:
-        parts += snap.tensors()
-    if on_host:
-        parts = _read(parts)
-    return HeldWindow(step, ts, plain, keys, parts, snap.shape() if snap is not None else None, on_host) if parts or plain else None
-
-
-def _to_host(tensors: list[torch.Tensor]) -> list[float]:
-    """0-d and 1-d device tensors as one flat list of numbers: one concatenation and one
-    transfer (on a GPU, the one synchronisation). Integer tensors give ints: the journal's
-    readers and the store take any number."""
-    if not tensors:
-        return []
-    try:
-        return torch.cat([t.reshape(-1) for t in tensors]).tolist()
-    except RuntimeError:  # tensors on different devices (or dtypes torch.cat refuses)
-        return _read(tensors)
-
-
-def _read(tensors: list[torch.Tensor]) -> list[float]:
-    """The same, tensor by tensor: on the CPU, where there is nothing to gather, a handful of
-    tolist() calls cost less than the concatenation."""
-    out: list[float] = []
-    for t in tensors:
-        value = t.tolist()
-        if isinstance(value, list):
-            out += value
-        else:
-            out.append(value)
-    return out
-
-
-def _model_logger(ctx: RunContext, uri: str) -> Any:
-    """A closure that logs the final model with a signature (runs on the sender's thread)."""
-    model = ctx.model
-    signature = None
-    example = None
-    if isinstance(ctx.example_input, torch.Tensor):
-        try:
-            from mlflow.models import infer_signature
-
-            x = ctx.example_input[:5]
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                y = model(x)
-            model.train(was_training)
-            example = x.detach().cpu().numpy()
-            signature = infer_signature(example, y.detach().float().cpu().numpy())
-        except Exception as exc:
-            log.warning("no model signature: %s", exc)
-
-    def log_model(client: "MlflowClient", run_id: str) -> None:
-        import mlflow.pytorch
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        # The logged model is created here, in the run's experiment: left to itself, log_model
-        # would put it in the process's active experiment (Default, artifacts under ./mlruns).
-        experiment = client.get_run(run_id).info.experiment_id
-        logged = client.create_logged_model(experiment, name="model", source_run_id=run_id)
-        # log_model resolves the store from the process-wide tracking URI; point it at ours.
-        # Pickle is chosen on purpose (any nn.Module logs, no export step); MLflow's warning
-        # about it would print on every run, so it is silenced for this one call.
-        with _use_tracking_uri(uri), _quiet_logger("mlflow.pytorch"):
-            mlflow.pytorch.log_model(
-                model, name="model", run_id=run_id, model_id=logged.model_id, signature=signature,
-                serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-
-    return log_model
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Any:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _git_commit() -> str | None:
