@@ -105,11 +105,12 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none. A disabled
         # scaler passes everything through, so the loop below reads the same for all three.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
-        self._scaling = self.scaler.is_enabled()
+        # GradScaler skips optimizer.step() when the scaled gradients overflowed and tells
+        # nobody; a post-step hook says whether the step ran, without a host sync. (Every
+        # torch.optim.Optimizer has hooks; a duck-typed plugin without them is not counted.)
+        self._count_scaler_skips = self.scaler.is_enabled() and hasattr(self.optimizer, "register_step_post_hook")
         self._stepped = False
-        if self._scaling:
-            # GradScaler skips optimizer.step() when the scaled gradients overflowed and tells
-            # nobody; a post-step hook says whether the step ran, without a host sync.
+        if self._count_scaler_skips:
             self.optimizer.register_step_post_hook(self._mark_stepped)
         self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
@@ -233,7 +234,7 @@ class Trainer:
                         self.scaler.update()
                 self.batch_in_epoch = window.stop
                 self.step = step
-                if not ok or (self._scaling and not self._stepped):
+                if not ok or (self._count_scaler_skips and not self._stepped):
                     self.skipped_steps += 1
 
                 # 4. Watchers see the step (gradients still there, per the observer protocol),
