@@ -11,9 +11,11 @@ in both kinds of chunk: the sender thread, the store's child process, garbage co
 what the windows left behind. Use it to judge a change to the training thread's part; use
 bench/tracking.py for the whole cost.
 
-    python bench/tracking_switch.py [--epochs 500] [--repeats 3] [key=value ...]
+    python bench/tracking_switch.py [--epochs 500] [--repeats 3] [--spin-us N] [key=value ...]
 
 key=value pairs override the tracking config (e.g. histogram_every=0 grad_stats=total).
+--spin-us N replaces the observer's work by a busy wait of N us per logging window (0 gives
+the bench's own noise): what that much work per window costs, whatever it is.
 """
 from __future__ import annotations
 
@@ -66,6 +68,30 @@ class Switch:
         return getattr(self.inner, name)
 
 
+class Spin:
+    """A stand-in for the observer's work (--spin-us): no statistics, and at each logging window a
+    busy wait of `seconds` touching no memory. It calibrates the bench: what N microseconds of
+    any work per window cost this model's steps/s."""
+
+    def __init__(self, inner: Any, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def wants_step_stats(self, step: int) -> bool:
+        return False
+
+    def before_optimizer_step(self, step: int, model: torch.nn.Module) -> Any:
+        return None
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        if metrics:
+            until = time.perf_counter() + self.seconds
+            while time.perf_counter() < until:
+                pass
+
+    def __getattr__(self, name: str) -> Any:  # start, finish, log_metrics...: the real run's
+        return getattr(self.inner, name)
+
+
 class Chunks(NullObserver):
     """Times each chunk of CHUNK_STEPS steps and flips the switch between chunks."""
 
@@ -86,7 +112,7 @@ class Chunks(NullObserver):
         self._since = time.perf_counter()
 
 
-def one_run(epochs: int, overrides: dict[str, Any]) -> tuple[float, float]:
+def one_run(epochs: int, overrides: dict[str, Any], spin_us: float | None = None) -> tuple[float, float]:
     """The median on/off ratio of steps/s over one run, and microseconds per step in the calls."""
     import service.tracking as tracking
     from service import train
@@ -95,7 +121,8 @@ def one_run(epochs: int, overrides: dict[str, Any]) -> tuple[float, float]:
     make = tracking.make_observer
 
     def make_switched(*args: Any, **kwargs: Any) -> Switch:
-        switch.append(Switch(make(*args, **kwargs)))
+        observer = make(*args, **kwargs)
+        switch.append(Switch(observer if spin_us is None else Spin(observer, spin_us * 1e-6)))
         return switch[-1]
 
     tmp = tempfile.mkdtemp(prefix="gradloop-bench-switch-")
@@ -116,6 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=500, help="45 steps each")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spin-us", type=float, default=None,
+                        help="calibration: replace the observer's work by a busy wait of this many us per logging window")
     parser.add_argument("overrides", nargs="*", help="tracking.KEY=VALUE")
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
@@ -127,10 +156,11 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     results = []
     for r in range(args.repeats):
-        ratio, in_calls = one_run(args.epochs, overrides)
+        ratio, in_calls = one_run(args.epochs, overrides, args.spin_us)
         results.append(ratio)
         print(f"  run {r + 1}: steps/s with the observer's calls / without = {ratio:.4f}, {in_calls:.2f} us/step in them", flush=True)
-    print(f"\ndigits MLP, chunks of {CHUNK_STEPS} steps, {args.epochs} epochs, {overrides or 'the bench config'}: "
+    what = f"{overrides or 'the bench config'}" + (f", a {args.spin_us:g} us busy wait per window instead of the observer's work" if args.spin_us is not None else "")
+    print(f"\ndigits MLP, chunks of {CHUNK_STEPS} steps, {args.epochs} epochs, {what}: "
           f"median {statistics.median(results):.4f} ({' '.join(f'{x:.4f}' for x in results)})")
 
 
