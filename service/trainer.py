@@ -110,8 +110,6 @@ class Trainer:
         # torch.optim.Optimizer has hooks; a duck-typed plugin without them is not counted.)
         self._count_scaler_skips = self.scaler.is_enabled() and hasattr(self.optimizer, "register_step_post_hook")
         self._stepped = False
-        if self._count_scaler_skips:
-            self.optimizer.register_step_post_hook(self._mark_stepped)
         self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -166,6 +164,7 @@ class Trainer:
         started = time.perf_counter()
         status: RunStatus = "FAILED"
         error: BaseException | None = None
+        step_hook = self.optimizer.register_step_post_hook(self._mark_stepped) if self._count_scaler_skips else None
         try:
             self._start_observers()
             self._loop()
@@ -184,6 +183,8 @@ class Trainer:
                 raise error from exc
             raise
         finally:
+            if step_hook is not None:
+                step_hook.remove()  # the optimizer may outlive this trainer (and must not keep it alive)
             self._finish_observers(status, error)
 
     def _loop(self) -> None:

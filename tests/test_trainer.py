@@ -269,7 +269,14 @@ def test_steps_a_loss_scaler_skips_are_counted_as_skipped(tmp_path, monkeypatch,
         return real(device, enabled=True, init_scale=init_scale, growth_interval=10**6)
 
     monkeypatch.setattr(torch.amp, "GradScaler", forced_on)
-    rec = h.Recorder()
+    optimizers = []
+
+    class Rec(h.Recorder):
+        def start(self, ctx):
+            optimizers.append(ctx.optimizer)
+            super().start(ctx)
+
+    rec = Rec()
     cfg = h.base_config(tmp_path, model={"name": "mlp", "options": {"in_features": 10, "hidden": [16], "out_features": 1}},
                         data={"name": "sklearn", "options": {"dataset": "diabetes"}, "batch_size": 32},
                         loss={"name": "mse"}, optimizer={"name": "adam", "options": {"lr": 0.01}},
@@ -283,3 +290,6 @@ def test_steps_a_loss_scaler_skips_are_counted_as_skipped(tmp_path, monkeypatch,
     counts = [c[2].get("train/skipped_steps", 0.0) for c in rec.calls if c[0] == "after"]
     assert counts == sorted(counts) and counts[-1] == backoffs  # a running count, window by window
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+    # The step hook that told skipped steps apart is gone with the run (torch keeps hooks in
+    # a private dict; the optimizer could outlive the trainer and must not keep it alive).
+    assert optimizers and optimizers[0]._optimizer_step_post_hooks == {}
