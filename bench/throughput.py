@@ -47,8 +47,8 @@ def gradloop_config(epochs: int, out: str, device: str = "cpu") -> dict:
 
 def training_split(epochs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact training tensors gradloop trains on (same split, same standardisation)."""
-    from service.compat import build_data
-    from service.config import load_config
+    from gradloop.build import build_data
+    from gradloop.config import load_config
 
     cfg = load_config(gradloop_config(epochs, tempfile.mkdtemp()))
     splits = build_data(cfg.data, cfg.seed)
@@ -114,7 +114,7 @@ def lightning_run(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "
 
 def gradloop_run(epochs: int, device: str = "cpu") -> tuple[tuple[int, float], tuple[int, float]]:
     """(steps, seconds of Trainer.fit) and (steps, seconds of the whole train() call)."""
-    from service import train
+    from gradloop import train
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()

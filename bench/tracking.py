@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.observer import NullObserver  # noqa: E402  (after the path set-up above)
+from gradloop.observer import NullObserver  # noqa: E402  (after the path set-up above)
 
 
 TURN_STEPS = 50
@@ -158,7 +158,7 @@ _timed: list[Timed] = []
 
 
 def _install_timing() -> None:
-    import service.tracking as tracking
+    import gradloop.tracking as tracking
 
     make = tracking.make_observer
 
@@ -172,7 +172,7 @@ def _install_timing() -> None:
 def lockstep(epochs: int, out: str, uris: tuple[str | None, str | None], device: str) -> tuple[Turns, Turns, float, int]:
     """Train two configs in lockstep; returns both runs' turn totals, the tracked run's
     microseconds per step inside the observer's calls, and its points left unsent."""
-    from service import train
+    from gradloop import train
 
     baton = Baton(("a", "b"))
     turns = (Turns("a", baton), Turns("b", baton))
@@ -198,7 +198,7 @@ def lockstep(epochs: int, out: str, uris: tuple[str | None, str | None], device:
     in_observer = _timed[0].seconds / results[tracked].steps * 1e6 if _timed and tracked is not None else 0.0
     unsent = 0
     if tracked is not None:
-        from service.tracking.jsonl import unsent_records
+        from gradloop.tracking.jsonl import unsent_records
 
         unsent = sum(len(r.metrics) for r in unsent_records(results[tracked].run_dir))
     return turns[0], turns[1], in_observer, unsent

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from tracking import config  # noqa: E402  (bench/tracking.py: the same model and settings)
 
-from service.observer import NullObserver  # noqa: E402
+from gradloop.observer import NullObserver  # noqa: E402
 
 CHUNK_STEPS = 200
 WARM_STEPS = 1000  # chunks before this step are not counted (imports, first writes)
@@ -114,8 +114,8 @@ class Chunks(NullObserver):
 
 def one_run(epochs: int, overrides: dict[str, Any], spin_us: float | None = None) -> tuple[float, float]:
     """The median on/off ratio of steps/s over one run, and microseconds per step in the calls."""
-    import service.tracking as tracking
-    from service import train
+    import gradloop.tracking as tracking
+    from gradloop import train
 
     switch: list[Switch] = []
     make = tracking.make_observer

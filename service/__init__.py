@@ -1,7 +1,7 @@
 """gradloop: config-driven PyTorch training, as a CLI, an HTTP job service and a Python API.
 
 Public names: build_optimizer, train, load_config (and RunConfig, RunResult, ConfigError).
-They are imported lazily so that `import service` stays cheap for the CLI and the API process.
+They are imported lazily so that `import gradloop` stays cheap for the CLI and the API process.
 """
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ __version__ = "0.1.0"
 __all__ = ["build_optimizer", "train", "load_config", "RunConfig", "RunResult", "ConfigError", "GradloopError", "__version__"]
 
 _LAZY = {
-    "build_optimizer": ("service.optim", "build_optimizer"),
-    "train": ("service.runner", "train"),
-    "RunResult": ("service.runner", "RunResult"),
-    "load_config": ("service.config", "load_config"),
-    "RunConfig": ("service.config", "RunConfig"),
-    "ConfigError": ("service.errors", "ConfigError"),
-    "GradloopError": ("service.errors", "GradloopError"),
+    "build_optimizer": ("gradloop.optim", "build_optimizer"),
+    "train": ("gradloop.runner", "train"),
+    "RunResult": ("gradloop.runner", "RunResult"),
+    "load_config": ("gradloop.config", "load_config"),
+    "RunConfig": ("gradloop.config", "RunConfig"),
+    "ConfigError": ("gradloop.errors", "ConfigError"),
+    "GradloopError": ("gradloop.errors", "GradloopError"),
 }
 
 if TYPE_CHECKING:
-    from .config import RunConfig, load_config
-    from .errors import ConfigError, GradloopError
-    from .optim import build_optimizer
-    from .runner import RunResult, train
+    from gradloop.config import RunConfig, load_config
+    from gradloop.errors import ConfigError, GradloopError
+    from gradloop.optim import build_optimizer
+    from gradloop.runner import RunResult, train
 
 
 def __getattr__(name: str) -> Any:
@@ -36,4 +36,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'service' has no attribute {name!r}")
+    raise AttributeError(f"module 'gradloop' has no attribute {name!r}")

@@ -20,9 +20,9 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import TensorData
-from .errors import ConfigError
-from .seeding import derive_seed
+from gradloop.data import TensorData
+from gradloop.errors import ConfigError
+from gradloop.seeding import derive_seed
 
 Batch = tuple[Any, torch.Tensor]
 

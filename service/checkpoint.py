@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import GradloopError
+from gradloop.errors import GradloopError
 
 FORMAT = "gradloop-checkpoint"
 VERSION = 1

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError, FieldError, PluginNotFoundError
-from .yamlio import dump_yaml, load_yaml, parse_scalar
+from gradloop.errors import ConfigError, FieldError, PluginNotFoundError
+from gradloop.yamlio import dump_yaml, load_yaml, parse_scalar
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
 
@@ -264,7 +264,7 @@ def validate_config(
     allow_import_paths: bool = True,
     check_runtime: bool = True,
 ) -> RunConfig:
-    from . import registry  # late: plugins register on first registry use
+    from gradloop import registry  # late: plugins register on first registry use
 
     lines = lines or {}
     errors: list[FieldError] = []
@@ -326,8 +326,8 @@ def validate_config(
 
 
 def _check_import_path(name: str, allowed: bool, err: Any) -> None:
-    from . import registry
-    from .imports import resolve_import_path
+    from gradloop import registry
+    from gradloop.import_paths import resolve_import_path
 
     if not allowed:
         err("model.name", f"import path {name!r} is refused here; use a registered model: {', '.join(registry.models.names())}")
@@ -363,7 +363,7 @@ def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -
 
 
 def _cross_field_checks(cfg: RunConfig, err: Any) -> None:
-    from . import registry
+    from gradloop import registry
 
     if cfg.optimizer.name in registry.optimizers:
         caps = registry.optimizers.get(cfg.optimizer.name).capabilities
@@ -381,7 +381,7 @@ def _cross_field_checks(cfg: RunConfig, err: Any) -> None:
 
 def _runtime_checks(cfg: RunConfig, err: Any) -> None:
     """Checks that depend on this machine: is the asked-for device here?"""
-    from .devices import DeviceError, resolve_device
+    from gradloop.devices import DeviceError, resolve_device
 
     try:
         device = resolve_device(cfg.device)

@@ -19,7 +19,7 @@ from typing import Literal, Union
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ConfigError
+from gradloop.errors import ConfigError
 
 Task = Literal["classification", "regression", "binary"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GradloopError
+from gradloop.errors import GradloopError
 
 
 class DeviceError(GradloopError, ValueError):

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import RunConfig
-from .errors import FieldError
+from gradloop.config import RunConfig
+from gradloop.errors import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def model_parameters(name: str, options_json: str) -> int | None:
     None when it cannot be built there (the limit is then not applied, and a warning logged)."""
     import torch
 
-    from . import registry
+    from gradloop import registry
 
     try:
         with torch.device("meta"):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Protocol, TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from .config import RunConfig
+    from gradloop.config import RunConfig
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MetricValue = "float | torch.Tensor"

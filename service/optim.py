@@ -1,4 +1,4 @@
-"""Building an optimizer: validated options + param groups (service.params) + the plugin's factory.
+"""Building an optimizer: validated options + param groups (gradloop.params) + the plugin's factory.
 
 `build_optimizer(name, params, **options)` is the public Python entry point; the trainer uses
 `build_optimizer_from_config(cfg.optimizer, model)`. Both validate every option -- the
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from pydantic import BaseModel, ValidationError
 
-from . import registry
-from .errors import ConfigError, FieldError
-from .params import build_param_groups, collect
+from gradloop import registry
+from gradloop.errors import ConfigError, FieldError
+from gradloop.params import build_param_groups, collect
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .config import OptimizerConfig, ParamGroupRule
+    from gradloop.config import OptimizerConfig, ParamGroupRule
 
 
 def build_optimizer(
@@ -34,7 +34,7 @@ def build_optimizer(
     """An optimizer of the registered plugin `name` over `params`.
 
     params: a tensor, tensors, an nn.Module, named parameters, a dict name->tensor, or
-    param-group dicts (see service.params). param_groups: rules `{"match": glob, **overrides}`.
+    param-group dicts (see gradloop.params). param_groups: rules `{"match": glob, **overrides}`.
     no_weight_decay: None puts biases and 1-D parameters in weight_decay=0 groups wherever the
     effective weight_decay is > 0; False keeps them where they are.
     """
@@ -106,7 +106,7 @@ def _overrides(
 
 def _field_errors(exc: ValidationError, plugin: registry.Plugin, path: str) -> list[FieldError]:
     # One wording for option errors, whether they come from a config file or from Python.
-    from .config import did_you_mean, pydantic_message
+    from gradloop.config import did_you_mean, pydantic_message
 
     allowed = list(plugin.options.model_fields)
     out = []

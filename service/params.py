@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import ParamsError
+from gradloop.errors import ParamsError
 
 DEFAULT_GROUP = "default"
 NO_DECAY_SUFFIX = "/no_decay"

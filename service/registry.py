@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PluginNotFoundError, singular
+from gradloop.errors import PluginNotFoundError, singular
 
 KINDS = ("optimizers", "schedulers", "models", "datasets", "losses")
 
@@ -139,7 +139,7 @@ class Registry:
             raise ValueError(f"unknown plugin kind {kind!r}; expected one of {KINDS}")
         self.kind = kind
         self.group = f"gradloop.{kind}"
-        self._builtin_package = builtin_package if builtin_package is not None else f"plugins.{kind}"
+        self._builtin_package = builtin_package if builtin_package is not None else f"gradloop.plugins.{kind}"
         self._plugins: dict[str, Plugin] = {}
         self._loaded = False
         self._loading = False
@@ -282,7 +282,7 @@ def _first_line(doc: str | None) -> str:
 
 def _source_of(factory: Callable[..., Any]) -> str:
     module = getattr(factory, "__module__", "") or ""
-    return "builtin" if module.startswith("plugins.") else f"module {module}"
+    return "builtin" if module.startswith("gradloop.plugins.") else f"module {module}"
 
 
 optimizers = Registry("optimizers")

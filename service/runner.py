@@ -5,7 +5,7 @@ the model and loss, build the model, loss, optimizer and scheduler; only then cr
 directory and start training. A run that is going to fail on its config fails before it has
 written anything or spent a step.
 
-Run directories are `{output_dir}/{name}/{run_id}` (see service.checkpoint for what lies inside);
+Run directories are `{output_dir}/{name}/{run_id}` (see gradloop.checkpoint for what lies inside);
 a resumed run continues in the directory of the checkpoint it resumes from.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import torch
 
-from . import registry
-from .batching import make_batches
-from .checkpoint import CheckpointError, load_checkpoint, resolve_resume, run_dir_of
-from .config import RunConfig, load_config
-from .devices import resolve_device
-from .observer import Observer
-from .seeding import seed_everything
-from .trainer import Components, Trainer
+from gradloop import registry
+from gradloop.batching import make_batches
+from gradloop.checkpoint import CheckpointError, load_checkpoint, resolve_resume, run_dir_of
+from gradloop.config import RunConfig, load_config
+from gradloop.devices import resolve_device
+from gradloop.observer import Observer
+from gradloop.seeding import seed_everything
+from gradloop.trainer import Components, Trainer
 
 
 @dataclass
@@ -65,7 +65,7 @@ def train(
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
 ) -> RunResult:
-    """Train one run; a config with a `sweep:` block returns service.sweep's SweepResult instead.
+    """Train one run; a config with a `sweep:` block returns gradloop.sweep's SweepResult instead.
 
     resume: a checkpoint file, a run directory, or "latest" (the newest checkpoint of a run with
     this config's name). stop_event: set it (from any thread) to stop at the next optimizer step
@@ -75,7 +75,7 @@ def train(
     """
     cfg = load_config(config, overrides)
     if cfg.sweep:
-        from .sweep import run_sweep  # written alongside; a sweep is many train() calls
+        from gradloop.sweep import run_sweep  # written alongside; a sweep is many train() calls
 
         return run_sweep(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
 
@@ -119,8 +119,8 @@ def train(
 
 def build_components(cfg: RunConfig, device: torch.device) -> Components:
     """Data, model, loss, optimizer and scheduler, in that order, all checked before any training."""
-    from .compat import accuracy_fn, build_data, build_loss, build_model, check_compatible
-    from .optim import build_optimizer_from_config
+    from gradloop.build import accuracy_fn, build_data, build_loss, build_model, check_compatible
+    from gradloop.optim import build_optimizer_from_config
 
     splits = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model)
@@ -160,11 +160,11 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list[Observer]:
     """MLflow tracking (when enabled) and terminal progress."""
-    from .progress import make_progress_observer
+    from gradloop.terminal_progress import make_progress_observer
 
     found: list[Observer] = []
     if cfg.tracking.enabled:
-        from .tracking import make_observer  # imports MLflow, so only when tracking is on
+        from gradloop.tracking import make_observer  # imports MLflow, so only when tracking is on
 
         found.append(make_observer(cfg, run_dir, job_id=job_id))
     found.append(make_progress_observer(cfg))

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .config import RunConfig, get_dotted, set_dotted, validate_config
-from .errors import ConfigError, FieldError, GradloopError
-from .runner import RunResult
+from gradloop.config import RunConfig, get_dotted, set_dotted, validate_config
+from gradloop.errors import ConfigError, FieldError, GradloopError
+from gradloop.runner import RunResult
 
 log = logging.getLogger("gradloop.sweep")
 
@@ -172,8 +172,8 @@ def _fit_options_to_swapped_plugins(raw: dict[str, Any], grid_keys: list[str]) -
     """A sweep over `optimizer.name` starts from the *resolved* base config, whose options hold
     the first plugin's defaults (sgd's momentum...). Keep only the options the swept-in plugin
     has, so shared ones (lr, weight_decay) carry over and foreign ones do not fail validation."""
-    from . import registry
-    from .config import PLUGIN_FIELDS
+    from gradloop import registry
+    from gradloop.config import PLUGIN_FIELDS
 
     kinds = dict(PLUGIN_FIELDS)
     for key in grid_keys:
@@ -190,8 +190,8 @@ def _fit_options_to_swapped_plugins(raw: dict[str, Any], grid_keys: list[str]) -
 
 def _default_train_one(observers: Sequence[Any], job_id: str | None, stop_event: threading.Event | None) -> TrainOne:
     def train_one(child: RunConfig, parent_run_id: str | None) -> RunResult:
-        from .runner import train
-        from .tracking import parent_run
+        from gradloop.runner import train
+        from gradloop.tracking import parent_run
 
         with parent_run(parent_run_id):
             return train(child, observers=observers, job_id=job_id, stop_event=stop_event)
@@ -209,7 +209,7 @@ class _Parent:
     def open(cls, config: RunConfig, children: list[SweepChild]) -> "_Parent":
         if not config.tracking.enabled:
             return cls(None, None)
-        from .tracking.store import experiment_id, open_client, resolve_uri
+        from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
 
         uri = resolve_uri(config.tracking.uri)
         try:
@@ -229,7 +229,7 @@ class _Parent:
             return
         from mlflow.entities import Metric, Param
 
-        from .tracking.params import config_params
+        from gradloop.tracking.mlflow_params import config_params
 
         try:
             self.client.log_artifact(self.run_id, str(summary))

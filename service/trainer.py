@@ -6,7 +6,7 @@ norm, the non-finite check, clipping, the optimizer step, zero_grad and the sche
 callback or observer decides any of it. Observers (MLflow, progress, tests) only watch, through
 service/observer.py's protocol.
 
-The trainer is handed built components (service.runner builds them from a config); it owns the
+The trainer is handed built components (gradloop.runner builds them from a config); it owns the
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
 checkpoint, which is what makes a stopped run resume to bitwise-identical weights on CPU.
 """
@@ -23,20 +23,20 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .batching import Batch, Batches, Window
-from .checkpoint import CheckpointError, write_checkpoint
-from .config import RunConfig
-from .devices import autocast_dtype
-from .errors import ConfigError, TrainingError
-from .observer import Observer, RunContext, RunStatus
-from .seeding import capture_rng_state, restore_rng_state
+from gradloop.batching import Batch, Batches, Window
+from gradloop.checkpoint import CheckpointError, write_checkpoint
+from gradloop.config import RunConfig
+from gradloop.devices import autocast_dtype
+from gradloop.errors import ConfigError, TrainingError
+from gradloop.observer import Observer, RunContext, RunStatus
+from gradloop.seeding import capture_rng_state, restore_rng_state
 
 AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class Components:
-    """What a run trains with, built and validated before anything trains (see service.runner)."""
+    """What a run trains with, built and validated before anything trains (see gradloop.runner)."""
 
     model: nn.Module
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]

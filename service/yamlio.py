@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, FieldError
+from gradloop.errors import ConfigError, FieldError
 
 # Bounds that keep a hostile document from costing the service unbounded memory or time.
 MAX_DEPTH = 64

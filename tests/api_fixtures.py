@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 class Service:
-    """`python -m service.cli serve ...` as a child process; stop() sends SIGTERM like an operator."""
+    """`python -m gradloop.cli.main serve ...` as a child process; stop() sends SIGTERM like an operator."""
 
     def __init__(self, base: Path, *, token: str | None = None, extra_args: Iterable[str] = ()):
         self.base = base
@@ -46,7 +46,7 @@ class Service:
         if token:
             env["GRADLOOP_API_TOKEN"] = token
         args = [
-            sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+            sys.executable, "-m", "gradloop.cli.main", "serve", "--port", str(self.port),
             "--state-dir", str(self.state_dir), "--data-root", str(self.data_root),
             "--tracking-uri", self.tracking_uri, "--log-level", "warning", *extra_args,
         ]

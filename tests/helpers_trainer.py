@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import Dataset
 
-from service import registry
-from plugins.datasets.synthetic import ClassificationOptions
-from service.data import DataSplits, TensorData
-from service.observer import NullObserver
+from gradloop import registry
+from gradloop.plugins.datasets.synthetic import ClassificationOptions
+from gradloop.data import DataSplits, TensorData
+from gradloop.observer import NullObserver
 
 TRACE: list[Any] = []
 FAULTS: dict[str, int | None] = {"raise_at": None, "nan_at": None}

@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from service.config import RunConfig
-from service.observer import RunContext
+from gradloop.config import RunConfig
+from gradloop.observer import RunContext
 
 # `python -m mlflow` rather than the console script: the same interpreter and packages as the
 # tests, also where mlflow was installed with --target and has no script on PATH.
@@ -144,7 +144,7 @@ def hand_loop(observer, config: RunConfig, run_dir: Path, steps: int = 20, *, st
                 torch.save(model.state_dict(), ckpt)
                 observer.log_checkpoint(ckpt, step)
     except BaseException as exc:
-        from service.tracking.status import status_for
+        from gradloop.tracking.status import status_for
 
         observer.finish(status_for(exc), exc)
         raise

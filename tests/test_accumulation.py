@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import helpers_trainer as h
-from service import train
-from service.batching import BatchPlan, LoaderBatches, TensorBatches, plan_sizes
-from service.data import TensorData
+from gradloop import train
+from gradloop.batching import BatchPlan, LoaderBatches, TensorBatches, plan_sizes
+from gradloop.data import TensorData
 
 
 @pytest.fixture(autouse=True)

@@ -172,7 +172,7 @@ def test_cli_submit_wait_status_jobs_logs(service: Service, tmp_path) -> None:
     env = {**os.environ, "GRADLOOP_SERVER": service.url}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "gradloop.cli.main", *args], env=env, capture_output=True, text=True, timeout=120)
 
     submitted = cli("submit", str(config), "--wait")
     assert submitted.returncode == 0, submitted.stderr

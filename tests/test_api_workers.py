@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from api_fixtures import Service, iris_config
-from service.jobs.store import JobStore, sqlite_url
+from gradloop.jobs.store import JobStore, sqlite_url
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,7 +29,7 @@ def _pool_holder(svc: Service, timeout: float = 60) -> psutil.Process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         holders = [w for w in _workers(svc)
-                   if any("service.jobs.forkserver" in " ".join(c.cmdline()) for c in w.children(recursive=True))]
+                   if any("gradloop.jobs.forkserver" in " ".join(c.cmdline()) for c in w.children(recursive=True))]
         if len(holders) == 1 and len(_workers(svc)) == 2:
             return holders[0]
         assert len(holders) <= 1, "two processes of one service run a job pool"

@@ -11,8 +11,8 @@ import torch
 import torch.serialization
 
 import helpers_trainer as h
-from service import train
-from service.checkpoint import CheckpointError, atomic_save, load_checkpoint, resolve_resume, write_checkpoint
+from gradloop import train
+from gradloop.checkpoint import CheckpointError, atomic_save, load_checkpoint, resolve_resume, write_checkpoint
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.compat import accuracy_fn, build_data, build_loss, build_model, check_compatible
-from service.config import ModelConfig, RunConfig
-from service.errors import ConfigError
+from gradloop.build import accuracy_fn, build_data, build_loss, build_model, check_compatible
+from gradloop.config import ModelConfig, RunConfig
+from gradloop.errors import ConfigError
 
 
 def run_config(model: dict, data: dict, loss: str = "cross_entropy", loss_options: dict | None = None) -> RunConfig:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service import load_config
-from service.config import RunConfig, apply_overrides, load_raw_text
-from service.errors import ConfigError
+from gradloop import load_config
+from gradloop.config import RunConfig, apply_overrides, load_raw_text
+from gradloop.errors import ConfigError
 
 BASE = {
     "name": "cfg-test",

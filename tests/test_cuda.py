@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import helpers_trainer as h
-from service import train
-from service.observer import NullObserver
+from gradloop import train
+from gradloop.observer import NullObserver
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from service.compat import build_data
-from service.config import DataConfig
-from service.data import DataContext, DataSplits, split_indices
-from service.errors import ConfigError
-from service.registry import datasets
+from gradloop.build import build_data
+from gradloop.config import DataConfig
+from gradloop.data import DataContext, DataSplits, split_indices
+from gradloop.errors import ConfigError
+from gradloop.registry import datasets
 
 
 def ctx(root: Path | None = None, val: float = 0.25, seed: int = 0) -> DataContext:

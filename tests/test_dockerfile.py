@@ -10,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from service.api_settings import DEFAULT_PORT
-from service.cli import app
+from gradloop.api.settings import DEFAULT_PORT
+from gradloop.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

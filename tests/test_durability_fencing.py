@@ -7,9 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-from service.jobs.claims import claim_next, requeue_expired
-from service.jobs.progress import EXIT_FENCED, JobProgressObserver
-from service.jobs.store import JobRecord, JobStore, sqlite_url
+from gradloop.jobs.claims import claim_next, requeue_expired
+from gradloop.jobs.job_progress import EXIT_FENCED, JobProgressObserver
+from gradloop.jobs.store import JobRecord, JobStore, sqlite_url
 
 
 def _store(tmp_path: Path) -> JobStore:

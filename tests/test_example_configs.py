@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import load_config, train
+from gradloop import load_config, train
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))
 

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from pg_fixtures import drop_pg_schema, fresh_pg_schema
-from service.jobs.claims import claim_next, renew, requeue_expired
-from service.jobs.store import (
+from gradloop.jobs.claims import claim_next, renew, requeue_expired
+from gradloop.jobs.store import (
     IdempotencyConflictError,
     InvalidCursorError,
     JobConflictError,
@@ -252,7 +252,7 @@ def test_a_session_stalled_inside_a_transaction_does_not_keep_its_job_from_other
     idle_in_transaction_session_timeout, so another service gets the job once it passes."""
     from sqlalchemy import text
 
-    import service.jobs.store as store_module
+    import gradloop.jobs.store as store_module
 
     monkeypatch.setattr(store_module, "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 500)
     url, schema = fresh_pg_schema("the stalled-session test")

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from service.errors import TrainingError
-from service.registry import losses
+from gradloop.errors import TrainingError
+from gradloop.registry import losses
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from service.registry import models
+from gradloop.registry import models
 
 
 def names(model: torch.nn.Module) -> list[str]:

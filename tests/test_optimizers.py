@@ -1,4 +1,4 @@
-"""service.optim and the optimizer plugins: options validation, every plugin steps, Lion, L-BFGS."""
+"""gradloop.optim and the optimizer plugins: options validation, every plugin steps, Lion, L-BFGS."""
 from __future__ import annotations
 
 import copy
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from service import build_optimizer, registry
-from service.config import OptimizerConfig
-from service.errors import ConfigError, GradloopError, ParamsError
-from service.optim import build_optimizer_from_config
+from gradloop import build_optimizer, registry
+from gradloop.config import OptimizerConfig
+from gradloop.errors import ConfigError, GradloopError, ParamsError
+from gradloop.optim import build_optimizer_from_config
 
 BUILTINS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "lbfgs"]
 
@@ -214,10 +214,10 @@ def test_state_dict_round_trip_resumes_identically(name):
 # -- Lion, the third-party-style plugin -----------------------------------------------------------
 
 def test_lion_arrives_through_its_entry_point_not_self_registration():
-    import plugins.optimizers.lion as lion_module
+    import gradloop.plugins.optimizers.lion as lion_module
 
     plugin = registry.optimizers.get("lion")
-    assert plugin.source == "entry point plugins.optimizers.lion:plugin"
+    assert plugin.source == "entry point gradloop.plugins.optimizers.lion:plugin"
     assert plugin.factory is lion_module.plugin.factory
     registry.optimizers.reload()  # drops entry-point plugins and loads them again
     assert registry.optimizers.get("lion").source.startswith("entry point")

@@ -1,13 +1,13 @@
-"""service.params: every accepted form of `params`, every rejection, and how groups are made."""
+"""gradloop.params: every accepted form of `params`, every rejection, and how groups are made."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from service.config import ParamGroupRule
-from service.errors import GradloopError, ParamsError
-from service.params import build_param_groups, collect
+from gradloop.config import ParamGroupRule
+from gradloop.errors import GradloopError, ParamsError
+from gradloop.params import build_param_groups, collect
 
 
 def leaf(*shape: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from service import registry
-from service.errors import PluginNotFoundError
-from service.registry import DuplicatePluginError, Plugin, PluginLoadWarning, Registry
+from gradloop import registry
+from gradloop.errors import PluginNotFoundError
+from gradloop.registry import DuplicatePluginError, Plugin, PluginLoadWarning, Registry
 
 
 class _Opts(BaseModel):
@@ -74,7 +74,7 @@ def test_every_builtin_kind_is_populated_and_has_schemas():
 
 def test_lion_arrives_through_the_projects_own_entry_point():
     plugin = registry.optimizers.get("lion")
-    assert plugin.source.startswith("entry point plugins.optimizers.lion")
+    assert plugin.source.startswith("entry point gradloop.plugins.optimizers.lion")
 
 
 def _write_dist(root: Path, dist: str, module: str, code: str, entry_points: str) -> None:
@@ -91,7 +91,7 @@ def test_third_party_plugins_load_lazily_and_broken_ones_only_warn(tmp_path, mon
         tmp_path, "gradloop_toy", "gradloop_toy",
         """
         from pydantic import BaseModel
-        from service.registry import Plugin
+        from gradloop.registry import Plugin
         LOADED = True
         class Opts(BaseModel):
             scale: float = 2.0
@@ -133,7 +133,7 @@ def test_entry_point_clashing_with_a_builtin_warns_unless_override(tmp_path, mon
     _write_dist(
         tmp_path, "gradloop_clash", "gradloop_clash",
         """
-        from service.registry import Plugin
+        from gradloop.registry import Plugin
         plugin = Plugin(name="mse", factory=lambda *, options: "theirs", description="clash")
         override = Plugin(name="huber", factory=lambda *, options: "theirs", description="on purpose", override=True)
         """,
@@ -157,7 +157,7 @@ def test_entry_point_name_must_match_plugin_name(tmp_path, monkeypatch):
     _write_dist(
         tmp_path, "gradloop_misnamed", "gradloop_misnamed",
         """
-        from service.registry import Plugin
+        from gradloop.registry import Plugin
         plugin = Plugin(name="other", factory=lambda *, options: 1)
         """,
         "[gradloop.models]\nmine = gradloop_misnamed:plugin\n",

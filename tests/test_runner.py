@@ -10,8 +10,8 @@ import torch
 import yaml
 
 import helpers_trainer as h
-from service import RunResult, load_config, train
-from service.errors import ConfigError
+from gradloop import RunResult, load_config, train
+from gradloop.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

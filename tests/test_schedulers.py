@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from service import build_optimizer, registry
-from service.errors import ConfigError
+from gradloop import build_optimizer, registry
+from gradloop.errors import ConfigError
 
 
 def optimizer(lr: float = 1.0, **kw) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from service import build_optimizer
+from gradloop import build_optimizer
 
 
 def model_output(weights: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from service.config import RunConfig, load_config
-from service.errors import ConfigError
-from service.runner import RunResult, train
-from service.sweep import SweepResult, expand_sweep, run_sweep
+from gradloop.config import RunConfig, load_config
+from gradloop.errors import ConfigError
+from gradloop.runner import RunResult, train
+from gradloop.sweep import SweepResult, expand_sweep, run_sweep
 from tests.mlflow_fixtures import sqlite_uri  # noqa: F401
 
 
@@ -59,7 +59,7 @@ def test_sweep_children_nest_under_a_parent_with_a_summary(tmp_path: Path, sqlit
     def train_one(child: RunConfig, parent_run_id: str | None) -> RunResult:
         if child.optimizer.name == "adam" and child.optimizer.options["lr"] == 0.1:
             raise RuntimeError("this child fails")  # one failing child must not stop the others
-        from service.tracking import parent_run
+        from gradloop.tracking import parent_run
 
         with parent_run(parent_run_id):
             return train(child)

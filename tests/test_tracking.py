@@ -16,9 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from service.tracking import make_observer
-from service.tracking.jsonl import read_records, read_sent
-from service.tracking.status import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG
+from gradloop.tracking import make_observer
+from gradloop.tracking.jsonl import read_records, read_sent
+from gradloop.tracking.status import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG
 from tests.mlflow_fixtures import hand_loop, sqlite_uri, tiny_config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ FOUR_RUNS = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from tests.mlflow_fixtures import hand_loop, tiny_config
-    from service.tracking import make_observer
+    from gradloop.tracking import make_observer
     uri, run_dir = sys.argv[1], Path(sys.argv[2])
     cfg = tiny_config(uri, log_model=False, histogram_every=0, log_every=1)
     obs = make_observer(cfg, run_dir)
@@ -167,9 +167,9 @@ def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
 def test_an_interrupt_in_the_middle_of_a_write_loses_no_window(tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM or Ctrl-C can land while the held windows are being written: the windows not yet
     in the journal stay held, and the run's finish writes them (each once)."""
-    from service.tracking import observer as observer_module
-    from service.tracking.jsonl import Journal
-    from service.tracking.status import Terminated
+    from gradloop.tracking import tracking_observer as observer_module
+    from gradloop.tracking.jsonl import Journal
+    from gradloop.tracking.status import Terminated
 
     monkeypatch.setattr(observer_module, "WRITE_SECONDS", 1e9)  # the first window, then every 4
     monkeypatch.setattr(observer_module, "MAX_HELD_WINDOWS", 4)
@@ -196,7 +196,7 @@ def test_held_windows_are_written_at_the_cap_and_all_at_the_end(tmp_path: Path, 
     """Logging windows wait on the device until a second has passed or MAX_HELD_WINDOWS are
     held (the run's first window is written at once); finish writes whatever is still held,
     so nothing is lost either way."""
-    from service.tracking import observer as observer_module
+    from gradloop.tracking import tracking_observer as observer_module
 
     monkeypatch.setattr(observer_module, "WRITE_SECONDS", 1e9)  # only the cap and finish write
     monkeypatch.setattr(observer_module, "MAX_HELD_WINDOWS", 3)

@@ -16,13 +16,13 @@ from typing import Any, Mapping
 import pytest
 from mlflow.tracking import MlflowClient
 
-from service import train
-from service.tracking.jsonl import Journal, read_records, unsent_records
-from service.tracking.remote import RemoteClient
-from service.tracking.sender import line_requests
-from service.observer import NullObserver
-from service.tracking.observer import TrackingWarning
-from service.tracking.sync import SyncError, sync_run_dir
+from gradloop import train
+from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.remote import RemoteClient
+from gradloop.tracking.sender import line_requests
+from gradloop.observer import NullObserver
+from gradloop.tracking.tracking_observer import TrackingWarning
+from gradloop.tracking.sync import SyncError, sync_run_dir
 from tests.mlflow_fixtures import MlflowServer, mlflow_server, sqlite_uri  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_sync_of_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
 SIGTERM_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
-    from service import train
+    from gradloop import train
     cfg = json.loads(sys.argv[1])
     result = train(cfg)
     print("RESULT", result.status, result.mlflow_run_id, flush=True)

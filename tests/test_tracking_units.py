@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from service.tracking import gradstats, histfile, histograms
-from service.tracking.windows import held_window, to_host
-from service.tracking.jsonl import Journal, read_records, unsent_records
-from service.tracking.params import MAX_KEY, MAX_VALUE, config_params, flatten
-from service.tracking.sender import line_requests, metric_requests
-from service.tracking.status import Terminated, status_for
-from service.tracking.store import resolve_uri
+from gradloop.tracking import gradstats, histfile, histograms
+from gradloop.tracking.windows import held_window, to_host
+from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.mlflow_params import MAX_KEY, MAX_VALUE, config_params, flatten
+from gradloop.tracking.sender import line_requests, metric_requests
+from gradloop.tracking.status import Terminated, status_for
+from gradloop.tracking.mlflow_store import resolve_uri
 
 
 def test_flatten_dotted_keys_lists_and_groups() -> None:
@@ -170,7 +170,7 @@ def test_a_ring_pass_cut_short_gives_the_same_norms_when_run_again(monkeypatch: 
 
 
 def test_the_ring_is_only_for_cpu_parameters_that_fit() -> None:
-    from service.tracking.updatering import UpdateRing
+    from gradloop.tracking.updatering import UpdateRing
 
     assert UpdateRing.fits([torch.zeros(3, 4), torch.zeros(4)])
     assert not UpdateRing.fits([torch.zeros(4, 3).t()])                          # not contiguous
@@ -194,8 +194,8 @@ def test_snapshot_reuses_the_trainers_norms_only_when_they_cover_every_watched_p
 def test_trainer_hands_observers_the_norms_it_measured_at_logging_steps(tmp_path: Path) -> None:
     """RunContext.grad_norms: at a logging step, the pre-clip per-parameter norms (the same values
     as measuring the gradients), in optimizer order; None at steps it measured nothing."""
-    from service import train
-    from service.observer import NullObserver
+    from gradloop import train
+    from gradloop.observer import NullObserver
 
     seen: dict[int, list[float] | None] = {}
 
@@ -363,7 +363,7 @@ def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> N
 def test_histograms_are_counted_in_the_store_child_process(tmp_path: Path) -> None:
     """With a counter (the RemoteClient whose child process writes the MLflow store), CPU
     captures are counted there with numpy; the files are those counted here with torch."""
-    from service.tracking.remote import RemoteClient
+    from gradloop.tracking.remote import RemoteClient
 
     model = _model_with_grads(seed=2)
     names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
@@ -392,7 +392,7 @@ def test_a_counter_process_that_stops_answering_does_not_hold_up_the_end_of_a_ru
     import signal
     import threading
 
-    from service.tracking.remote import RemoteClient
+    from gradloop.tracking.remote import RemoteClient
 
     model = _model_with_grads(seed=4)
     names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
@@ -469,8 +469,8 @@ def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
 def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: Path) -> None:
     """Held windows keep the trainer's tensors, not copies: every window's values must be fresh
     tensors that no later step writes into."""
-    from service import train
-    from service.observer import NullObserver
+    from gradloop import train
+    from gradloop.observer import NullObserver
 
     given: list[tuple[torch.Tensor, float]] = []
 

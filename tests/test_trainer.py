@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import helpers_trainer as h
-from service import train
-from service.errors import ConfigError, TrainingError
+from gradloop import train
+from gradloop.errors import ConfigError, TrainingError
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,7 @@ def test_compile_failure_is_a_clear_training_error(tmp_path):
 
     cfg = h.base_config(tmp_path, model={"name": "mlp", "options": {"in_features": 8, "hidden": [8], "out_features": 3}},
                         trainer__compile=True, trainer__epochs=1)
-    code = ("import json, sys\nfrom service import train\nfrom service.errors import TrainingError\n"
+    code = ("import json, sys\nfrom service import train\nfrom gradloop.errors import TrainingError\n"
             "try:\n    train(json.loads(sys.argv[1]))\nexcept TrainingError as exc:\n    print('ERROR:', exc)\n")
     env = {**os.environ, "CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=240)

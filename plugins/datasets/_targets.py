@@ -8,7 +8,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from service.errors import ConfigError
+from gradloop.errors import ConfigError
 
 FileTask = Literal["classification", "regression", "binary"]
 

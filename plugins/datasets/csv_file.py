@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.data import DataContext, DataSplits, TensorData, make_splits, resolve_data_path
-from service.errors import ConfigError
-from service.registry import datasets
+from gradloop.data import DataContext, DataSplits, TensorData, make_splits, resolve_data_path
+from gradloop.errors import ConfigError
+from gradloop.registry import datasets
 
-from ._targets import FileTask, binary_from_labels, encode_labels
+from gradloop.plugins.datasets._targets import FileTask, binary_from_labels, encode_labels
 
 
 class CSVOptions(BaseModel):

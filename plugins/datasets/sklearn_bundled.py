@@ -11,8 +11,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.data import DataContext, DataSplits, TensorData, make_splits
-from service.registry import datasets
+from gradloop.data import DataContext, DataSplits, TensorData, make_splits
+from gradloop.registry import datasets
 
 _REGRESSION = {"diabetes"}
 _BINARY_OK = {"breast_cancer"}

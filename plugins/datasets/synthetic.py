@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.data import DataContext, DataSplits, TensorData, make_splits
-from service.registry import datasets
+from gradloop.data import DataContext, DataSplits, TensorData, make_splits
+from gradloop.registry import datasets
 
 
 class RegressionOptions(BaseModel):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from service.errors import TrainingError
+from gradloop.errors import TrainingError
 
 
 def same_shape(loss: str, output: torch.Tensor, target: torch.Tensor) -> None:

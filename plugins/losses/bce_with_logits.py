@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from service.registry import losses
+from gradloop.registry import losses
 
-from ._shapes import same_shape
+from gradloop.plugins.losses._shapes import same_shape
 
 
 class BCEOptions(BaseModel):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from service.errors import TrainingError
-from service.registry import losses
+from gradloop.errors import TrainingError
+from gradloop.registry import losses
 
 
 class CrossEntropyOptions(BaseModel):

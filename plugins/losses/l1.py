@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.registry import NoOptions, losses
+from gradloop.registry import NoOptions, losses
 
-from ._shapes import same_shape
+from gradloop.plugins.losses._shapes import same_shape
 
 
 class L1(nn.Module):

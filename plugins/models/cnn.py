@@ -1,7 +1,7 @@
 """The `cnn` model: a small conv net for square images (N, C, H, W), e.g. digits as 8x8.
 
 Compatibility: its `in_option` is the tuple ("in_channels", "image_size", "image_size"),
-which service.compat compares position by position with the dataset's sample shape (C, H, W).
+which gradloop.build compares position by position with the dataset's sample shape (C, H, W).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from service.registry import models
+from gradloop.registry import models
 
-from ._layers import Activation, activation
+from gradloop.plugins.models._layers import Activation, activation
 
 
 class CNNOptions(BaseModel):

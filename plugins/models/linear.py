@@ -4,9 +4,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from service.registry import models
+from gradloop.registry import models
 
-from ._layers import FeedForward
+from gradloop.plugins.models._layers import FeedForward
 
 
 class LinearOptions(BaseModel):

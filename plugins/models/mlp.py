@@ -6,9 +6,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from service.registry import models
+from gradloop.registry import models
 
-from ._layers import Activation, FeedForward, Norm
+from gradloop.plugins.models._layers import Activation, FeedForward, Norm
 
 
 class MLPOptions(BaseModel):

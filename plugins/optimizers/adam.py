@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from service.registry import optimizers
+from gradloop.registry import optimizers
 
-from ._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
+from gradloop.plugins.optimizers._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
 
 
 class AdamOptions(OptimizerOptions):

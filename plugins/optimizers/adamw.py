@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from service.registry import optimizers
+from gradloop.registry import optimizers
 
-from ._common import WeightDecay
-from .adam import AdamOptions
+from gradloop.plugins.optimizers._common import WeightDecay
+from gradloop.plugins.optimizers.adam import AdamOptions
 
 
 class AdamWOptions(AdamOptions):

@@ -6,10 +6,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from service.errors import ParamsError
-from service.registry import optimizers
+from gradloop.errors import ParamsError
+from gradloop.registry import optimizers
 
-from ._common import LearningRate, OptimizerOptions
+from gradloop.plugins.optimizers._common import LearningRate, OptimizerOptions
 
 
 class LBFGSOptions(OptimizerOptions):

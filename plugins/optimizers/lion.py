@@ -2,7 +2,7 @@
 
 Written the way a third-party author ships a gradloop plugin: a torch.optim.Optimizer subclass
 plus a module-level `plugin` object. It does not register itself; the project's pyproject.toml
-declares the entry point `gradloop.optimizers: lion = "plugins.optimizers.lion:plugin"` and the
+declares the entry point `gradloop.optimizers: lion = "gradloop.plugins.optimizers.lion:plugin"` and the
 registry loads it from there, exactly as it would load a plugin from another distribution.
 
 Update per parameter, with gradient g and momentum m:
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Iterable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.registry import Plugin
+from gradloop.registry import Plugin
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from service.registry import optimizers
+from gradloop.registry import optimizers
 
-from ._common import Foreach, Fused, LearningRate, Momentum, OptimizerOptions, WeightDecay
+from gradloop.plugins.optimizers._common import Foreach, Fused, LearningRate, Momentum, OptimizerOptions, WeightDecay
 
 
 class SGDOptions(OptimizerOptions):

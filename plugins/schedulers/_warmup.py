@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import ConfigError
+from gradloop.errors import ConfigError
 
 Shape = Literal["cosine", "linear"]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from service.registry import schedulers
+from gradloop.registry import schedulers
 
-from ._warmup import WarmupDecayOptions, warmup_decay
+from gradloop.plugins.schedulers._warmup import WarmupDecayOptions, warmup_decay
 
 
 class CosineOptions(WarmupDecayOptions):

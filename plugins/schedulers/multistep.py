@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.registry import schedulers
+from gradloop.registry import schedulers
 
 
 class MultiStepOptions(BaseModel):

@@ -6,8 +6,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.errors import ConfigError
-from service.registry import schedulers
+from gradloop.errors import ConfigError
+from gradloop.registry import schedulers
 
 
 class OneCycleOptions(BaseModel):

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.registry import schedulers
+from gradloop.registry import schedulers
 
 
 class ReduceOnPlateauOptions(BaseModel):

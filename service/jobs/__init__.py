@@ -13,6 +13,6 @@ Layout (one idea per module):
 """
 from __future__ import annotations
 
-from .models import ACTIVE_STATES, TERMINAL_STATES, JobState
+from gradloop.jobs.models import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 __all__ = ["JobState", "TERMINAL_STATES", "ACTIVE_STATES"]

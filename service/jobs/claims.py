@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from .models import ACTIVE_STATES, JobState, jobs
-from .store import Fence, JobRecord, JobStore, StaleAttemptError, append_event
+from gradloop.jobs.models import ACTIVE_STATES, JobState, jobs
+from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError, append_event
 
 _QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
 

@@ -12,8 +12,8 @@ from typing import Any, AsyncIterator
 
 import anyio
 
-from .models import TERMINAL_STATES
-from .store import JobEvent, JobStore
+from gradloop.jobs.models import TERMINAL_STATES
+from gradloop.jobs.store import JobEvent, JobStore
 
 
 def is_final(event: JobEvent) -> bool:

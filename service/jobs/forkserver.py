@@ -2,7 +2,7 @@
 child per job, so that a job's first step comes in well under a second instead of after the
 ~3 s a cold interpreter spends importing.
 
-It is started by the pool (`python -m service.jobs.forkserver SETTINGS_JSON`) and speaks JSON
+It is started by the pool (`python -m gradloop.jobs.forkserver SETTINGS_JSON`) and speaks JSON
 lines: commands on stdin, events on stdout.
   in:  {"op": "start", "job_id", "attempt", "worker_id", "env": {...}}
   out: {"event": "ready"} | {"event": "started", "job_id", "pid"} |
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .store import Fence
-from .worker import WorkerSettings, job_dir, log_path, run_job
+from gradloop.jobs.store import Fence
+from gradloop.jobs.worker import WorkerSettings, job_dir, log_path, run_job
 
 if TYPE_CHECKING:
-    from .store import JobRecord
+    from gradloop.jobs.store import JobRecord
 
 STOP_GRACE_S = 30.0
 
@@ -40,14 +40,14 @@ def preload(tracking_uri: str | None = None) -> None:
 
     # torch._dynamo: torch.optim imports it lazily on the first optimizer (~2 s here).
     modules = ("torch._dynamo", "mlflow", "mlflow.tracking",
-               "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "service.runner", "service.compat", "service.optim", "service.trainer",
-               "service.tracking", "service.tracking.observer", "sklearn.datasets")
+               "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "gradloop.runner", "gradloop.build", "gradloop.optim", "gradloop.trainer",
+               "gradloop.tracking", "gradloop.tracking.tracking_observer", "sklearn.datasets")
     for module in modules:
         try:
             __import__(module)
         except Exception as exc:  # a missing optional piece costs start-up time, nothing else
             print(f"gradloop fork server: could not preload {module}: {exc}", file=sys.stderr, flush=True)
-    from .. import registry
+    from gradloop import registry
 
     for reg in registry.REGISTRIES.values():
         reg.names()
@@ -64,7 +64,7 @@ def _prepare_tracking_store(uri: str) -> None:
     if pid == 0:
         code = 0
         try:
-            from ..tracking.store import open_client
+            from gradloop.tracking.mlflow_store import open_client
 
             open_client(uri)
         except BaseException as exc:
@@ -202,7 +202,7 @@ def is_job_process(pid: int, db_url: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and os.getpgid(pid) == pid and b"service.jobs.forkserver" in cmdline and db_url.encode() in cmdline
+        return state != "Z" and os.getpgid(pid) == pid and b"gradloop.jobs.forkserver" in cmdline and db_url.encode() in cmdline
     except (OSError, IndexError):
         return False
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .claims import claim_next, renew, requeue_expired
-from .forkserver import stop_local_orphans
-from .models import JobState
-from .store import Fence, JobRecord, JobStore, StaleAttemptError
-from .worker import WorkerSettings, close_job_runs, log_path
+from gradloop.jobs.claims import claim_next, renew, requeue_expired
+from gradloop.jobs.forkserver import stop_local_orphans
+from gradloop.jobs.models import JobState
+from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError
+from gradloop.jobs.worker import WorkerSettings, close_job_runs, log_path
 
 LOG_TAIL_LINES = 20
 # The API's bearer tokens, the settings (tokens included) that serve --workers hands its
@@ -202,7 +202,7 @@ class WorkerPool:
         # Jobs run what a client sent: they get the service's environment minus its secrets.
         env = {k: v for k, v in os.environ.items() if k not in SERVICE_ONLY_ENV}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "service.jobs.forkserver", self.worker_settings.to_json()],
+            [sys.executable, "-m", "gradloop.jobs.forkserver", self.worker_settings.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

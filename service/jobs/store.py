@@ -29,8 +29,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from ..errors import GradloopError
-from .models import ACTIVE_STATES, TERMINAL_STATES, JobState, job_events, jobs
+from gradloop.errors import GradloopError
+from gradloop.jobs.models import ACTIVE_STATES, TERMINAL_STATES, JobState, job_events, jobs
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

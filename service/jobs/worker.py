@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import GradloopError
-from .models import JobState
-from .progress import JobProgressObserver
-from .store import Fence, JobRecord, JobStore, StaleAttemptError
+from gradloop.errors import GradloopError
+from gradloop.jobs.models import JobState
+from gradloop.jobs.job_progress import JobProgressObserver
+from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError
 
 LOG_NAME = "job.log"
 
@@ -61,7 +61,7 @@ def log_path(jobs_dir: str | Path, job_id: str) -> Path:
 def prepare_config(job: JobRecord, settings: WorkerSettings) -> Any:
     """The job's RunConfig with the service's paths: outputs under the job's directory, data
     under the data root, the service's MLflow store unless the config names one."""
-    from ..config import validate_config
+    from gradloop.config import validate_config
 
     raw = json.loads(json.dumps(job.config))
     raw["output_dir"] = str(job_dir(settings.jobs_dir, job.id) / "runs")
@@ -86,7 +86,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
     print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
-        from ..runner import train
+        from gradloop.runner import train
 
         config = prepare_config(job, settings)
         resume = job.checkpoint_path if job.attempt > 1 and job.checkpoint_path and Path(job.checkpoint_path).exists() else None
@@ -137,7 +137,7 @@ def close_job_runs(job: JobRecord, settings: WorkerSettings, status: str, *, kee
             return closed
         from mlflow.tracking import MlflowClient
 
-        from ..tracking.store import resolve_uri
+        from gradloop.tracking.mlflow_store import resolve_uri
 
         client = MlflowClient(tracking_uri=resolve_uri(config.tracking.uri))
         experiment = client.get_experiment_by_name(config.tracking.experiment)
@@ -196,7 +196,7 @@ def _experiment_of(config: Any, run_id: str | None) -> str | None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from ..tracking.store import resolve_uri
+        from gradloop.tracking.mlflow_store import resolve_uri
 
         return MlflowClient(tracking_uri=resolve_uri(config.tracking.uri)).get_run(run_id).info.experiment_id
     except Exception:

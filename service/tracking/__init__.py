@@ -14,10 +14,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from ..observer import NullObserver, Observer
+from gradloop.observer import NullObserver, Observer
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from gradloop.config import RunConfig
 
 __all__ = ["make_observer", "resolve_uri", "parent_run"]
 
@@ -40,13 +40,13 @@ def make_observer(config: "RunConfig", run_dir: Path, job_id: str | None = None,
     """The observer that logs this run to MLflow, or one that does nothing when tracking is off."""
     if not config.tracking.enabled:
         return NullObserver()
-    from .observer import MlflowObserver
+    from gradloop.tracking.tracking_observer import MlflowObserver
 
     parent = parent_run_id or _parent_run_id.get()
     return MlflowObserver(config, Path(run_dir), job_id=job_id, parent_run_id=parent)
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    from .store import resolve_uri as _resolve
+    from gradloop.tracking.mlflow_store import resolve_uri as _resolve
 
     return _resolve(uri)

@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .updatering import PendingNorms, UpdateRing
+from gradloop.tracking.updatering import PendingNorms, UpdateRing
 
 GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from . import histfile
-from .histfile import BINS
+from gradloop.tracking import histfile
+from gradloop.tracking.histfile import BINS
 
 log = logging.getLogger("gradloop.tracking")
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..observer import RunContext
+from gradloop.observer import RunContext
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

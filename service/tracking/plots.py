@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from .jsonl import Record  # noqa: E402
+from gradloop.tracking.jsonl import Record  # noqa: E402
 
 GRAD_PREFIX = "grad_norm/"
 

@@ -3,7 +3,7 @@
 Logging 1000 metrics into the sqlite store costs MLflow ~130 ms of Python (SQLAlchemy ORM);
 done on a thread of the training process, that time is taken from the training thread by the
 GIL. `RemoteClient` forwards the few calls the sender makes (metric lines, log_artifact(s),
-set_terminated, ...) over a pair of pipes to `python -m service.tracking.remote`, which owns
+set_terminated, ...) over a pair of pipes to `python -m gradloop.tracking.remote`, which owns
 the real client, and re-raises a failure there as an MlflowException with the same error
 code. The same process counts CPU runs' histograms (histfile, numpy), for the same reason. A
 plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's
@@ -28,7 +28,7 @@ ALLOWED = frozenset({"log_journal_lines", "count_histograms", "log_batch", "log_
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from .store import open_client
+    from gradloop.tracking.mlflow_store import open_client
 
     client = None
     while True:
@@ -48,7 +48,7 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
             if method == "log_journal_lines":
                 log_journal_lines(client, *args)
             elif method == "count_histograms":
-                from .histfile import count_and_write
+                from gradloop.tracking.histfile import count_and_write
 
                 result = count_and_write(*args)
             else:
@@ -65,7 +65,7 @@ def log_journal_lines(client: Any, run_id: str, lines: bytes) -> None:
     above MLflow's 1000 metrics per request.)"""
     from mlflow.entities import Metric
 
-    from .jsonl import Record
+    from gradloop.tracking.jsonl import Record
 
     metrics = []
     for line in lines.split(b"\n"):
@@ -89,7 +89,7 @@ class RemoteClient:
         down_r, down_w = os.pipe()   # parent -> child
         up_r, up_w = os.pipe()       # child -> parent
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "service.tracking.remote", str(down_r), str(up_w), self.uri],
+            [sys.executable, "-m", "gradloop.tracking.remote", str(down_r), str(up_w), self.uri],
             pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, start_new_session=False,
         )
         os.close(down_r)

@@ -25,8 +25,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .jsonl import Journal, Record, unsent_records
-from .remote import RemoteClient
+from gradloop.tracking.jsonl import Journal, Record, unsent_records
+from gradloop.tracking.remote import RemoteClient
 
 log = logging.getLogger("gradloop.tracking")
 

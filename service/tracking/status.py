@@ -15,7 +15,7 @@ import time
 from types import FrameType
 from typing import Any, Callable
 
-from ..observer import RunStatus
+from gradloop.observer import RunStatus
 
 ERROR_TYPE_TAG = "gradloop.error.type"
 ERROR_MESSAGE_TAG = "gradloop.error.message"
@@ -81,7 +81,7 @@ def close_stale_run(run_id: str, tracking_uri: str, status: RunStatus = "KILLED"
 
     Returns True when the run was RUNNING and is now closed.
     """
-    from .store import open_client
+    from gradloop.tracking.mlflow_store import open_client
 
     client = open_client(tracking_uri)
     run = client.get_run(run_id)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import GradloopError
-from .jsonl import Journal, read_records, unsent_records
-from .sender import Op, is_permanent, metric_requests, run_op
-from .state import TrackingState
-from .store import experiment_id, open_client
+from gradloop.errors import GradloopError
+from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.sender import Op, is_permanent, metric_requests, run_op
+from gradloop.tracking.state import TrackingState
+from gradloop.tracking.mlflow_store import experiment_id, open_client
 
 
 class SyncError(GradloopError):

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from . import gradstats
-from .gradstats import GradSnapshot, SnapshotShape, StatLayout, metric_safe
+from gradloop.tracking import gradstats
+from gradloop.tracking.gradstats import GradSnapshot, SnapshotShape, StatLayout, metric_safe
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import os
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.registry import Plugin
+from gradloop.registry import Plugin
 
 
 class CrashOptions(BaseModel):

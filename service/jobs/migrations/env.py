@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.jobs.models import metadata
+from gradloop.jobs.models import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only the service calls this module
-    raise RuntimeError("run the job store's migrations through service.jobs.store.JobStore.migrate()")
+    raise RuntimeError("run the job store's migrations through gradloop.jobs.store.JobStore.migrate()")
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=connection.dialect.name == "sqlite")
 with context.begin_transaction():

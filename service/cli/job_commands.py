@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .api_settings import DEFAULT_PORT, DEFAULT_STATE_DIR
+from gradloop.api.settings import DEFAULT_PORT, DEFAULT_STATE_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -56,9 +56,9 @@ def serve(
     """Run the HTTP job service (FastAPI under uvicorn)."""
     import uvicorn
 
-    from .api import create_app
-    from .api_settings import ServiceSettings, tokens_from_env
-    from .limits import ServiceLimits
+    from gradloop.api.app import create_app
+    from gradloop.api.settings import ServiceSettings, tokens_from_env
+    from gradloop.limits import ServiceLimits
 
     settings = ServiceSettings(
         state_dir=state_dir,
@@ -94,8 +94,8 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
 
     import uvicorn
 
-    from .api_workers import SETTINGS_ENV
-    from .jobs.store import JobStore
+    from gradloop.api.workers import SETTINGS_ENV
+    from gradloop.jobs.store import JobStore
 
     settings = settings.resolved()
     # Migrate once here, before the workers start: N processes migrating one SQLite file at
@@ -112,7 +112,7 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    uvicorn.run("service.api_workers:app_from_env", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("gradloop.api.workers:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, timeout_graceful_shutdown=5)
 
 

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import IO, Any, Mapping
 
-from .config import RunConfig
-from .observer import NullObserver, RunContext, RunStatus
+from gradloop.config import RunConfig
+from gradloop.observer import NullObserver, RunContext, RunStatus
 
 
 def _as_float(value: Any) -> float:

@@ -22,23 +22,23 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from ..observer import RunContext, RunStatus
-from . import gradstats, histograms, plots
-from .gradstats import GradSnapshot, StatLayout
-from .jsonl import Journal, read_records
-from .modellog import model_logger
-from .params import config_params
-from .remote import shared_client
-from .sender import Op, Sender
-from .state import TrackingState
-from .status import SigtermGuard, error_tags, status_for
-from .store import experiment_id, open_client, resolve_uri
-from .windows import HeldWindow, held_window, to_host
+from gradloop.observer import RunContext, RunStatus
+from gradloop.tracking import gradstats, histograms, plots
+from gradloop.tracking.gradstats import GradSnapshot, StatLayout
+from gradloop.tracking.jsonl import Journal, read_records
+from gradloop.tracking.modellog import model_logger
+from gradloop.tracking.mlflow_params import config_params
+from gradloop.tracking.remote import shared_client
+from gradloop.tracking.sender import Op, Sender
+from gradloop.tracking.state import TrackingState
+from gradloop.tracking.status import SigtermGuard, error_tags, status_for
+from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
+from gradloop.tracking.windows import HeldWindow, held_window, to_host
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from ..config import RunConfig
+    from gradloop.config import RunConfig
 
 log = logging.getLogger("gradloop.tracking")
 
@@ -163,8 +163,8 @@ class MlflowObserver:
         return run_id
 
     def _tags(self, ctx: RunContext) -> dict[str, str]:
-        from .. import __version__
-        from ..devices import device_name
+        from gradloop import __version__
+        from gradloop.devices import device_name
 
         tags = {
             "gradloop.version": __version__,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from .limits import ServiceLimits
+from gradloop.limits import ServiceLimits
 
 DEFAULT_PORT = 8000
 DEFAULT_STATE_DIR = "gradloop-state"

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .jobs.store import JobRecord, JobStore
+from gradloop.jobs.store import JobRecord, JobStore
 
 
 class _JobStateCollector:

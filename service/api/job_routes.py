@@ -17,20 +17,20 @@ from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from .api_files import list_files, open_regular, read_range, safe_path
-from .api_guard import guard
-from .api_problems import PROBLEM_RESPONSES
-from .api_schemas import JobOut, JobPage, JobStatus, job_out, json_response
-from .api_submit import (
+from gradloop.api.files import list_files, open_regular, read_range, safe_path
+from gradloop.api.guard import guard
+from gradloop.api.problems import PROBLEM_RESPONSES
+from gradloop.api.schemas import JobOut, JobPage, JobStatus, job_out, json_response
+from gradloop.api.submit import (
     UnsupportedMediaTypeError,
     parse_body,
     request_hash,
     validate_http_config,
 )
-from .config import RunConfig
-from .jobs.events import job_events
-from .jobs.store import JobStore
-from .jobs.worker import job_dir, log_path
+from gradloop.config import RunConfig
+from gradloop.jobs.events import job_events
+from gradloop.jobs.store import JobStore
+from gradloop.jobs.worker import job_dir, log_path
 
 INLINE_BODY_BYTES = 64 * 1024  # configs up to this size are validated on the event loop
 MAX_LOG_CHUNK = 1024 * 1024

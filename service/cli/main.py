@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, GradloopError
+from gradloop.errors import ConfigError, GradloopError
 
 app = typer.Typer(
     name="gradloop",
@@ -47,7 +47,7 @@ def run(
     resume: Optional[str] = typer.Option(None, "--resume", help="checkpoint file, run directory, or 'latest'"),
 ) -> None:
     """Train each CONFIG; print a summary of every run."""
-    from .runner import train
+    from gradloop.runner import train
 
     if resume and len(configs) > 1:
         _report_error(GradloopError("--resume applies to one config; run the configs separately"))
@@ -138,7 +138,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the resolved config as JSON"),
 ) -> None:
     """Print each CONFIG fully resolved (defaults filled in), or every error in it."""
-    from .config import load_config
+    from gradloop.config import load_config
 
     failed = False
     for path in configs:
@@ -164,7 +164,7 @@ def plugins(
     as_json: bool = typer.Option(False, "--json", help="print descriptions and option schemas as JSON"),
 ) -> None:
     """List registered plugins with their descriptions and options."""
-    from . import registry
+    from gradloop import registry
 
     try:
         kinds = [registry.registry(kind).kind] if kind else list(registry.KINDS)
@@ -203,7 +203,7 @@ def _describe_option(o: dict) -> str:
 @app.command()
 def sync(run_dirs: List[Path] = typer.Argument(..., help="run directories whose metrics.jsonl has unsent points")) -> None:
     """Send what a run could not send to MLflow (idempotent: nothing is sent twice)."""
-    from .tracking.sync import sync_run_dir
+    from gradloop.tracking.sync import sync_run_dir
 
     failed = False
     for run_dir in run_dirs:
@@ -221,7 +221,7 @@ def sync(run_dirs: List[Path] = typer.Argument(..., help="run directories whose 
 def _mount_job_commands() -> None:
     """serve, submit, jobs, status, cancel, logs live in cli_jobs; they share this command."""
     try:
-        from . import cli_jobs
+        from gradloop.cli import job_commands as cli_jobs
     except ImportError:
         return
     jobs_app = getattr(cli_jobs, "app", None)

@@ -1,6 +1,6 @@
 """From an HTTP body to a validated run config, under the rules for configs sent over HTTP.
 
-The same loading and validation as `gradloop run` (service.config), plus what a network client
+The same loading and validation as `gradloop run` (gradloop.config), plus what a network client
 must not be able to do: name code by import path, read data outside the service's data root,
 or point MLflow at a local path of its choosing. Every problem is a FieldError, so the 422
 lists them all with the same messages the CLI prints.
@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_raw_text, validate_config
-from .errors import ConfigError, FieldError, GradloopError
-from .limits import ServiceLimits, check_limits
-from .yamlio import MAX_DEPTH
+from gradloop.config import RunConfig, load_raw_text, validate_config
+from gradloop.errors import ConfigError, FieldError, GradloopError
+from gradloop.limits import ServiceLimits, check_limits
+from gradloop.yamlio import MAX_DEPTH
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JSON_TYPES = ("application/json", "")

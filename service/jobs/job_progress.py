@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..observer import NullObserver, RunContext, RunStatus
-from .store import Fence, JobStore, StaleAttemptError
+from gradloop.observer import NullObserver, RunContext, RunStatus
+from gradloop.jobs.store import Fence, JobStore, StaleAttemptError
 
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
@@ -148,7 +148,7 @@ class JobProgressObserver(NullObserver):
         try:
             from mlflow.tracking import MlflowClient
 
-            from ..tracking.store import resolve_uri
+            from gradloop.tracking.mlflow_store import resolve_uri
 
             client = MlflowClient(tracking_uri=resolve_uri(config.tracking.uri))
             experiment = client.get_experiment_by_name(config.tracking.experiment)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from .api import create_app
-from .api_settings import ServiceSettings
+from gradloop.api.app import create_app
+from gradloop.api.settings import ServiceSettings
 
 SETTINGS_ENV = "GRADLOOP_SERVICE_SETTINGS"
 POOL_LOCK_NAME = "pool.lock"

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api_problems import problem_response
+from gradloop.api.problems import problem_response
 
 bearer = HTTPBearer(auto_error=False, description="GRADLOOP_API_TOKEN (one of its comma-separated tokens)")
 

@@ -16,16 +16,16 @@ from typing import AsyncIterator
 import anyio
 from fastapi import FastAPI
 
-from . import __version__
-from .api_guard import BodyLimitMiddleware
-from .api_jobs import router as jobs_router
-from .api_metrics import MetricsMiddleware, ServiceMetrics
-from .api_ops import ops_router, plugins_router
-from .api_problems import install_problem_handlers
-from .api_settings import ServiceSettings
-from .jobs.pool import PoolSettings, WorkerPool
-from .jobs.store import JobStore
-from .jobs.worker import WorkerSettings
+from gradloop import __version__
+from gradloop.api.guard import BodyLimitMiddleware
+from gradloop.api.job_routes import router as jobs_router
+from gradloop.api.metrics import MetricsMiddleware, ServiceMetrics
+from gradloop.api.ops_routes import ops_router, plugins_router
+from gradloop.api.problems import install_problem_handlers
+from gradloop.api.settings import ServiceSettings
+from gradloop.jobs.pool import PoolSettings, WorkerPool
+from gradloop.jobs.store import JobStore
+from gradloop.jobs.worker import WorkerSettings
 
 
 def default_slots() -> tuple[int, list[str]]:
@@ -44,7 +44,7 @@ def default_slots() -> tuple[int, list[str]]:
 
 
 def _load_plugins() -> None:
-    from . import registry
+    from gradloop import registry
 
     for kind in registry.KINDS:
         registry.registry(kind).names()
@@ -72,7 +72,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
         lock = None
         if max_concurrent > 0 and pool_lock is not None:
-            from .api_workers import PoolLock
+            from gradloop.api.workers import PoolLock
 
             lock = PoolLock(pool_lock)
             if not lock.acquire():  # another process of this service runs the jobs

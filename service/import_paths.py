@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .errors import ConfigError
+from gradloop.errors import ConfigError
 
 
 def resolve_import_path(path: str) -> Callable[..., Any]:

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ConfigError, FieldError, GradloopError, PluginNotFoundError
-from .jobs.store import IdempotencyConflictError, InvalidCursorError, JobConflictError, JobNotFoundError
+from gradloop.errors import ConfigError, FieldError, GradloopError, PluginNotFoundError
+from gradloop.jobs.store import IdempotencyConflictError, InvalidCursorError, JobConflictError, JobNotFoundError
 
 PROBLEM_TYPE = "application/problem+json"
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import default_collate
 
-from . import registry
-from .config import DataConfig, ModelConfig, PluginSpec, RunConfig, is_import_path
-from .data import DataContext, DataSplits, TensorData, default_data_root
-from .errors import ConfigError, FieldError
+from gradloop import registry
+from gradloop.config import DataConfig, ModelConfig, PluginSpec, RunConfig, is_import_path
+from gradloop.data import DataContext, DataSplits, TensorData, default_data_root
+from gradloop.errors import ConfigError, FieldError
 
 AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,7 +38,7 @@ def build_model(spec: ModelConfig) -> nn.Module:
     """A registered model by name, or `package.module:fn` called as fn(**options)."""
     if not is_import_path(spec.name):
         return registry.models.build(spec.name, spec.options)
-    from .imports import resolve_import_path
+    from gradloop.import_paths import resolve_import_path
 
     factory = resolve_import_path(spec.name)
     try:

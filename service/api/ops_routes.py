@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import registry
-from .api_guard import guard
-from .api_problems import PROBLEM_RESPONSES, problem_response
+from gradloop import registry
+from gradloop.api.guard import guard
+from gradloop.api.problems import PROBLEM_RESPONSES, problem_response
 
 
 

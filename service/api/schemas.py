@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from .jobs.store import JobRecord
+from gradloop.jobs.store import JobRecord
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
