@@ -8,6 +8,7 @@ Each part starts its own `gradloop serve` (SQLite store in a temp dir) as a real
      optimizer step (the timestamp of its step-1 progress event), with MLflow tracking on and off.
 Usage: python bench/api.py [--clients 20] [--per-client 10] [--jobs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def submit_latency(clients: int, per_client: int) -> None:
                 t.join()
             wall = time.perf_counter() - t0
             ms = [x * 1000 for x in latencies]
-            print(f"submit latency, {clients} concurrent clients, {len(ms)} jobs (SQLite, no workers): "
-                  f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms, {len(ms) / wall:.0f} submits/s")
+            print(
+                f"submit latency, {clients} concurrent clients, {len(ms)} jobs (SQLite, no workers): "
+                f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms, {len(ms) / wall:.0f} submits/s"
+            )
         finally:
             svc.stop()
 
@@ -84,8 +87,10 @@ def first_step(jobs: int) -> None:
                         continue  # the first job after start-up also warms MLflow's experiment
                     delays.append(first - datetime.fromisoformat(created).timestamp())
                 label = "on " if tracking else "off"
-                print(f"submission -> first training step, idle service, MLflow tracking {label}: "
-                      f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms over {len(delays)} jobs")
+                print(
+                    f"submission -> first training step, idle service, MLflow tracking {label}: "
+                    f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms over {len(delays)} jobs"
+                )
         finally:
             svc.stop()
 

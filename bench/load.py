@@ -18,6 +18,7 @@ Three phases per backend:
           2 cores the Python clients measure mostly themselves; wrk's C event loop does not.
 Usage: python bench/load.py [--backends sqlite,postgresql] [--clients 20] [--per-client 10] [--rate 50] [--workers 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import httpx
 import psutil
@@ -62,8 +63,10 @@ def server_cpu_s(pid: int) -> float:
 
 
 def line(label: str, ms: list[float], wall: float, cpu_s: float) -> str:
-    return (f"  {label:<38} n={len(ms):<5} p50 {pct(ms, 50):6.1f} ms  p99 {pct(ms, 99):6.1f} ms  "
-            f"max {max(ms):6.1f} ms  {len(ms) / wall:5.0f} req/s  server CPU {cpu_s * 1000 / len(ms):4.1f} ms/req")
+    return (
+        f"  {label:<38} n={len(ms):<5} p50 {pct(ms, 50):6.1f} ms  p99 {pct(ms, 99):6.1f} ms  "
+        f"max {max(ms):6.1f} ms  {len(ms) / wall:5.0f} req/s  server CPU {cpu_s * 1000 / len(ms):4.1f} ms/req"
+    )
 
 
 async def timed(call: Callable[[], Awaitable[httpx.Response]], out: list[float], expect: int) -> httpx.Response:
@@ -75,13 +78,19 @@ async def timed(call: Callable[[], Awaitable[httpx.Response]], out: list[float],
     return response
 
 
-async def closed_submits(http: httpx.AsyncClient, clients: int, per_client: int, ids: list[str]) -> tuple[list[float], float]:
+async def closed_submits(
+    http: httpx.AsyncClient, clients: int, per_client: int, ids: list[str]
+) -> tuple[list[float], float]:
     ms: list[float] = []
     body = iris_config("load")
 
     async def client(n: int) -> None:
         for i in range(per_client):
-            r = await timed(lambda: http.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"{n}-{i}-{uuid.uuid4().hex}"}), ms, 202)
+            r = await timed(
+                lambda: http.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"{n}-{i}-{uuid.uuid4().hex}"}),
+                ms,
+                202,
+            )
             ids.append(r.json()["id"])
 
     t0 = time.perf_counter()
@@ -125,9 +134,18 @@ async def run_phases(url: str, pid: int, args: argparse.Namespace) -> None:
         ids: list[str] = []
         await closed_submits(http, args.clients, 3, ids)  # warm: connections, caches, first-use imports
         phases = [
-            (f"submit, closed loop, {args.clients} clients", lambda: closed_submits(http, args.clients, args.per_client, ids)),
-            (f"submit, open loop, {args.rate:.0f}/s arrivals", lambda: open_submits(http, args.rate, args.clients * args.per_client, ids)),
-            (f"status poll, closed loop, {args.clients} clients", lambda: polls(http, args.clients, args.per_client * 5, ids)),
+            (
+                f"submit, closed loop, {args.clients} clients",
+                lambda: closed_submits(http, args.clients, args.per_client, ids),
+            ),
+            (
+                f"submit, open loop, {args.rate:.0f}/s arrivals",
+                lambda: open_submits(http, args.rate, args.clients * args.per_client, ids),
+            ),
+            (
+                f"status poll, closed loop, {args.clients} clients",
+                lambda: polls(http, args.clients, args.per_client * 5, ids),
+            ),
         ]
         for label, phase in phases:
             cpu0 = server_cpu_s(pid)
@@ -169,18 +187,41 @@ def wrk_submits(url: str, pid: int, clients: int, seconds: int) -> str | None:
         script.write_text(WRK_SCRIPT)
         body.write_text(json.dumps(iris_config("load-wrk")))
         cpu0 = server_cpu_s(pid)
-        out = subprocess.run([wrk, "-t1", f"-c{clients}", f"-d{seconds}s", "-s", str(script), url, "--", str(body), uuid.uuid4().hex[:8]],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [
+                wrk,
+                "-t1",
+                f"-c{clients}",
+                f"-d{seconds}s",
+                "-s",
+                str(script),
+                url,
+                "--",
+                str(body),
+                uuid.uuid4().hex[:8],
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         cpu = server_cpu_s(pid) - cpu0
     found = [ln.split()[1:] for ln in out.splitlines() if ln.startswith("RESULT ")]
     if not found:
         raise RuntimeError(f"wrk printed no result:\n{out}")
-    p50, p99, worst, n, errors = float(found[0][0]), float(found[0][1]), float(found[0][2]), int(found[0][3]), int(found[0][4])
+    p50, p99, worst, n, errors = (
+        float(found[0][0]),
+        float(found[0][1]),
+        float(found[0][2]),
+        int(found[0][3]),
+        int(found[0][4]),
+    )
     if errors:
         raise RuntimeError(f"{errors} of {n} wrk requests failed")
     label = f"submit, closed loop, {clients} wrk connections"
-    return (f"  {label:<38} n={n:<5} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  max {worst:6.1f} ms  {n / seconds:5.0f} req/s  "
-            f"server CPU {cpu * 1000 / n:4.1f} ms/req")
+    return (
+        f"  {label:<38} n={n:<5} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  max {worst:6.1f} ms  {n / seconds:5.0f} req/s  "
+        f"server CPU {cpu * 1000 / n:4.1f} ms/req"
+    )
 
 
 def pg_schema() -> tuple[str, Callable[[], None]] | None:

@@ -11,6 +11,7 @@ Then the start-up cost: wall time and peak RSS of `gradloop run` on a one-step c
 On CUDA every loop moves each batch to the GPU as it goes (pinned memory, non_blocking), as a
 user's own loop over a CPU DataLoader would.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,9 @@ def mlp() -> nn.Module:
 def hand_written(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu") -> tuple[int, float]:
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True, pin_memory=cuda)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True, pin_memory=cuda
+    )
     model = mlp().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
@@ -102,10 +105,18 @@ def lightning_run(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "
 
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True, pin_memory=cuda)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True, pin_memory=cuda
+    )
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="gpu" if cuda else "cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
     trainer.fit(Module(), loader)
@@ -154,7 +165,11 @@ def main() -> None:
     best: dict[str, tuple[int, float]] = {}
     for _ in range(args.repeats):
         fit, whole = gradloop_run(args.epochs, args.device)
-        runs = {"hand-written loop": hand_written(x, y, args.epochs, args.device), "gradloop": fit, "gradloop train()": whole}
+        runs = {
+            "hand-written loop": hand_written(x, y, args.epochs, args.device),
+            "gradloop": fit,
+            "gradloop train()": whole,
+        }
         lit = lightning_run(x, y, args.epochs, args.device)
         if lit is not None:
             runs["lightning"] = lit
@@ -176,8 +191,10 @@ def main() -> None:
         g = best["gradloop"][0] / best["gradloop"][1]
         lt = best["lightning"][0] / best["lightning"][1]
         print(f"gradloop vs lightning: {g / lt:.2f}x")
-    print("gradloop: the training loop (RunResult.duration_s), like the others;"
-          " gradloop train(): the whole call, with loading data and building model and optimizer")
+    print(
+        "gradloop: the training loop (RunResult.duration_s), like the others;"
+        " gradloop train(): the whole call, with loading data and building model and optimizer"
+    )
     if args.no_startup:
         return
     wall, rss = startup_cost()

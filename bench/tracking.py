@@ -21,6 +21,7 @@ The time spent inside the tracking observer's calls on the training thread is re
 
     python bench/tracking.py [--repeats 4] [--epochs 100] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -39,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gradloop.observer import NullObserver  # noqa: E402  (after the path set-up above)
-
 
 TURN_STEPS = 50
 
@@ -117,9 +118,17 @@ def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
         "loss": {"name": "cross_entropy"},
         "optimizer": {"name": "sgd", "options": {"lr": 0.05, "momentum": 0.9}},
         "trainer": {"epochs": epochs, "val_every_epochs": 5, "checkpoint_at_end": False, "progress": "none"},
-        "tracking": {"enabled": uri is not None, "uri": uri, "experiment": "bench", "log_every": 10,
-                     "histogram_every": 100, "grad_stats": "per_layer", "system_metrics": False,
-                     "log_model": False, "log_checkpoint": False},
+        "tracking": {
+            "enabled": uri is not None,
+            "uri": uri,
+            "experiment": "bench",
+            "log_every": 10,
+            "histogram_every": 100,
+            "grad_stats": "per_layer",
+            "system_metrics": False,
+            "log_model": False,
+            "log_checkpoint": False,
+        },
     }
 
 
@@ -169,7 +178,9 @@ def _install_timing() -> None:
     tracking.make_observer = make_timed  # the runner looks it up at each train()
 
 
-def lockstep(epochs: int, out: str, uris: tuple[str | None, str | None], device: str) -> tuple[Turns, Turns, float, int]:
+def lockstep(
+    epochs: int, out: str, uris: tuple[str | None, str | None], device: str
+) -> tuple[Turns, Turns, float, int]:
     """Train two configs in lockstep; returns both runs' turn totals, the tracked run's
     microseconds per step inside the observer's calls, and its points left unsent."""
     from gradloop import train
@@ -206,7 +217,9 @@ def lockstep(epochs: int, out: str, uris: tuple[str | None, str | None], device:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=4, help="pairs per variant (even: as many with the tracked run in each thread)")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="pairs per variant (even: as many with the tracked run in each thread)"
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     args = parser.parse_args()
@@ -234,24 +247,35 @@ def main() -> None:
                 # The measured run trains in the second thread in even rounds and in the first in
                 # odd ones: off-vs-off pairs came out about 1% in favour of the second thread.
                 second = r % 2 == 0
-                a, b, in_obs, unsent = lockstep(args.epochs, str(tmp / "runs"), (None, uri) if second else (uri, None), args.device)
+                a, b, in_obs, unsent = lockstep(
+                    args.epochs, str(tmp / "runs"), (None, uri) if second else (uri, None), args.device
+                )
                 off, other = (a, b) if second else (b, a)
                 ratios[name].append(other.steps_per_s / off.steps_per_s)
                 rates[name].append(other.steps_per_s)
                 obs[name].append(in_obs)
-                print(f"  round {r + 1} off {off.steps_per_s:7.1f} steps/s beside {name:6s} {other.steps_per_s:7.1f} steps/s"
-                      f" = {ratios[name][-1]:.3f}  ({other.steps} steps in turns, {in_obs:5.1f} us/step in tracking calls,"
-                      f" {unsent} points unsent)", flush=True)
+                print(
+                    f"  round {r + 1} off {off.steps_per_s:7.1f} steps/s beside {name:6s} {other.steps_per_s:7.1f} steps/s"
+                    f" = {ratios[name][-1]:.3f}  ({other.steps} steps in turns, {in_obs:5.1f} us/step in tracking calls,"
+                    f" {unsent} points unsent)",
+                    flush=True,
+                )
     finally:
         server.stop()
-    print(f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, histogram_every=100, {args.epochs} epochs,"
-          f" {args.repeats} lockstep pairs per variant, turns of {TURN_STEPS} steps")
-    print(f"{'beside off':12s} {'steps/s':>9s} {'vs off (median)':>16s} {'vs off (each pair)':>28s} {'us/step in tracking calls':>26s}")
+    print(
+        f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, histogram_every=100, {args.epochs} epochs,"
+        f" {args.repeats} lockstep pairs per variant, turns of {TURN_STEPS} steps"
+    )
+    print(
+        f"{'beside off':12s} {'steps/s':>9s} {'vs off (median)':>16s} {'vs off (each pair)':>28s} {'us/step in tracking calls':>26s}"
+    )
     for name in variants:
         label = "off (control)" if name == "off" else name
         each = " ".join(f"{x:.3f}" for x in ratios[name])
-        print(f"{label:13s} {statistics.median(rates[name]):8.1f} {statistics.median(ratios[name]):16.3f} {each:>28s}"
-              f" {statistics.median(obs[name]):26.1f}")
+        print(
+            f"{label:13s} {statistics.median(rates[name]):8.1f} {statistics.median(ratios[name]):16.3f} {each:>28s}"
+            f" {statistics.median(obs[name]):26.1f}"
+        )
 
 
 if __name__ == "__main__":

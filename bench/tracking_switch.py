@@ -17,6 +17,7 @@ key=value pairs override the tracking config (e.g. histogram_every=0 grad_stats=
 --spin-us N replaces the observer's work by a busy wait of N us per logging window (0 gives
 the bench's own noise): what that much work per window costs, whatever it is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -143,8 +145,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=500, help="45 steps each")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--spin-us", type=float, default=None,
-                        help="calibration: replace the observer's work by a busy wait of this many us per logging window")
+    parser.add_argument(
+        "--spin-us",
+        type=float,
+        default=None,
+        help="calibration: replace the observer's work by a busy wait of this many us per logging window",
+    )
     parser.add_argument("overrides", nargs="*", help="tracking.KEY=VALUE")
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
@@ -158,10 +164,19 @@ def main() -> None:
     for r in range(args.repeats):
         ratio, in_calls = one_run(args.epochs, overrides, args.spin_us)
         results.append(ratio)
-        print(f"  run {r + 1}: steps/s with the observer's calls / without = {ratio:.4f}, {in_calls:.2f} us/step in them", flush=True)
-    what = f"{overrides or 'the bench config'}" + (f", a {args.spin_us:g} us busy wait per window instead of the observer's work" if args.spin_us is not None else "")
-    print(f"\ndigits MLP, chunks of {CHUNK_STEPS} steps, {args.epochs} epochs, {what}: "
-          f"median {statistics.median(results):.4f} ({' '.join(f'{x:.4f}' for x in results)})")
+        print(
+            f"  run {r + 1}: steps/s with the observer's calls / without = {ratio:.4f}, {in_calls:.2f} us/step in them",
+            flush=True,
+        )
+    what = f"{overrides or 'the bench config'}" + (
+        f", a {args.spin_us:g} us busy wait per window instead of the observer's work"
+        if args.spin_us is not None
+        else ""
+    )
+    print(
+        f"\ndigits MLP, chunks of {CHUNK_STEPS} steps, {args.epochs} epochs, {what}: "
+        f"median {statistics.median(results):.4f} ({' '.join(f'{x:.4f}' for x in results)})"
+    )
 
 
 if __name__ == "__main__":

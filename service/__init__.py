@@ -3,13 +3,23 @@
 Public names: build_optimizer, train, load_config (and RunConfig, RunResult, ConfigError).
 They are imported lazily so that `import gradloop` stays cheap for the CLI and the API process.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["build_optimizer", "train", "load_config", "RunConfig", "RunResult", "ConfigError", "GradloopError", "__version__"]
+__all__ = [
+    "build_optimizer",
+    "train",
+    "load_config",
+    "RunConfig",
+    "RunResult",
+    "ConfigError",
+    "GradloopError",
+    "__version__",
+]
 
 _LAZY = {
     "build_optimizer": ("gradloop.optim", "build_optimizer"),

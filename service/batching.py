@@ -11,11 +11,13 @@ RNG, so a run resumed in the middle of an epoch can skip the batches it already 
 exactly the order an uninterrupted run sees. `plan` gives every micro-batch size before the epoch
 starts; the trainer needs them to scale a partial accumulation window by its real sample count.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -65,7 +67,7 @@ class BatchPlan:
         """
         if start % self.accum and start != len(self.sizes):
             raise ValueError(f"micro-batch {start} is not the start of a window of {self.accum}")
-        return [Window(i, self.sizes[i:i + self.accum]) for i in range(start, len(self.sizes), self.accum)]
+        return [Window(i, self.sizes[i : i + self.accum]) for i in range(start, len(self.sizes), self.accum)]
 
 
 def plan_sizes(n: int, batch_size: int, drop_last: bool) -> tuple[int, ...]:
@@ -96,8 +98,17 @@ class Batches(Protocol):
 class TensorBatches:
     """Batches of an in-memory TensorData by permutation and slicing, on the device."""
 
-    def __init__(self, data: TensorData, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, accum: int = 1) -> None:
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        device: torch.device,
+        accum: int = 1,
+    ) -> None:
         self.data = data.to(device)  # once: every epoch then indexes device memory
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -109,14 +120,14 @@ class TensorBatches:
         x, y, b = self.data.x, self.data.y, self.batch_size
         if not self.shuffle:
             for i in range(start, len(self.plan)):
-                yield x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+                yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
             return
         order = epoch_order(len(self.data), self.seed, epoch, True).to(self.device)
         # One gather for the whole epoch, then every batch is a view: a gather per batch cost
         # more than the forward pass of a small model. (The epoch's copy is one dataset's size.)
         xs, ys = x[order], y[order]
         for i in range(start, len(self.plan)):
-            yield xs[i * b:(i + 1) * b], ys[i * b:(i + 1) * b]
+            yield xs[i * b : (i + 1) * b], ys[i * b : (i + 1) * b]
 
     def example_input(self) -> Any:
         return self.data.x[: min(self.batch_size, 8)]
@@ -125,12 +136,25 @@ class TensorBatches:
 class LoaderBatches:
     """Batches of a torch Dataset through a DataLoader, in the same seeded order."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, num_workers: int = 0, accum: int = 1) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        device: torch.device,
+        num_workers: int = 0,
+        accum: int = 1,
+    ) -> None:
         try:
             n = len(dataset)  # type: ignore[arg-type]
         except TypeError:
-            raise ConfigError.single("data.name", f"the dataset {type(dataset).__name__} has no length; gradloop needs a map-style Dataset (with __len__ and __getitem__)") from None
+            raise ConfigError.single(
+                "data.name",
+                f"the dataset {type(dataset).__name__} has no length; gradloop needs a map-style Dataset (with __len__ and __getitem__)",
+            ) from None
         self.dataset = dataset
         self.n = n
         self.batch_size = batch_size
@@ -144,14 +168,20 @@ class LoaderBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(self.n, self.seed, epoch, self.shuffle).tolist()
         b = self.batch_size
-        index_batches = [order[i * b:(i + 1) * b] for i in range(start, len(self.plan))]
+        index_batches = [order[i * b : (i + 1) * b] for i in range(start, len(self.plan))]
         if not index_batches:
             return
         # The loader's generator seeds its workers; taking it from (seed, epoch) rather than the
         # global RNG keeps worker-side randomness reproducible and leaves dropout's RNG alone.
         g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "workers"))
-        loader = DataLoader(self.dataset, batch_sampler=index_batches, num_workers=self.num_workers,
-                            pin_memory=self.pin, generator=g, persistent_workers=False)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=index_batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin,
+            generator=g,
+            persistent_workers=False,
+        )
         for batch in loader:
             x, y = _split_batch(batch)
             yield _to_device(x, self.device), y.to(self.device, non_blocking=self.pin)
@@ -161,19 +191,41 @@ class LoaderBatches:
         return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
 
 
-def make_batches(data: TensorData | Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, num_workers: int = 0, accum: int = 1) -> TensorBatches | LoaderBatches:
+def make_batches(
+    data: TensorData | Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    drop_last: bool,
+    seed: int,
+    device: torch.device,
+    num_workers: int = 0,
+    accum: int = 1,
+) -> TensorBatches | LoaderBatches:
     """TensorData is sliced in place; any other Dataset goes through a DataLoader."""
     if isinstance(data, TensorData):
-        return TensorBatches(data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, accum=accum)
-    return LoaderBatches(data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device,
-                         num_workers=num_workers, accum=accum)
+        return TensorBatches(
+            data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, accum=accum
+        )
+    return LoaderBatches(
+        data,
+        batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+        accum=accum,
+    )
 
 
 def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise ConfigError.single("data.name", f"dataset items must be (input, target) pairs, got {type(batch).__name__}; make __getitem__ return (x, y)")
+    raise ConfigError.single(
+        "data.name",
+        f"dataset items must be (input, target) pairs, got {type(batch).__name__}; make __getitem__ return (x, y)",
+    )
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -184,4 +236,13 @@ def _to_device(x: Any, device: torch.device) -> Any:
     return x
 
 
-__all__ = ["Window", "BatchPlan", "Batches", "TensorBatches", "LoaderBatches", "make_batches", "epoch_order", "plan_sizes"]
+__all__ = [
+    "Window",
+    "BatchPlan",
+    "Batches",
+    "TensorBatches",
+    "LoaderBatches",
+    "make_batches",
+    "epoch_order",
+    "plan_sizes",
+]

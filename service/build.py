@@ -13,9 +13,11 @@ must equal the dataset's flat `num_features`, or a tuple of option names, one pe
 dataset's per-sample shape (the cnn says ("in_channels", "image_size", "image_size") for
 (C, H, W)). `out_option` names the option that must equal `num_outputs`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -34,6 +36,7 @@ _TASK_WORDS = {"classification": "a classification", "regression": "a regression
 
 # -- building -----------------------------------------------------------------------------
 
+
 def build_model(spec: ModelConfig) -> nn.Module:
     """A registered model by name, or `package.module:fn` called as fn(**options)."""
     if not is_import_path(spec.name):
@@ -45,9 +48,15 @@ def build_model(spec: ModelConfig) -> nn.Module:
         model = factory(**spec.options)
     except TypeError as exc:
         # Most often the options do not match the factory's parameters.
-        raise ConfigError.single("model.options", f"{spec.name} cannot be called with these options: {exc}; make model.options match its parameters") from None
+        raise ConfigError.single(
+            "model.options",
+            f"{spec.name} cannot be called with these options: {exc}; make model.options match its parameters",
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ConfigError.single("model.name", f"{spec.name} returned a {type(model).__name__}, not a torch.nn.Module; make it return the model")
+        raise ConfigError.single(
+            "model.name",
+            f"{spec.name} returned a {type(model).__name__}, not a torch.nn.Module; make it return the model",
+        )
     return model
 
 
@@ -69,6 +78,7 @@ def build_loss(spec: PluginSpec) -> nn.Module:
 
 
 # -- checking -----------------------------------------------------------------------------
+
 
 def check_compatible(cfg: RunConfig, splits: DataSplits, model: nn.Module | None = None) -> None:
     """Raise ConfigError listing every way the data, model and loss disagree.
@@ -104,25 +114,44 @@ def _model_vs_data(spec: ModelConfig, splits: DataSplits) -> list[FieldError]:
     if out_option is not None:
         want = getattr(opts, out_option)
         if want != splits.num_outputs:
-            errors.append(FieldError(f"model.options.{out_option}", f"{_outputs_phrase(splits)} but model.options.{out_option} is {want}; set model.options.{out_option}: {splits.num_outputs}"))
+            errors.append(
+                FieldError(
+                    f"model.options.{out_option}",
+                    f"{_outputs_phrase(splits)} but model.options.{out_option} is {want}; set model.options.{out_option}: {splits.num_outputs}",
+                )
+            )
     return errors
 
 
 def _flat_input(model: str, option: str, value: int, data_features: int | tuple[int, ...]) -> list[FieldError]:
     key = f"model.options.{option}"
     if isinstance(data_features, tuple):
-        return [FieldError(key, f"data samples have shape {data_features} but {model} takes flat vectors of {key}={value}; use a model for images (e.g. cnn) or flat data (e.g. data.options.as_images: false)")]
+        return [
+            FieldError(
+                key,
+                f"data samples have shape {data_features} but {model} takes flat vectors of {key}={value}; use a model for images (e.g. cnn) or flat data (e.g. data.options.as_images: false)",
+            )
+        ]
     if value != data_features:
         return [FieldError(key, f"data has {data_features} features but {key} is {value}; set {key}: {data_features}")]
     return []
 
 
-def _shaped_input(model: str, options: tuple[str, ...], opts: Any, data_features: int | tuple[int, ...]) -> list[FieldError]:
+def _shaped_input(
+    model: str, options: tuple[str, ...], opts: Any, data_features: int | tuple[int, ...]
+) -> list[FieldError]:
     expected = tuple(getattr(opts, o) for o in options)
     names = ", ".join(options)
     if not isinstance(data_features, tuple) or len(data_features) != len(options):
-        shown = f"{data_features} flat features" if isinstance(data_features, int) else f"samples of shape {data_features}"
-        return [FieldError(f"model.options.{options[0]}", f"data has {shown} but {model} takes samples of shape ({names}) = {expected}; use a model for this data (e.g. mlp for flat features) or data shaped {len(options)}-D (e.g. data.options.as_images: true)")]
+        shown = (
+            f"{data_features} flat features" if isinstance(data_features, int) else f"samples of shape {data_features}"
+        )
+        return [
+            FieldError(
+                f"model.options.{options[0]}",
+                f"data has {shown} but {model} takes samples of shape ({names}) = {expected}; use a model for this data (e.g. mlp for flat features) or data shaped {len(options)}-D (e.g. data.options.as_images: true)",
+            )
+        ]
     needed: dict[str, set[int]] = {}
     for option, size in zip(options, data_features):
         needed.setdefault(option, set()).add(size)
@@ -130,10 +159,20 @@ def _shaped_input(model: str, options: tuple[str, ...], opts: Any, data_features
     for option, sizes in needed.items():
         key = f"model.options.{option}"
         if len(sizes) > 1:
-            errors.append(FieldError(key, f"data samples have shape {data_features}, but {key} sets {len(sizes)} of those axes ({sorted(sizes)}), which must then be equal; reshape the data"))
+            errors.append(
+                FieldError(
+                    key,
+                    f"data samples have shape {data_features}, but {key} sets {len(sizes)} of those axes ({sorted(sizes)}), which must then be equal; reshape the data",
+                )
+            )
         elif getattr(opts, option) not in sizes:
             (size,) = sizes
-            errors.append(FieldError(key, f"data samples have shape {data_features} but the model expects ({names}) = {expected}; set {key}: {size}"))
+            errors.append(
+                FieldError(
+                    key,
+                    f"data samples have shape {data_features} but the model expects ({names}) = {expected}; set {key}: {size}",
+                )
+            )
     return errors
 
 
@@ -153,10 +192,20 @@ def _loss_vs_data(spec: PluginSpec, splits: DataSplits) -> list[FieldError]:
     errors: list[FieldError] = []
     if task is not None and task != splits.task:
         fitting = [p.name for p in registry.losses if p.capabilities.get("task") == splits.task]
-        errors.append(FieldError("loss.name", f"{spec.name} is {_TASK_WORDS.get(task, task)} loss but the data is {_TASK_WORDS[splits.task]} dataset; set loss.name to one of: {', '.join(fitting) or '(none registered)'}"))
+        errors.append(
+            FieldError(
+                "loss.name",
+                f"{spec.name} is {_TASK_WORDS.get(task, task)} loss but the data is {_TASK_WORDS[splits.task]} dataset; set loss.name to one of: {', '.join(fitting) or '(none registered)'}",
+            )
+        )
     weights = spec.options.get("class_weights")
     if weights and splits.task == "classification" and len(weights) != splits.num_classes:
-        errors.append(FieldError("loss.options.class_weights", f"data has {splits.num_classes} classes but loss.options.class_weights has {len(weights)} weights; give exactly {splits.num_classes}"))
+        errors.append(
+            FieldError(
+                "loss.options.class_weights",
+                f"data has {splits.num_classes} classes but loss.options.class_weights has {len(weights)} weights; give exactly {splits.num_classes}",
+            )
+        )
     return errors
 
 
@@ -173,18 +222,33 @@ def _trial_forward(cfg: RunConfig, splits: DataSplits, model: nn.Module) -> list
         with torch.no_grad():
             out = model(x.to(device))
     except Exception as exc:
-        return [FieldError("model.name", f"{cfg.model.name} fails on a batch of data samples of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}; make the model take this input")]
+        return [
+            FieldError(
+                "model.name",
+                f"{cfg.model.name} fails on a batch of data samples of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}; make the model take this input",
+            )
+        ]
     finally:
         model.train(was_training)
     want = (len(x), splits.num_outputs)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return [FieldError("model.name", f"{cfg.model.name} returns {got} for a batch of {len(x)}, but {_outputs_phrase(splits)}, so it must return {want}; make its output (N, {splits.num_outputs})")]
+        return [
+            FieldError(
+                "model.name",
+                f"{cfg.model.name} returns {got} for a batch of {len(x)}, but {_outputs_phrase(splits)}, so it must return {want}; make its output (N, {splits.num_outputs})",
+            )
+        ]
     try:
         loss = build_loss(cfg.loss).to(device)
         loss(out, y.to(device))
     except Exception as exc:
-        return [FieldError("loss.name", f"{cfg.loss.name} fails on the model's output {tuple(out.shape)} and targets {tuple(y.shape)} of {y.dtype}: {type(exc).__name__}: {exc}")]
+        return [
+            FieldError(
+                "loss.name",
+                f"{cfg.loss.name} fails on the model's output {tuple(out.shape)} and targets {tuple(y.shape)} of {y.dtype}: {type(exc).__name__}: {exc}",
+            )
+        ]
     return []
 
 
@@ -202,6 +266,7 @@ def _first_samples(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | Non
 
 
 # -- metrics ------------------------------------------------------------------------------
+
 
 def accuracy_fn(task: str) -> AccuracyFn | None:
     """How to count correct predictions: argmax for classification, logit > 0 for binary.

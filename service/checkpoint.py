@@ -12,6 +12,7 @@ and fsync'ed, then renamed over the target with os.replace (atomic on POSIX), so
 full disk leaves the previous file as it was. Files hold only tensors and plain Python values and
 are loaded with `weights_only=True`: resuming from a checkpoint never runs pickled code.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,15 +84,23 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
     """Read a checkpoint with every tensor mapped onto `device` (CUDA files resume on CPU and back)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; give a checkpoint file, a run directory or 'latest'")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; give a checkpoint file, a run directory or 'latest'"
+        )
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); it is damaged or not a gradloop checkpoint") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); it is damaged or not a gradloop checkpoint"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a gradloop checkpoint; give a file from a run's checkpoints/ directory")
+        raise CheckpointError(
+            f"{str(path)!r} is not a gradloop checkpoint; give a file from a run's checkpoints/ directory"
+        )
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {state.get('version')}, this gradloop reads version {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state.get('version')}, this gradloop reads version {VERSION}"
+        )
     return state
 
 
@@ -104,16 +113,22 @@ def resolve_resume(resume: str | os.PathLike[str], output_dir: str | os.PathLike
         base = Path(output_dir) / name
         candidates = [p for p in base.glob(f"*/checkpoints/{LAST}") if p.is_file()]
         if not candidates:
-            raise CheckpointError(f"--resume latest found no checkpoint of a run named {name!r} under {str(base)!r}; run it once without --resume, or give a checkpoint path")
+            raise CheckpointError(
+                f"--resume latest found no checkpoint of a run named {name!r} under {str(base)!r}; run it once without --resume, or give a checkpoint path"
+            )
         return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
     path = Path(resume)
     if path.is_dir():
         for candidate in (path / "checkpoints" / LAST, path / LAST):
             if candidate.is_file():
                 return candidate
-        raise CheckpointError(f"directory {str(path)!r} holds no checkpoints/{LAST}; give a checkpoint file or a run directory")
+        raise CheckpointError(
+            f"directory {str(path)!r} holds no checkpoints/{LAST}; give a checkpoint file or a run directory"
+        )
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; give a checkpoint file, a run directory or 'latest'")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; give a checkpoint file, a run directory or 'latest'"
+        )
     return path
 
 
@@ -152,5 +167,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["atomic_save", "write_checkpoint", "load_checkpoint", "resolve_resume", "run_dir_of",
-           "step_checkpoints", "step_filename", "CheckpointError", "LAST"]
+__all__ = [
+    "atomic_save",
+    "write_checkpoint",
+    "load_checkpoint",
+    "resolve_resume",
+    "run_dir_of",
+    "step_checkpoints",
+    "step_filename",
+    "CheckpointError",
+    "LAST",
+]

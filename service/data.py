@@ -9,6 +9,7 @@ Plugin authors with in-memory data call make_splits(): the seeded split, then st
 with training-split statistics only. Target conventions: classification int64 (N,) class
 indices, binary float (N, 1) in {0, 1}, regression float (N, k).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,10 @@ class TensorData:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def subset(self, index: torch.Tensor) -> "TensorData":
+    def subset(self, index: torch.Tensor) -> TensorData:
         return TensorData(self.x[index], self.y[index])
 
-    def to(self, device: torch.device) -> "TensorData":
+    def to(self, device: torch.device) -> TensorData:
         return TensorData(self.x.to(device), self.y.to(device))
 
 
@@ -53,15 +54,15 @@ class DataSplits:
     train: Data
     val: Data | None
     task: Task
-    num_features: int | tuple[int, ...]     # per-sample input size (an int for flat features)
-    num_outputs: int                        # what the model's last layer must produce
-    num_classes: int | None = None          # classification only
+    num_features: int | tuple[int, ...]  # per-sample input size (an int for flat features)
+    num_outputs: int  # what the model's last layer must produce
+    num_classes: int | None = None  # classification only
     description: str = ""
 
 
 @dataclass(frozen=True)
 class DataContext:
-    root: Path            # data root: relative paths resolve here and may not leave it
+    root: Path  # data root: relative paths resolve here and may not leave it
     val_fraction: float
     split_seed: int
 
@@ -74,7 +75,9 @@ def resolve_data_path(ctx: DataContext, path: str, field: str) -> Path:
     """Resolve `path` under the data root; a path that leaves the root is a config error."""
     candidate = (ctx.root / path).resolve()
     if candidate != ctx.root and ctx.root not in candidate.parents:
-        raise ConfigError.single(field, f"path {path!r} leaves the data root {str(ctx.root)!r}; put the file under it or change data.root")
+        raise ConfigError.single(
+            field, f"path {path!r} leaves the data root {str(ctx.root)!r}; put the file under it or change data.root"
+        )
     if not candidate.exists():
         raise ConfigError.single(field, f"file {path!r} does not exist under the data root {str(ctx.root)!r}")
     return candidate
@@ -86,7 +89,9 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     perm = torch.randperm(n, generator=g)
     n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
     if val_fraction > 0 and n - n_val < 1:
-        raise ConfigError.single("data.val_fraction", f"val_fraction {val_fraction} leaves no training samples out of {n}")
+        raise ConfigError.single(
+            "data.val_fraction", f"val_fraction {val_fraction} leaves no training samples out of {n}"
+        )
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 

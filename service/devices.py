@@ -1,4 +1,5 @@
 """Which device a run uses, and the autocast settings for its precision."""
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ def resolve_device(spec: str) -> torch.device:
         index = int(spec.split(":", 1)[1]) if ":" in spec else torch.cuda.current_device()
         count = torch.cuda.device_count()
         if index >= count:
-            raise DeviceError(f"{spec!r} was asked for but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise DeviceError(
+                f"{spec!r} was asked for but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+            )
         return torch.device("cuda", index)
     if spec == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

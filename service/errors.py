@@ -5,6 +5,7 @@ and says what to do instead. The CLI prints them without a traceback (exit code 
 service turns them into problem+json bodies. Errors that are gradloop's own bugs stay
 ordinary exceptions.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -49,7 +50,7 @@ class ConfigError(GradloopError, ValueError):
         return "\n".join(lines)
 
     @classmethod
-    def single(cls, path: str, message: str, source: str | None = None) -> "ConfigError":
+    def single(cls, path: str, message: str, source: str | None = None) -> ConfigError:
         return cls([FieldError(path, message)], source)
 
 

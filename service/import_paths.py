@@ -3,10 +3,12 @@
 Only `gradloop run` and `train()` allow it; the HTTP service refuses import paths so that no
 client can make it import code (see config.validate_config(allow_import_paths=False)).
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gradloop.errors import ConfigError
 
@@ -18,12 +20,16 @@ def resolve_import_path(path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise ConfigError.single("model.name", f"cannot import module {module_name!r} from {path!r}: {type(exc).__name__}: {exc}") from None
+        raise ConfigError.single(
+            "model.name", f"cannot import module {module_name!r} from {path!r}: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise ConfigError.single("model.name", f"module {module_name!r} has no attribute {attr!r}; check the name after the colon")
+            raise ConfigError.single(
+                "model.name", f"module {module_name!r} has no attribute {attr!r}; check the name after the colon"
+            )
     if not callable(obj):
         raise ConfigError.single("model.name", f"{path!r} is a {type(obj).__name__}, not a callable factory")
     return obj

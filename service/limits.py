@@ -8,6 +8,7 @@ the config has been validated, and only from the config itself (file sizes aside
 trained or loaded. The model is built on torch's meta device (shapes, no memory), and the count is
 cached per (model name, options), so a repeated config costs a dictionary lookup.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,20 @@ class ServiceLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_epochs: int = Field(10_000, ge=1, description="trainer.epochs may not exceed this")
-    max_steps: int = Field(10_000_000, ge=1, description="optimizer steps a job may run (trainer.max_steps, or epochs x batches when the dataset size is known)")
-    max_dataset_samples: int = Field(10_000_000, ge=1, description="samples a generated dataset may have (options n_samples / max_samples)")
-    max_dataset_bytes: int = Field(10 * 1024**3, ge=1, description="size of a dataset file (options.path under the data root)")
-    max_model_params: int = Field(1_000_000_000, ge=1, description="parameters of the model, counted on the meta device")
+    max_steps: int = Field(
+        10_000_000,
+        ge=1,
+        description="optimizer steps a job may run (trainer.max_steps, or epochs x batches when the dataset size is known)",
+    )
+    max_dataset_samples: int = Field(
+        10_000_000, ge=1, description="samples a generated dataset may have (options n_samples / max_samples)"
+    )
+    max_dataset_bytes: int = Field(
+        10 * 1024**3, ge=1, description="size of a dataset file (options.path under the data root)"
+    )
+    max_model_params: int = Field(
+        1_000_000_000, ge=1, description="parameters of the model, counted on the meta device"
+    )
 
 
 def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> list[FieldError]:
@@ -41,26 +52,56 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
     errors: list[FieldError] = []
     trainer = config.trainer
     if trainer.epochs > limits.max_epochs:
-        errors.append(FieldError("trainer.epochs", f"{trainer.epochs} epochs is over this service's limit of {limits.max_epochs}; ask for at most {limits.max_epochs}"))
+        errors.append(
+            FieldError(
+                "trainer.epochs",
+                f"{trainer.epochs} epochs is over this service's limit of {limits.max_epochs}; ask for at most {limits.max_epochs}",
+            )
+        )
     if trainer.max_steps is not None and trainer.max_steps > limits.max_steps:
-        errors.append(FieldError("trainer.max_steps", f"{trainer.max_steps} steps is over this service's limit of {limits.max_steps}; ask for at most {limits.max_steps}"))
+        errors.append(
+            FieldError(
+                "trainer.max_steps",
+                f"{trainer.max_steps} steps is over this service's limit of {limits.max_steps}; ask for at most {limits.max_steps}",
+            )
+        )
 
     samples = _declared_samples(config.data.options)
     if samples is not None and samples > limits.max_dataset_samples:
         field = "n_samples" if "n_samples" in config.data.options else "max_samples"
-        errors.append(FieldError(f"data.options.{field}", f"{samples} samples is over this service's limit of {limits.max_dataset_samples}; use at most {limits.max_dataset_samples}"))
+        errors.append(
+            FieldError(
+                f"data.options.{field}",
+                f"{samples} samples is over this service's limit of {limits.max_dataset_samples}; use at most {limits.max_dataset_samples}",
+            )
+        )
     elif samples is not None and trainer.max_steps is None and not errors:
         steps = estimated_steps(samples, config)
         if steps > limits.max_steps:
-            errors.append(FieldError("trainer.epochs", f"{trainer.epochs} epochs of {samples} samples in batches of {config.data.batch_size} is about {steps} steps, over this service's limit of {limits.max_steps}; lower epochs or set trainer.max_steps"))
+            errors.append(
+                FieldError(
+                    "trainer.epochs",
+                    f"{trainer.epochs} epochs of {samples} samples in batches of {config.data.batch_size} is about {steps} steps, over this service's limit of {limits.max_steps}; lower epochs or set trainer.max_steps",
+                )
+            )
 
     size = _file_bytes(config.data.options, config.data.root, data_root)
     if size is not None and size > limits.max_dataset_bytes:
-        errors.append(FieldError("data.options.path", f"the file is {size} bytes, over this service's limit of {limits.max_dataset_bytes}; use a smaller file"))
+        errors.append(
+            FieldError(
+                "data.options.path",
+                f"the file is {size} bytes, over this service's limit of {limits.max_dataset_bytes}; use a smaller file",
+            )
+        )
 
     params = model_parameters(config.model.name, json.dumps(config.model.options, sort_keys=True))
     if params is not None and params > limits.max_model_params:
-        errors.append(FieldError("model.options", f"this model has {params} parameters, over this service's limit of {limits.max_model_params}; make it smaller"))
+        errors.append(
+            FieldError(
+                "model.options",
+                f"this model has {params} parameters, over this service's limit of {limits.max_model_params}; make it smaller",
+            )
+        )
     return errors
 
 

@@ -12,11 +12,13 @@ Independently, an observer whose `wants_step_stats(step)` is True gets `before_o
 (gradients present, pre-clip) and then `after_optimizer_step` with that snapshot, even between
 logging steps (then `metrics` may be empty). Validation results go through `log_metrics`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -31,22 +33,22 @@ MetricValue = "float | torch.Tensor"
 class RunContext:
     """Everything an observer may need once the run's components are built."""
 
-    config: "RunConfig"
+    config: RunConfig
     run_dir: Path
-    model: "torch.nn.Module"
-    optimizer: "torch.optim.Optimizer"
-    device: "torch.device"
-    param_names: list[str]                      # optimizer parameters' names, in group order
-    total_steps: int                            # optimizer steps the run will take in all
-    start_step: int = 0                         # > 0 when resumed from a checkpoint
-    mlflow_run_id: str | None = None            # the run to continue, when resumed
-    job_id: str | None = None                   # set when the HTTP service runs the job
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    param_names: list[str]  # optimizer parameters' names, in group order
+    total_steps: int  # optimizer steps the run will take in all
+    start_step: int = 0  # > 0 when resumed from a checkpoint
+    mlflow_run_id: str | None = None  # the run to continue, when resumed
+    job_id: str | None = None  # set when the HTTP service runs the job
     extra_tags: dict[str, str] = field(default_factory=dict)
-    example_input: Any = None                   # one batch of inputs (for a model signature)
+    example_input: Any = None  # one batch of inputs (for a model signature)
     # The pre-clip L2 norm of each parameter's gradient (a 1-d device tensor, in param_names
     # order) when the trainer measured them for the step being observed (logging steps,
     # clipping); else None. An observer reuses them instead of measuring them a second time.
-    grad_norms: Callable[[], "torch.Tensor | None"] = field(default=lambda: None)
+    grad_norms: Callable[[], torch.Tensor | None] = field(default=lambda: None)
 
 
 class Observer(Protocol):
@@ -56,7 +58,7 @@ class Observer(Protocol):
         """True when optimizer step `step` (1-based) should be observed in detail."""
         ...
 
-    def before_optimizer_step(self, step: int, model: "torch.nn.Module") -> Any:
+    def before_optimizer_step(self, step: int, model: torch.nn.Module) -> Any:
         """Gradients are complete, unscaled and not yet clipped; return a snapshot for after."""
         ...
 

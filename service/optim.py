@@ -6,9 +6,11 @@ optimizer-wide ones and each group's or rule's overrides -- with the plugin's ow
 model before anything is built, and report problems as ConfigError entries that name the
 option, the value and what is allowed.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -27,7 +29,7 @@ def build_optimizer(
     name: str,
     params: Any,
     *,
-    param_groups: Sequence[Mapping[str, Any] | "ParamGroupRule"] | None = None,
+    param_groups: Sequence[Mapping[str, Any] | ParamGroupRule] | None = None,
     no_weight_decay: bool | None = None,
     **options: Any,
 ) -> torch.optim.Optimizer:
@@ -41,7 +43,7 @@ def build_optimizer(
     return _build(name, params, options, param_groups or (), no_weight_decay, prefix="", source=f"optimizer {name!r}")
 
 
-def build_optimizer_from_config(cfg: "OptimizerConfig", model: "nn.Module") -> torch.optim.Optimizer:
+def build_optimizer_from_config(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer a run config asks for, over the model's trainable parameters."""
     return _build(
         cfg.name, model, dict(cfg.options), cfg.param_groups, cfg.no_weight_decay, prefix="optimizer.", source=None
@@ -69,7 +71,10 @@ def _build(
         src.options = _overrides(plugin, options, src.options, src.label, errors)
     for i, rule in enumerate(rule_dicts):
         overrides = {k: v for k, v in rule.items() if k != "match"}
-        rule_dicts[i] = {"match": rule.get("match"), **_overrides(plugin, options, overrides, f"{prefix}param_groups.{i}", errors)}
+        rule_dicts[i] = {
+            "match": rule.get("match"),
+            **_overrides(plugin, options, overrides, f"{prefix}param_groups.{i}", errors),
+        }
     if errors:
         raise ConfigError(errors, source)
 
@@ -82,7 +87,9 @@ def _build(
     return plugin.factory(groups, options=parsed)
 
 
-def _validate(plugin: registry.Plugin, base: dict[str, Any], overrides: Mapping[str, Any], path: str, source: str | None) -> BaseModel:
+def _validate(
+    plugin: registry.Plugin, base: dict[str, Any], overrides: Mapping[str, Any], path: str, source: str | None
+) -> BaseModel:
     try:
         return plugin.parse_options({**base, **overrides})
     except ValidationError as exc:
@@ -106,7 +113,7 @@ def _overrides(
 
 def _field_errors(exc: ValidationError, plugin: registry.Plugin, path: str) -> list[FieldError]:
     # One wording for option errors, whether they come from a config file or from Python.
-    from gradloop.config import did_you_mean, pydantic_message
+    from gradloop.config.messages import did_you_mean, pydantic_message
 
     allowed = list(plugin.options.model_fields)
     out = []

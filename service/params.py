@@ -22,12 +22,14 @@ Empty groups are left out.
 Each group is a dict torch.optim accepts: "params" (tensors), "param_names" (torch >= 2.6
 stores these in state_dict and checks them on load), "group_name", and option overrides.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +54,7 @@ class ParamSource:
 
 
 # -- step 1: reading the input ----------------------------------------------------------------
+
 
 def collect(params: Any) -> list[ParamSource]:
     """Read any accepted form of `params` into sources; raise ParamsError saying what to change."""
@@ -128,7 +131,9 @@ def _read_params(params: Any, where: str) -> tuple[list[tuple[str, torch.Tensor]
         pairs = []
         for key, value in params.items():
             if not isinstance(key, str):
-                raise ParamsError(f"{where} has a key of type {type(key).__name__} ({key!r}); parameter names must be strings")
+                raise ParamsError(
+                    f"{where} has a key of type {type(key).__name__} ({key!r}); parameter names must be strings"
+                )
             pairs.append((key, value))
         labels = [f"{where}[{k!r}]" for k, _ in pairs]
     elif isinstance(params, (str, bytes)) or params is None or not isinstance(params, Iterable):
@@ -215,6 +220,7 @@ def _check_some_trainable(params: Any, sources: Sequence[ParamSource]) -> None:
 
 
 # -- step 2: groups ----------------------------------------------------------------------------
+
 
 def build_param_groups(
     params: Any,

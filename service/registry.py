@@ -7,6 +7,7 @@ when that package is imported. Third-party plugins arrive through the entry-poin
 `gradloop.<kind>` and are loaded the first time a registry is used; a plugin that fails to load
 is a warning that names it and its error, never a crash.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -14,10 +15,11 @@ import importlib
 import pkgutil
 import threading
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -95,7 +97,18 @@ class Plugin:
         }
 
 
-_CONSTRAINT_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minLength", "maxLength", "minItems", "maxItems", "pattern")
+_CONSTRAINT_KEYS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "enum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+)
 
 
 def _type_label(prop: dict) -> str:
@@ -207,7 +220,9 @@ class Registry:
     def parse_options(self, name: str, options: Mapping[str, Any] | None) -> BaseModel:
         return self.get(name).parse_options(options)
 
-    def build(self, name: str, options: Mapping[str, Any] | BaseModel | None = None, /, *args: Any, **kwargs: Any) -> Any:
+    def build(
+        self, name: str, options: Mapping[str, Any] | BaseModel | None = None, /, *args: Any, **kwargs: Any
+    ) -> Any:
         """Validate `options` and call the plugin's factory(*args, options=..., **kwargs)."""
         plugin = self.get(name)
         return plugin.factory(*args, options=plugin.parse_options(options), **kwargs)
@@ -304,4 +319,6 @@ def registry(kind: str) -> Registry:
     try:
         return REGISTRIES[kind]
     except KeyError:
-        raise PluginNotFoundError("kinds", kind, list(REGISTRIES), (difflib.get_close_matches(kind, REGISTRIES, n=1) or [None])[0]) from None
+        raise PluginNotFoundError(
+            "kinds", kind, list(REGISTRIES), (difflib.get_close_matches(kind, REGISTRIES, n=1) or [None])[0]
+        ) from None

@@ -8,6 +8,7 @@ written anything or spent a step.
 Run directories are `{output_dir}/{name}/{run_id}` (see gradloop.checkpoint for what lies inside);
 a resumed run continues in the directory of the checkpoint it resumes from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,10 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -132,24 +134,53 @@ def build_components(cfg: RunConfig, device: torch.device) -> Components:
     optimizer = build_optimizer_from_config(cfg.optimizer, model)
     accum = cfg.trainer.grad_accum_steps
     data_seed = cfg.seed
-    train_batches = make_batches(splits.train, cfg.data.batch_size, shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last,
-                                 seed=data_seed, device=device, num_workers=cfg.data.num_workers, accum=accum)
+    train_batches = make_batches(
+        splits.train,
+        cfg.data.batch_size,
+        shuffle=cfg.data.shuffle,
+        drop_last=cfg.data.drop_last,
+        seed=data_seed,
+        device=device,
+        num_workers=cfg.data.num_workers,
+        accum=accum,
+    )
     val_batches = None
     if splits.val is not None and len(splits.val) > 0:
-        val_batches = make_batches(splits.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False, drop_last=False,
-                                   seed=data_seed, device=device, num_workers=cfg.data.num_workers)
+        val_batches = make_batches(
+            splits.val,
+            cfg.data.eval_batch_size or cfg.data.batch_size,
+            shuffle=False,
+            drop_last=False,
+            seed=data_seed,
+            device=device,
+            num_workers=cfg.data.num_workers,
+        )
     scheduler, caps = None, {}
     if cfg.scheduler is not None:
         plan = train_batches.plan
         total = plan.steps_per_epoch * cfg.trainer.epochs
         if cfg.trainer.max_steps is not None:
             total = min(total, cfg.trainer.max_steps)
-        scheduler = registry.schedulers.build(cfg.scheduler.name, cfg.scheduler.options, optimizer,
-                                              total_steps=total, steps_per_epoch=plan.steps_per_epoch)
+        scheduler = registry.schedulers.build(
+            cfg.scheduler.name,
+            cfg.scheduler.options,
+            optimizer,
+            total_steps=total,
+            steps_per_epoch=plan.steps_per_epoch,
+        )
         caps = dict(registry.schedulers.get(cfg.scheduler.name).capabilities)
     closure = bool(registry.optimizers.get(cfg.optimizer.name).capabilities.get("closure"))
-    return Components(model=model, loss_fn=loss_fn, optimizer=optimizer, train=train_batches, val=val_batches,
-                      scheduler=scheduler, scheduler_capabilities=caps, closure=closure, accuracy=accuracy_fn(splits.task))
+    return Components(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        train=train_batches,
+        val=val_batches,
+        scheduler=scheduler,
+        scheduler_capabilities=caps,
+        closure=closure,
+        accuracy=accuracy_fn(splits.task),
+    )
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -173,8 +204,20 @@ def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list
 
 # Settings that shape the trajectory: a checkpoint resumed under different ones would not be
 # the same run continued, and its position in the epoch would point at other samples.
-_RESUME_KEYS = ("seed", "model", "data.name", "data.options", "data.batch_size", "data.val_fraction", "data.split_seed",
-                "data.shuffle", "data.drop_last", "loss", "optimizer.name", "trainer.grad_accum_steps")
+_RESUME_KEYS = (
+    "seed",
+    "model",
+    "data.name",
+    "data.options",
+    "data.batch_size",
+    "data.val_fraction",
+    "data.split_seed",
+    "data.shuffle",
+    "data.drop_last",
+    "loss",
+    "optimizer.name",
+    "trainer.grad_accum_steps",
+)
 
 
 def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None) -> None:
@@ -194,7 +237,9 @@ def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path |
         warnings.warn(
             f"resuming with trainer.epochs/max_steps {cfg.trainer.epochs}/{cfg.trainer.max_steps} instead of "
             f"{old_len[0]}/{old_len[1]}: the scheduler continues the schedule saved in the checkpoint, "
-            f"planned for the old length", RuntimeWarning, stacklevel=3,
+            f"planned for the old length",
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 

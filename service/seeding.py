@@ -6,6 +6,7 @@ out of a checkpoint as plain tensors, ints and lists, so that a checkpoint loads
 `torch.load(weights_only=True)` and dropout after a resume draws the same masks as an
 uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,13 @@ def capture_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": _python_state_to_plain(random.getstate()),
         "cuda": None,
     }
@@ -55,8 +61,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].cpu().numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     random.setstate(_python_state_from_plain(state["python"]))
     cuda = state.get("cuda")
     # A checkpoint from a CUDA machine resumed on CPU (or on fewer GPUs) has nowhere to put

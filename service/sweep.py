@@ -7,6 +7,7 @@ does not stop the others), and gives the parent a summary: a table artifact with
 child's status, swept params and final metrics, and the best child's metrics and params as
 the parent's own. Children are nested under the parent through `tracking.parent_run`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,9 +18,10 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from gradloop.config import RunConfig, get_dotted, set_dotted, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
@@ -62,7 +64,9 @@ def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
     """[(label, child raw config)] for every combination of the grid, in key order."""
     grid = raw_config.get("sweep") or {}
     if not isinstance(grid, Mapping) or not grid:
-        raise ConfigError.single("sweep", "give a mapping of dotted keys to lists of values, e.g. {optimizer.options.lr: [0.1, 0.01]}")
+        raise ConfigError.single(
+            "sweep", "give a mapping of dotted keys to lists of values, e.g. {optimizer.options.lr: [0.1, 0.01]}"
+        )
     errors: list[FieldError] = []
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -78,7 +82,9 @@ def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
             try:
                 set_dotted(child, key, copy.deepcopy(value))
             except (KeyError, IndexError, TypeError) as exc:
-                raise ConfigError.single(f"sweep.{key}", f"this key cannot be set in the config: {exc.args[0]}") from None
+                raise ConfigError.single(
+                    f"sweep.{key}", f"this key cannot be set in the config: {exc.args[0]}"
+                ) from None
         label = ",".join(f"{k}={_short(v)}" for k, v in zip(keys, combo))
         children.append((label, child))
     return children
@@ -185,7 +191,9 @@ def _fit_options_to_swapped_plugins(raw: dict[str, Any], grid_keys: list[str]) -
         if spec.get("name") in reg:
             allowed = reg.get(spec["name"]).options.model_fields
             swept_options = {k.split(".", 2)[2] for k in grid_keys if k.startswith(f"{field_name}.options.")}
-            spec["options"] = {k: v for k, v in (spec.get("options") or {}).items() if k in allowed or k in swept_options}
+            spec["options"] = {
+                k: v for k, v in (spec.get("options") or {}).items() if k in allowed or k in swept_options
+            }
 
 
 def _default_train_one(observers: Sequence[Any], job_id: str | None, stop_event: threading.Event | None) -> TrainOne:
@@ -206,7 +214,7 @@ class _Parent:
         self.client, self.run_id = client, run_id
 
     @classmethod
-    def open(cls, config: RunConfig, children: list[SweepChild]) -> "_Parent":
+    def open(cls, config: RunConfig, children: list[SweepChild]) -> _Parent:
         if not config.tracking.enabled:
             return cls(None, None)
         from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
@@ -215,8 +223,11 @@ class _Parent:
         try:
             client = open_client(uri)
             exp = experiment_id(client, config.tracking.experiment, uri)
-            tags = {"gradloop.sweep": "parent", "gradloop.sweep_size": str(len(children)),
-                    "gradloop.config_hash": config.config_hash()}
+            tags = {
+                "gradloop.sweep": "parent",
+                "gradloop.sweep_size": str(len(children)),
+                "gradloop.config_hash": config.config_hash(),
+            }
             run = client.create_run(exp, tags=tags, run_name=f"{config.name}-sweep-{secrets.token_hex(3)}")
             client.log_param(run.info.run_id, "sweep.grid", json.dumps(config.sweep)[:6000])
             return cls(client, run.info.run_id)
@@ -254,8 +265,14 @@ def _pick_metric(children: list[SweepChild]) -> str:
 
 def _best(children: list[SweepChild], key: str) -> SweepChild | None:
     sign = -1.0 if "accuracy" in key else 1.0
-    scored = [(sign * c.result.metrics[key], i, c) for i, c in enumerate(children)
-              if c.status == "FINISHED" and c.result and key in c.result.metrics and c.result.metrics[key] == c.result.metrics[key]]
+    scored = [
+        (sign * c.result.metrics[key], i, c)
+        for i, c in enumerate(children)
+        if c.status == "FINISHED"
+        and c.result
+        and key in c.result.metrics
+        and c.result.metrics[key] == c.result.metrics[key]
+    ]
     return min(scored)[2] if scored else None
 
 
@@ -267,10 +284,21 @@ def _write_summary(path: Path, children: list[SweepChild]) -> Path:
         writer.writerow(["child", "run_name", "status", "mlflow_run_id", *swept, *metric_keys, "steps", "error"])
         for c in children:
             r = c.result
-            writer.writerow([c.label, c.config.name, c.status, (r.mlflow_run_id if r else "") or "",
-                             *(json.dumps(c.overrides[k]) if not isinstance(c.overrides[k], str) else c.overrides[k] for k in swept),
-                             *(f"{r.metrics[k]:.6g}" if r and k in r.metrics else "" for k in metric_keys),
-                             r.steps if r else "", c.error or ""])
+            writer.writerow(
+                [
+                    c.label,
+                    c.config.name,
+                    c.status,
+                    (r.mlflow_run_id if r else "") or "",
+                    *(
+                        json.dumps(c.overrides[k]) if not isinstance(c.overrides[k], str) else c.overrides[k]
+                        for k in swept
+                    ),
+                    *(f"{r.metrics[k]:.6g}" if r and k in r.metrics else "" for k in metric_keys),
+                    r.steps if r else "",
+                    c.error or "",
+                ]
+            )
     return path
 
 

@@ -3,11 +3,13 @@
 It is an Observer like MLflow tracking, so it sees the same window metrics at the logging
 cadence and never forces a host sync of its own between logging steps.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 from gradloop.config import RunConfig
 from gradloop.observer import NullObserver, RunContext, RunStatus
@@ -71,7 +73,9 @@ class LineProgress(_ProgressBase):
             epoch = int(_as_float(metrics.get("epoch", 0))) + 1 if "epoch" in metrics else "?"
             loss = f"{self.loss:.4f}" if self.loss is not None else "-"
             eta_s = _fmt_duration(eta) if eta == eta else "?"
-            self._print(f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {loss} {rate:.1f} steps/s eta {eta_s}")
+            self._print(
+                f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {loss} {rate:.1f} steps/s eta {eta_s}"
+            )
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         shown = " ".join(f"{k} {_as_float(v):.4f}" for k, v in metrics.items() if k.startswith("val/"))
@@ -109,8 +113,14 @@ class BarProgress(_ProgressBase):
         super().start(ctx)
         self._progress.start()
         self._task = self._progress.add_task(
-            "train", total=self.total, completed=ctx.start_step, name=ctx.config.name,
-            epoch=f"1/{self.epochs}", loss="-", rate="-", val="",
+            "train",
+            total=self.total,
+            completed=ctx.start_step,
+            name=ctx.config.name,
+            epoch=f"1/{self.epochs}",
+            loss="-",
+            rate="-",
+            val="",
         )
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
@@ -121,8 +131,11 @@ class BarProgress(_ProgressBase):
         rate, _ = self._rate_and_eta(step)
         epoch = int(_as_float(metrics["epoch"])) + 1 if "epoch" in metrics else 1
         self._progress.update(
-            self._task, completed=step, epoch=f"{min(epoch, self.epochs)}/{self.epochs}",
-            loss=f"{self.loss:.4f}" if self.loss is not None else "-", rate=f"{rate:.0f}",
+            self._task,
+            completed=step,
+            epoch=f"{min(epoch, self.epochs)}/{self.epochs}",
+            loss=f"{self.loss:.4f}" if self.loss is not None else "-",
+            rate=f"{rate:.0f}",
         )
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:

@@ -10,15 +10,17 @@ The trainer is handed built components (gradloop.runner builds them from a confi
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
 checkpoint, which is what makes a stopped run resume to bitwise-identical weights on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,15 +47,15 @@ class Components:
     val: Batches | None = None
     scheduler: Any = None
     scheduler_capabilities: Mapping[str, Any] = field(default_factory=dict)
-    closure: bool = False                    # optimizer re-evaluates the loss (L-BFGS)
-    accuracy: AccuracyFn | None = None       # counts correct predictions as a 0-d tensor
+    closure: bool = False  # optimizer re-evaluates the loss (L-BFGS)
+    accuracy: AccuracyFn | None = None  # counts correct predictions as a 0-d tensor
 
 
 @dataclass
 class FitOutcome:
     status: RunStatus
     steps: int
-    epochs: int                              # epochs completed
+    epochs: int  # epochs completed
     metrics: dict[str, float]
     checkpoint_path: Path | None
     duration_s: float
@@ -93,7 +95,10 @@ class Trainer:
         self.scheduler = parts.scheduler
         self.plan = parts.train.plan
         if len(self.plan) == 0:
-            raise ConfigError.single("data.batch_size", f"the training split gives no batch of data.batch_size={config.data.batch_size} (data.drop_last={config.data.drop_last}); lower batch_size or set drop_last: false")
+            raise ConfigError.single(
+                "data.batch_size",
+                f"the training split gives no batch of data.batch_size={config.data.batch_size} (data.drop_last={config.data.drop_last}); lower batch_size or set drop_last: false",
+            )
         self.total_steps = self.plan.steps_per_epoch * self.tc.epochs
         if self.tc.max_steps is not None:
             self.total_steps = min(self.total_steps, self.tc.max_steps)
@@ -119,9 +124,9 @@ class Trainer:
         self._monitor = self._plateau_monitor()
 
         # Loop state: what a checkpoint records and a resume restores.
-        self.step = 0                 # optimizer steps done
-        self.epoch = 0                # current epoch (0-based)
-        self.batch_in_epoch = 0       # next micro-batch of the current epoch (a window boundary)
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch (0-based)
+        self.batch_in_epoch = 0  # next micro-batch of the current epoch (a window boundary)
         self.skipped_steps = 0
         self.last_val_step = -1
         self.start_step = 0
@@ -144,7 +149,10 @@ class Trainer:
         try:
             return torch.compile(model)
         except Exception as exc:
-            raise ConfigError.single("trainer.compile", f"torch.compile is not available here ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false") from None
+            raise ConfigError.single(
+                "trainer.compile",
+                f"torch.compile is not available here ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false",
+            ) from None
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -174,12 +182,21 @@ class Trainer:
                 self._validate(step_scheduler=False)  # final metrics; training is over, so no scheduler step
             if status == "KILLED" or self.tc.checkpoint_at_end:
                 self.save_checkpoint()
-            return FitOutcome(status, self.step, self._epochs_done(), self.final_metrics(), self.last_checkpoint,
-                              time.perf_counter() - started, self.skipped_steps)
+            return FitOutcome(
+                status,
+                self.step,
+                self._epochs_done(),
+                self.final_metrics(),
+                self.last_checkpoint,
+                time.perf_counter() - started,
+                self.skipped_steps,
+            )
         except BaseException as exc:
             error = exc
             if self.tc.compile and _is_compile_error(exc):
-                error = TrainingError(f"trainer.compile: torch.compile could not compile the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false to train without it")
+                error = TrainingError(
+                    f"trainer.compile: torch.compile could not compile the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false to train without it"
+                )
                 raise error from exc
             raise
         finally:
@@ -190,7 +207,11 @@ class Trainer:
     def _loop(self) -> None:
         tc, model, opt = self.tc, self.model, self.optimizer
         clip_norm, clip_value = tc.grad_clip_norm, tc.grad_clip_value
-        step_scheduler_per_step = self.scheduler is not None and self.parts.scheduler_capabilities.get("interval", "step") == "step" and not self._monitor
+        step_scheduler_per_step = (
+            self.scheduler is not None
+            and self.parts.scheduler_capabilities.get("interval", "step") == "step"
+            and not self._monitor
+        )
         model.train()
         # Gradients left on the model by whoever built it must not leak into the first step.
         opt.zero_grad(set_to_none=True)
@@ -222,7 +243,11 @@ class Trainer:
                     self.scaler.unscale_(opt)
                     grad_norm = self._total_grad_norm() if clip_norm is not None or self._is_log_step(step) else None
                     ok = self._check_finite(step, window_loss, grad_norm)
-                    stats = [(o, o.before_optimizer_step(step, model)) for o in self.observers if o.wants_step_stats(step)] if ok else []
+                    stats = (
+                        [(o, o.before_optimizer_step(step, model)) for o in self.observers if o.wants_step_stats(step)]
+                        if ok
+                        else []
+                    )
 
                     # 3. Clip and step; a skipped step leaves the weights untouched.
                     if ok:
@@ -260,13 +285,19 @@ class Trainer:
 
     def _end_of_epoch(self) -> None:
         epoch_done = self.epoch + 1
-        if self.scheduler is not None and self.parts.scheduler_capabilities.get("interval") == "epoch" and not self._monitor:
+        if (
+            self.scheduler is not None
+            and self.parts.scheduler_capabilities.get("interval") == "epoch"
+            and not self._monitor
+        ):
             self.scheduler.step()
         if self.tc.val_every_epochs and epoch_done % self.tc.val_every_epochs == 0 and self.last_val_step != self.step:
             self._validate()
         self.epoch, self.batch_in_epoch = epoch_done, 0
 
-    def _closure_step(self, window: Window, batches: Iterator[Batch], step: int) -> tuple[torch.Tensor, torch.Tensor, bool, list]:
+    def _closure_step(
+        self, window: Window, batches: Iterator[Batch], step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, bool, list]:
         """One step of an optimizer that re-evaluates the loss itself (L-BFGS)."""
         assert len(window.sizes) == 1, "config validation forbids accumulation with closure optimizers"
         x, y = next(batches)
@@ -285,7 +316,9 @@ class Trainer:
                 first["loss"], first["norm"] = loss.detach(), self._total_grad_norm()
                 if not self._check_finite(step, first["loss"], first["norm"]):
                     raise _SkipStep
-                first["stats"] = [(o, o.before_optimizer_step(step, self.model)) for o in self.observers if o.wants_step_stats(step)]
+                first["stats"] = [
+                    (o, o.before_optimizer_step(step, self.model)) for o in self.observers if o.wants_step_stats(step)
+                ]
             if self.tc.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip_norm)
             elif self.tc.grad_clip_value is not None:
@@ -366,11 +399,20 @@ class Trainer:
                 break
         if not what:
             what.append("the total gradient norm overflowed")
-        return (f"step {step}: {' and '.join(what)}; lower optimizer.options.lr, set trainer.grad_clip_norm, "
-                "or set trainer.on_nonfinite: skip_step to skip such steps")
+        return (
+            f"step {step}: {' and '.join(what)}; lower optimizer.options.lr, set trainer.grad_clip_norm, "
+            "or set trainer.on_nonfinite: skip_step to skip such steps"
+        )
 
-    def _after_step(self, step: int, window: Window, window_loss: torch.Tensor, grad_norm: torch.Tensor,
-                    ok: bool, stats: list[tuple[Observer, Any]]) -> None:
+    def _after_step(
+        self,
+        step: int,
+        window: Window,
+        window_loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+        ok: bool,
+        stats: list[tuple[Observer, Any]],
+    ) -> None:
         if ok:  # a skipped step's loss is not finite and would poison the logging window's mean
             self._log_losses.append(window_loss)
             self._log_counts.append(window.samples)
@@ -462,11 +504,20 @@ class Trainer:
         monitor = str((self.config.scheduler.options if self.config.scheduler else {}).get("monitor", "val/loss"))
         available = ["val/loss"] + (["val/accuracy"] if self.parts.accuracy is not None else [])
         if monitor not in available:
-            raise ConfigError.single("scheduler.options.monitor", f"{monitor!r} is not a metric this run produces; use one of: {', '.join(available)}")
+            raise ConfigError.single(
+                "scheduler.options.monitor",
+                f"{monitor!r} is not a metric this run produces; use one of: {', '.join(available)}",
+            )
         if self.parts.val is None:
-            raise ConfigError.single("scheduler.name", f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; set data.val_fraction above 0")  # type: ignore[union-attr]
+            raise ConfigError.single(
+                "scheduler.name",
+                f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; set data.val_fraction above 0",
+            )  # type: ignore[union-attr]
         if not self.tc.val_every_epochs and not self.tc.val_every_steps:
-            raise ConfigError.single("trainer.val_every_epochs", f"{self.config.scheduler.name} steps after each validation but validation is off; set trainer.val_every_epochs or trainer.val_every_steps")  # type: ignore[union-attr]
+            raise ConfigError.single(
+                "trainer.val_every_epochs",
+                f"{self.config.scheduler.name} steps after each validation but validation is off; set trainer.val_every_epochs or trainer.val_every_steps",
+            )  # type: ignore[union-attr]
         return monitor
 
     # -- results --------------------------------------------------------------------------------
@@ -492,8 +543,13 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
-            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "skipped_steps": self.skipped_steps, "last_val_step": self.last_val_step},
+            "progress": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "skipped_steps": self.skipped_steps,
+                "last_val_step": self.last_val_step,
+            },
             "metrics": self.final_metrics(),
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
@@ -511,7 +567,9 @@ class Trainer:
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"the checkpoint does not fit this run's model or optimizer ({str(exc).splitlines()[0]}); resume with the config it was saved with") from None
+            raise CheckpointError(
+                f"the checkpoint does not fit this run's model or optimizer ({str(exc).splitlines()[0]}); resume with the config it was saved with"
+            ) from None
         progress = state["progress"]
         self.step = self.start_step = int(progress["step"])
         self.epoch = int(progress["epoch"])
@@ -535,10 +593,18 @@ class Trainer:
     # -- observers ----------------------------------------------------------------------------
     def _start_observers(self) -> None:
         ctx = RunContext(
-            config=self.config, run_dir=self.run_dir, model=self.model, optimizer=self.optimizer,
-            device=self.device, param_names=list(self.param_names), total_steps=self.total_steps,
-            start_step=self.start_step, mlflow_run_id=self.resumed_mlflow_run_id, job_id=self.job_id,
-            example_input=self.parts.train.example_input(), grad_norms=lambda: self._step_grad_norms,
+            config=self.config,
+            run_dir=self.run_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            device=self.device,
+            param_names=list(self.param_names),
+            total_steps=self.total_steps,
+            start_step=self.start_step,
+            mlflow_run_id=self.resumed_mlflow_run_id,
+            job_id=self.job_id,
+            example_input=self.parts.train.example_input(),
+            grad_norms=lambda: self._step_grad_norms,
         )
         for obs in self.observers:
             obs.start(ctx)

@@ -1,9 +1,17 @@
-"""Shared test set-up: MLflow never writes into the repository during tests."""
+"""Shared test set-up: fixtures registered for every test, and MLflow never writes into the repository.
+
+Tests are grouped by what they cover: core/ (config, build, loop, checkpoints), plugins/, tracking/,
+jobs/ (store and durability), api/ (the HTTP service), cli/, packaging/ and gpu/. Helpers that
+tests import live in support/; fixtures are registered here through `pytest_plugins`.
+"""
+
 from __future__ import annotations
 
 import os
 
 import pytest
+
+pytest_plugins = ["tests.support.mlflow_stores"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,9 +2,11 @@
 
 classification: int64 class indices (N,); binary: float (N, 1) in {0, 1}; regression: float (N, k).
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -27,7 +29,10 @@ def encode_labels(values: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
 def binary_from_labels(values: Sequence[str], field: str) -> torch.Tensor:
     y, labels = encode_labels(values)
     if len(labels) > 2:
-        raise ConfigError.single(field, f"a binary task needs at most two distinct target values, found {len(labels)} ({_few(labels)}); use task: classification")
+        raise ConfigError.single(
+            field,
+            f"a binary task needs at most two distinct target values, found {len(labels)} ({_few(labels)}); use task: classification",
+        )
     return y.float().unsqueeze(1)
 
 
@@ -38,17 +43,25 @@ def targets_from_tensor(y: torch.Tensor, task: FileTask, field: str) -> torch.Te
         return y.unsqueeze(1) if y.dim() == 1 else y.reshape(len(y), -1)
     flat = y.reshape(len(y), -1)
     if flat.shape[1] != 1:
-        raise ConfigError.single(field, f"{task} targets need one value per sample, got shape {tuple(y.shape)}; use task: regression for several targets")
+        raise ConfigError.single(
+            field,
+            f"{task} targets need one value per sample, got shape {tuple(y.shape)}; use task: regression for several targets",
+        )
     flat = flat[:, 0]
     if flat.is_floating_point():
         if not torch.equal(flat, flat.round()):
-            raise ConfigError.single(field, f"{task} targets must be whole numbers (class indices), found fractional values; use task: regression")
+            raise ConfigError.single(
+                field,
+                f"{task} targets must be whole numbers (class indices), found fractional values; use task: regression",
+            )
     flat = flat.long()
     if len(flat) and flat.min() < 0:
         raise ConfigError.single(field, f"class indices must be >= 0, found {int(flat.min())}")
     if task == "binary":
         if len(flat) and flat.max() > 1:
-            raise ConfigError.single(field, f"binary targets must be 0 or 1, found {int(flat.max())}; use task: classification")
+            raise ConfigError.single(
+                field, f"binary targets must be 0 or 1, found {int(flat.max())}; use task: classification"
+            )
         return flat.float().unsqueeze(1)
     return flat
 

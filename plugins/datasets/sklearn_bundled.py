@@ -4,6 +4,7 @@ Features are standardised with the training split's statistics only. Classificat
 are int64 class indices; regression targets (diabetes) float (N, 1), standardised too unless
 scale_target is false. digits can come as 8x8 images (N, 1, 8, 8) for the cnn.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -23,14 +24,18 @@ _NUM_CLASSES = {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}
 class SklearnOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"] = Field(description="which bundled dataset")
-    max_samples: int | None = Field(None, ge=2, description="keep a fixed random subset of this many samples (fast tests)")
+    max_samples: int | None = Field(
+        None, ge=2, description="keep a fixed random subset of this many samples (fast tests)"
+    )
     standardize: bool = Field(True, description="scale features with the training split's mean and std")
-    scale_target: bool = Field(True, description="regression only: scale targets with the training split's mean and std")
+    scale_target: bool = Field(
+        True, description="regression only: scale targets with the training split's mean and std"
+    )
     as_images: bool = Field(False, description="digits only: samples as images (1, 8, 8) for the cnn")
     binary: bool = Field(False, description="breast_cancer only: float (N, 1) 0/1 targets for bce_with_logits")
 
     @model_validator(mode="after")
-    def _dataset_specific(self) -> "SklearnOptions":
+    def _dataset_specific(self) -> SklearnOptions:
         if self.as_images and self.dataset != "digits":
             raise ValueError(f"as_images works for digits only (the others are not images), not {self.dataset}")
         if self.binary and self.dataset not in _BINARY_OK:
@@ -53,7 +58,11 @@ def _load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(bunch.data, dtype=torch.float32), torch.as_tensor(bunch.target)
 
 
-@datasets.register("sklearn", options=SklearnOptions, description="scikit-learn's bundled datasets: digits, iris, wine, breast_cancer, diabetes.")
+@datasets.register(
+    "sklearn",
+    options=SklearnOptions,
+    description="scikit-learn's bundled datasets: digits, iris, wine, breast_cancer, diabetes.",
+)
 def sklearn_dataset(*, options: SklearnOptions, ctx: DataContext) -> DataSplits:
     x, y = _load(options.dataset)
     if options.max_samples is not None and options.max_samples < len(x):
@@ -68,16 +77,28 @@ def sklearn_dataset(*, options: SklearnOptions, ctx: DataContext) -> DataSplits:
     desc = f"sklearn {options.dataset}: {len(x)} samples"
     if options.dataset in _REGRESSION:
         return make_splits(
-            TensorData(x, y.float().reshape(-1, 1)), ctx, "regression",
-            standardize_x=options.standardize, standardize_y=options.scale_target, description=desc,
+            TensorData(x, y.float().reshape(-1, 1)),
+            ctx,
+            "regression",
+            standardize_x=options.standardize,
+            standardize_y=options.scale_target,
+            description=desc,
         )
     if options.binary:
         return make_splits(
-            TensorData(x, y.float().reshape(-1, 1)), ctx, "binary", standardize_x=options.standardize, description=desc,
+            TensorData(x, y.float().reshape(-1, 1)),
+            ctx,
+            "binary",
+            standardize_x=options.standardize,
+            description=desc,
         )
     num_classes = _NUM_CLASSES[options.dataset]
     return make_splits(
-        TensorData(x, y.long()), ctx, "classification", num_classes=num_classes,
-        standardize_x=options.standardize, standardize_dims=dims, description=desc,
+        TensorData(x, y.long()),
+        ctx,
+        "classification",
+        num_classes=num_classes,
+        standardize_x=options.standardize,
+        standardize_dims=dims,
+        description=desc,
     )
-

@@ -3,6 +3,7 @@
 The generating seed (options.seed) fixes the data; the train/validation split follows the
 run's split seed, so two runs with different seeds see the same samples split differently.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,9 +32,11 @@ class ClassificationOptions(BaseModel):
     binary: bool = Field(False, description="float (N, 1) 0/1 targets for bce_with_logits; needs n_classes 2")
 
     @model_validator(mode="after")
-    def _binary_two_classes(self) -> "ClassificationOptions":
+    def _binary_two_classes(self) -> ClassificationOptions:
         if self.binary and self.n_classes != 2:
-            raise ValueError(f"binary targets need n_classes 2, got {self.n_classes}; set n_classes: 2 or binary: false")
+            raise ValueError(
+                f"binary targets need n_classes 2, got {self.n_classes}; set n_classes: 2 or binary: false"
+            )
         return self
 
 
@@ -49,7 +52,9 @@ def synthetic_regression(*, options: RegressionOptions, ctx: DataContext) -> Dat
     b = torch.randn(options.n_targets, generator=g)
     y = x @ w + b + options.noise * torch.randn(options.n_samples, options.n_targets, generator=g)
     return make_splits(
-        TensorData(x, y), ctx, "regression",
+        TensorData(x, y),
+        ctx,
+        "regression",
         description=f"synthetic regression: {options.n_samples} x {options.n_features}, {options.n_targets} target(s)",
     )
 

@@ -1,4 +1,5 @@
 """Shape checks the built-in losses share: a mismatch must fail loudly, never broadcast."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The `bce_with_logits` loss: one logit per sample against 0/1 targets (binary)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,14 +7,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from gradloop.registry import losses
-
 from gradloop.plugins.losses._shapes import same_shape
+from gradloop.registry import losses
 
 
 class BCEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pos_weight: float | None = Field(None, gt=0, description="weight of positive samples (e.g. negatives/positives for imbalance)")
+    pos_weight: float | None = Field(
+        None, gt=0, description="weight of positive samples (e.g. negatives/positives for imbalance)"
+    )
 
 
 class BCEWithLogits(nn.Module):

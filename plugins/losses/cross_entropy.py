@@ -1,4 +1,5 @@
 """The `cross_entropy` loss: logits (N, C) against class indices (N,), for classification."""
+
 from __future__ import annotations
 
 from typing import Annotated

@@ -1,4 +1,5 @@
 """The `huber` loss: quadratic near zero, linear beyond `delta` (regression)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,9 +7,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from gradloop.registry import losses
-
 from gradloop.plugins.losses._shapes import same_shape
+from gradloop.registry import losses
 
 
 class HuberOptions(BaseModel):
@@ -29,6 +29,8 @@ class Huber(nn.Module):
         return f"delta={self.delta}"
 
 
-@losses.register("huber", options=HuberOptions, description="Huber loss (regression), robust to outliers.", task="regression")
+@losses.register(
+    "huber", options=HuberOptions, description="Huber loss (regression), robust to outliers.", task="regression"
+)
 def build_huber(*, options: HuberOptions) -> nn.Module:
     return Huber(options.delta)

@@ -1,13 +1,13 @@
 """The `l1` loss: mean absolute error for regression."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradloop.registry import NoOptions, losses
-
 from gradloop.plugins.losses._shapes import same_shape
+from gradloop.registry import NoOptions, losses
 
 
 class L1(nn.Module):

@@ -1,13 +1,13 @@
 """The `mse` loss: mean squared error for regression."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradloop.registry import NoOptions, losses
-
 from gradloop.plugins.losses._shapes import same_shape
+from gradloop.registry import NoOptions, losses
 
 
 class MSE(nn.Module):

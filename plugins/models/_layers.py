@@ -1,7 +1,9 @@
 """Pieces the built-in models share: activation choice and the feed-forward stack."""
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn

@@ -3,6 +3,7 @@
 Compatibility: its `in_option` is the tuple ("in_channels", "image_size", "image_size"),
 which gradloop.build compares position by position with the dataset's sample shape (C, H, W).
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -11,9 +12,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from gradloop.registry import models
-
 from gradloop.plugins.models._layers import Activation, activation
+from gradloop.registry import models
 
 
 class CNNOptions(BaseModel):
@@ -21,7 +21,9 @@ class CNNOptions(BaseModel):
     in_channels: int = Field(1, ge=1, le=4096, description="image channels; must equal the dataset's C")
     image_size: int = Field(ge=1, le=16384, description="side of the square input images (H = W)")
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=lambda: [16, 32], min_length=1, max_length=16,
+        default_factory=lambda: [16, 32],
+        min_length=1,
+        max_length=16,
         description="output channels of each conv block; each block halves H and W",
     )
     out_features: int = Field(ge=1, le=1_000_000, description="outputs: classes, 1 for binary, or regression targets")
@@ -31,7 +33,7 @@ class CNNOptions(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head")
 
     @model_validator(mode="after")
-    def _fits(self) -> "CNNOptions":
+    def _fits(self) -> CNNOptions:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd so convs keep the image size, got {self.kernel_size}")
         if self.image_size >> len(self.channels) < 1:

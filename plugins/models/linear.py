@@ -1,12 +1,12 @@
 """The `linear` model: one affine map from features to outputs (parameters layers.0.*)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from gradloop.registry import models
-
 from gradloop.plugins.models._layers import FeedForward
+from gradloop.registry import models
 
 
 class LinearOptions(BaseModel):

@@ -1,4 +1,5 @@
 """The `mlp` model: a multi-layer perceptron on flat features."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -6,9 +7,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from gradloop.registry import models
-
 from gradloop.plugins.models._layers import Activation, FeedForward, Norm
+from gradloop.registry import models
 
 
 class MLPOptions(BaseModel):

@@ -1,12 +1,12 @@
 """Adagrad (torch.optim.Adagrad)."""
+
 from __future__ import annotations
 
 import torch
 from pydantic import Field
 
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
+from gradloop.registry import optimizers
 
 
 class AdagradOptions(OptimizerOptions):

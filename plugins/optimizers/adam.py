@@ -1,11 +1,11 @@
 """Adam (torch.optim.Adam): L2-style weight decay added to the gradient."""
+
 from __future__ import annotations
 
 import torch
 
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import Betas, Eps, Foreach, Fused, LearningRate, OptimizerOptions, WeightDecay
+from gradloop.registry import optimizers
 
 
 class AdamOptions(OptimizerOptions):
@@ -19,6 +19,11 @@ class AdamOptions(OptimizerOptions):
     fused: Fused = None
 
 
-@optimizers.register("adam", options=AdamOptions, description="Adam (torch.optim.Adam); weight_decay is L2 added to the gradient", closure=False)
+@optimizers.register(
+    "adam",
+    options=AdamOptions,
+    description="Adam (torch.optim.Adam); weight_decay is L2 added to the gradient",
+    closure=False,
+)
 def adam(param_groups: list[dict], *, options: AdamOptions) -> torch.optim.Optimizer:
     return torch.optim.Adam(param_groups, **options.model_dump())

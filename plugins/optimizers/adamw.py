@@ -1,12 +1,12 @@
 """AdamW (torch.optim.AdamW): Adam with decoupled weight decay."""
+
 from __future__ import annotations
 
 import torch
 
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import WeightDecay
 from gradloop.plugins.optimizers.adam import AdamOptions
+from gradloop.registry import optimizers
 
 
 class AdamWOptions(AdamOptions):
@@ -15,6 +15,11 @@ class AdamWOptions(AdamOptions):
     weight_decay: WeightDecay = 0.01
 
 
-@optimizers.register("adamw", options=AdamWOptions, description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay", closure=False)
+@optimizers.register(
+    "adamw",
+    options=AdamWOptions,
+    description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay",
+    closure=False,
+)
 def adamw(param_groups: list[dict], *, options: AdamWOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups, **options.model_dump())

@@ -1,4 +1,5 @@
 """L-BFGS (torch.optim.LBFGS): re-evaluates the loss through a closure, one param group only."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -7,9 +8,8 @@ import torch
 from pydantic import Field
 
 from gradloop.errors import ParamsError
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import LearningRate, OptimizerOptions
+from gradloop.registry import optimizers
 
 
 class LBFGSOptions(OptimizerOptions):
@@ -22,7 +22,12 @@ class LBFGSOptions(OptimizerOptions):
     line_search_fn: Literal["strong_wolfe"] | None = Field(None, description="'strong_wolfe' or none")
 
 
-@optimizers.register("lbfgs", options=LBFGSOptions, description="L-BFGS (torch.optim.LBFGS); the trainer drives it with a closure", closure=True)
+@optimizers.register(
+    "lbfgs",
+    options=LBFGSOptions,
+    description="L-BFGS (torch.optim.LBFGS); the trainer drives it with a closure",
+    closure=True,
+)
 def lbfgs(param_groups: list[dict], *, options: LBFGSOptions) -> torch.optim.Optimizer:
     if len(param_groups) > 1:
         names = ", ".join(str(g.get("group_name")) for g in param_groups)

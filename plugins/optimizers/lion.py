@@ -11,9 +11,11 @@ Update per parameter, with gradient g and momentum m:
 Every coordinate moves by exactly lr (before decay), so Lion wants a smaller lr than AdamW
 (the paper suggests 3-10x smaller) and a correspondingly larger weight_decay.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +29,9 @@ class LionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(1e-4, gt=0, description="learning rate (every coordinate moves by lr per step)")
-    betas: tuple[Beta, Beta] = Field((0.9, 0.99), description="beta1 interpolates the update, beta2 the momentum; each in [0, 1)")
+    betas: tuple[Beta, Beta] = Field(
+        (0.9, 0.99), description="beta1 interpolates the update, beta2 the momentum; each in [0, 1)"
+    )
     weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay")
     maximize: bool = False
 

@@ -1,12 +1,12 @@
 """RMSprop (torch.optim.RMSprop)."""
+
 from __future__ import annotations
 
 import torch
 from pydantic import Field
 
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import Eps, Foreach, LearningRate, Momentum, OptimizerOptions, WeightDecay
+from gradloop.registry import optimizers
 
 
 class RMSpropOptions(OptimizerOptions):

@@ -1,12 +1,12 @@
 """SGD (torch.optim.SGD): plain, with momentum, or Nesterov."""
+
 from __future__ import annotations
 
 import torch
 from pydantic import Field, model_validator
 
-from gradloop.registry import optimizers
-
 from gradloop.plugins.optimizers._common import Foreach, Fused, LearningRate, Momentum, OptimizerOptions, WeightDecay
+from gradloop.registry import optimizers
 
 
 class SGDOptions(OptimizerOptions):
@@ -20,7 +20,7 @@ class SGDOptions(OptimizerOptions):
     fused: Fused = None
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> "SGDOptions":
+    def _nesterov_needs_momentum(self) -> SGDOptions:
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
                 f"nesterov needs momentum > 0 and dampening 0 (got momentum={self.momentum}, "
@@ -29,6 +29,11 @@ class SGDOptions(OptimizerOptions):
         return self
 
 
-@optimizers.register("sgd", options=SGDOptions, description="Stochastic gradient descent with optional momentum and Nesterov (torch.optim.SGD)", closure=False)
+@optimizers.register(
+    "sgd",
+    options=SGDOptions,
+    description="Stochastic gradient descent with optional momentum and Nesterov (torch.optim.SGD)",
+    closure=False,
+)
 def sgd(param_groups: list[dict], *, options: SGDOptions) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups, **options.model_dump())

@@ -10,6 +10,7 @@ so the lr of the (s+1)-th optimizer step is base_lr * factor(s):
                       linear: floor + (1 - floor) * (1 - p)
 so the first step after warmup uses the full base lr and the last of T steps uses min_lr.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,16 +27,22 @@ Shape = Literal["cosine", "linear"]
 class WarmupDecayOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup (must be fewer than the run's total steps)")
+    warmup_steps: int = Field(
+        0, ge=0, description="optimizer steps of linear warmup (must be fewer than the run's total steps)"
+    )
     min_lr: float = Field(0.0, ge=0, description="lr at the last step; absolute, the same for every param group")
 
 
-def warmup_decay(optimizer: torch.optim.Optimizer, options: WarmupDecayOptions, total_steps: int, shape: Shape) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_decay(
+    optimizer: torch.optim.Optimizer, options: WarmupDecayOptions, total_steps: int, shape: Shape
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR with one WarmupDecay curve per param group (each group has its own floor)."""
     check_warmup(shape, options.warmup_steps, total_steps)
     base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]  # what LambdaLR scales
     names = [str(g.get("group_name", i)) for i, g in enumerate(optimizer.param_groups)]
-    curves = [WarmupDecay(options.warmup_steps, total_steps, f, shape) for f in floors(shape, base, names, options.min_lr)]
+    curves = [
+        WarmupDecay(options.warmup_steps, total_steps, f, shape) for f in floors(shape, base, names, options.min_lr)
+    ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curves)
 
 
@@ -61,7 +68,8 @@ class WarmupDecay:
 def check_warmup(name: str, warmup_steps: int, total_steps: int) -> None:
     if total_steps < 1:
         raise ConfigError.single(
-            "scheduler.name", f"{name} steps per optimizer step and needs the run's total steps, got {total_steps}; train for at least one step"
+            "scheduler.name",
+            f"{name} steps per optimizer step and needs the run's total steps, got {total_steps}; train for at least one step",
         )
     if warmup_steps >= total_steps:
         raise ConfigError.single(

@@ -3,6 +3,7 @@
 The trainer calls `.step(value)` after each validation with the metric named by `monitor`
 (a key of the validation metrics, e.g. "val/loss" or "val/accuracy").
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -16,8 +17,12 @@ from gradloop.registry import schedulers
 class ReduceOnPlateauOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    monitor: str = Field("val/loss", min_length=1, description="validation metric to watch, e.g. val/loss or val/accuracy")
-    mode: Literal["min", "max"] = Field("min", description="min: lower is better (losses); max: higher is better (accuracy)")
+    monitor: str = Field(
+        "val/loss", min_length=1, description="validation metric to watch, e.g. val/loss or val/accuracy"
+    )
+    mode: Literal["min", "max"] = Field(
+        "min", description="min: lower is better (losses); max: higher is better (accuracy)"
+    )
     factor: float = Field(0.1, gt=0, lt=1, description="multiply the lr by this when the metric stalls, in (0, 1)")
     patience: int = Field(10, ge=0, description="validations without improvement before reducing")
     threshold: float = Field(1e-4, ge=0, description="smallest change that counts as an improvement")

@@ -6,12 +6,13 @@ Routes live in api_jobs.py (/v1/jobs...) and api_ops.py (/v1/plugins..., /health
 global, so tests can build as many apps as they like. The API knows nothing of torch beyond the
 config schema; it is imported here only through the plugin registry, for option models.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
@@ -81,8 +82,19 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         if max_concurrent > 0:
             pool = WorkerPool(
                 store,
-                WorkerSettings(db_url=settings.db, jobs_dir=str(settings.jobs_dir), data_root=str(settings.data_root), tracking_uri=settings.tracking_uri),
-                PoolSettings(max_concurrent=max_concurrent, lease_s=settings.lease_s, cancel_grace_s=settings.cancel_grace_s, gpus=gpus, worker_id=settings.worker_id or ""),
+                WorkerSettings(
+                    db_url=settings.db,
+                    jobs_dir=str(settings.jobs_dir),
+                    data_root=str(settings.data_root),
+                    tracking_uri=settings.tracking_uri,
+                ),
+                PoolSettings(
+                    max_concurrent=max_concurrent,
+                    lease_s=settings.lease_s,
+                    cancel_grace_s=settings.cancel_grace_s,
+                    gpus=gpus,
+                    worker_id=settings.worker_id or "",
+                ),
                 on_job_end=metrics.job_ended,
             )
             await anyio.to_thread.run_sync(pool.start)

@@ -6,12 +6,13 @@ resolved (symlinks followed) and must still lie inside the job's directory; the 
 opened with O_NOFOLLOW so that a link swapped in after the check is not followed either. A job's
 directory may sit on a volume other hosts write to, so its contents are not trusted.
 """
+
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from starlette.exceptions import HTTPException
 
@@ -25,15 +26,21 @@ def _inside(root: Path, candidate: Path) -> bool:
 def safe_path(job_dir: Path, relative: str) -> Path:
     """`relative` under `job_dir`, or a 4xx: 400 for a path that tries to leave, 404 otherwise."""
     if not relative or "\x00" in relative or "\\" in relative:
-        raise HTTPException(400, "the file path must be a relative path inside the job's directory, e.g. runs/latest/metrics.jsonl")
+        raise HTTPException(
+            400, "the file path must be a relative path inside the job's directory, e.g. runs/latest/metrics.jsonl"
+        )
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts:
-        raise HTTPException(400, f"the file path {relative!r} leaves the job's directory; give a path relative to it without '..'")
+        raise HTTPException(
+            400, f"the file path {relative!r} leaves the job's directory; give a path relative to it without '..'"
+        )
     root = job_dir.resolve()
     try:
         resolved = (root / pure).resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError, RuntimeError):  # RuntimeError: a symlink loop
-        raise HTTPException(404, f"the job has no file {relative!r}; list its files with GET /v1/jobs/{{id}}/artifacts") from None
+        raise HTTPException(
+            404, f"the job has no file {relative!r}; list its files with GET /v1/jobs/{{id}}/artifacts"
+        ) from None
     if not _inside(root, resolved):
         # A symlink out of the job's directory: answered like a missing file, so the answer
         # says nothing about what exists outside.

@@ -4,6 +4,7 @@ Auth runs as a router dependency (with the check that refuses unknown query para
 valid token learns nothing about jobs. Tokens are compared in constant time, and every accepted
 token is compared (no early exit that would tell which one was close).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -41,7 +42,11 @@ def require_token(request: Request, credentials: HTTPAuthorizationCredentials | 
     if not accepted:
         return
     if credentials is None or credentials.scheme.lower() != "bearer" or not token_ok(credentials.credentials, accepted):
-        raise HTTPException(401, "a valid bearer token is required: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "a valid bearer token is required: send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def reject_unknown_query(request: Request) -> None:
@@ -115,7 +120,9 @@ class BodyLimitMiddleware:
                 await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, f"the request body is over the limit of {self.limit} bytes; send a smaller config", instance=scope.get("path"))
+        response = problem_response(
+            413,
+            f"the request body is over the limit of {self.limit} bytes; send a smaller config",
+            instance=scope.get("path"),
+        )
         await response(scope, receive, send)
-
-

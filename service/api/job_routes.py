@@ -3,6 +3,7 @@
 Handlers are plain `def` where they touch the database (FastAPI runs them in its thread pool);
 the event stream is async and polls the store from a worker thread.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,12 @@ MAX_LOG_CHUNK = 1024 * 1024
 MAX_FILE_CHUNK = 16 * 1024 * 1024  # a checkpoint is read in chunks of this (X-Next-Offset)
 
 
-
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(guard)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(guard)],
+    responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)},
+)
 
 
 def _store(request: Request) -> JobStore:
@@ -53,8 +58,14 @@ def _uuid(job_id: str) -> str:
         raise HTTPException(404, f"no job has id {job_id!r}; job ids are UUIDs from POST /v1/jobs") from None
 
 
-_YAML_BODY = {"application/yaml": {"schema": {"type": "string", "description": "the run config as YAML (the file `gradloop run` takes)"}}}
-_JSON_BODY = {"application/json": {"schema": {"type": "object", "description": "the run config (see `gradloop validate --json`)"}}}
+_YAML_BODY = {
+    "application/yaml": {
+        "schema": {"type": "string", "description": "the run config as YAML (the file `gradloop run` takes)"}
+    }
+}
+_JSON_BODY = {
+    "application/json": {"schema": {"type": "object", "description": "the run config (see `gradloop validate --json`)"}}
+}
 
 
 @router.post(
@@ -62,19 +73,31 @@ _JSON_BODY = {"application/json": {"schema": {"type": "object", "description": "
     status_code=202,
     response_model=JobOut,
     summary="Submit a training job",
-    responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}, **{k: PROBLEM_RESPONSES[k] for k in (413, 415, 422)}, 503: {"description": "the service is shutting down"}},
+    responses={
+        202: {"headers": {"Location": {"schema": {"type": "string"}}}},
+        **{k: PROBLEM_RESPONSES[k] for k in (413, 415, 422)},
+        503: {"description": "the service is shutting down"},
+    },
     openapi_extra={"requestBody": {"required": True, "content": {**_JSON_BODY, **_YAML_BODY}}},
 )
 async def submit_job(
     request: Request,
-    priority: Annotated[int, Query(ge=-1000, le=1000, description="higher runs first; equal priorities run oldest first")] = 0,
-    idempotency_key: Annotated[str | None, Header(max_length=200, description="retry-safe submission: one key makes one job")] = None,
+    priority: Annotated[
+        int, Query(ge=-1000, le=1000, description="higher runs first; equal priorities run oldest first")
+    ] = 0,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="retry-safe submission: one key makes one job")
+    ] = None,
 ) -> Response:
     body = await request.body()  # the body limit middleware has already bounded it
     app = request.app
     pool = app.state.pool
     if app.state.draining or (pool is not None and pool._draining.is_set()):
-        raise HTTPException(503, "the service is shutting down and takes no new jobs; submit again once it is back", headers={"Retry-After": "5"})
+        raise HTTPException(
+            503,
+            "the service is shutting down and takes no new jobs; submit again once it is back",
+            headers={"Retry-After": "5"},
+        )
     settings = app.state.settings
     content_type = request.headers.get("content-type", "")
     # Parsing and validating an ordinary config is under a millisecond of CPU (a model's size,
@@ -87,14 +110,24 @@ async def submit_job(
     else:
         raw, config = await anyio.to_thread.run_sync(_validated, body, content_type, settings)
     store = _store(request)
-    job_args = {"request_hash": request_hash(raw, priority), "name": config.name, "device": config.device,
-                "priority": priority, "idempotency_key": idempotency_key, "max_attempts": settings.max_attempts}
+    job_args = {
+        "request_hash": request_hash(raw, priority),
+        "name": config.name,
+        "device": config.device,
+        "priority": priority,
+        "idempotency_key": idempotency_key,
+        "max_attempts": settings.max_attempts,
+    }
     fields = config.to_dict()
     # SQLite: written in place (if another process is writing, after a kernel hand-off of its
     # lock, well under a millisecond). When another thread of this process holds the lock, or on
     # PostgreSQL (network round trips), the write waits in a worker thread instead.
     done = store.submit_now(fields, **job_args)
-    job, created = done if done is not None else await anyio.to_thread.run_sync(functools.partial(store.submit, fields, **job_args))
+    job, created = (
+        done
+        if done is not None
+        else await anyio.to_thread.run_sync(functools.partial(store.submit, fields, **job_args))
+    )
     if created and pool is not None:
         pool.wake()
     headers = {"Location": f"/v1/jobs/{job.id}"}
@@ -108,14 +141,20 @@ def _validated(body: bytes, content_type: str, settings: Any) -> tuple[dict[str,
         raw, lines = parse_body(body, content_type)
     except UnsupportedMediaTypeError as exc:
         raise HTTPException(415, str(exc)) from None
-    config = validate_http_config(raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits)
+    config = validate_http_config(
+        raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits
+    )
     return raw, config
 
 
-@router.get("", response_model=JobPage, summary="List jobs, newest first", responses={400: {"description": "bad cursor"}})
+@router.get(
+    "", response_model=JobPage, summary="List jobs, newest first", responses={400: {"description": "bad cursor"}}
+)
 def list_jobs(
     request: Request,
-    status: Annotated[list[JobStatus] | None, Query(description="only jobs in these states (repeat the parameter for several)")] = None,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="only jobs in these states (repeat the parameter for several)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> JobPage:
@@ -124,7 +163,12 @@ def list_jobs(
     return JobPage(jobs=[job_out(j, mlflow_ui=ui) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="A job: status, progress, metrics, error, MLflow run", responses={404: PROBLEM_RESPONSES[404]})
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="A job: status, progress, metrics, error, MLflow run",
+    responses={404: PROBLEM_RESPONSES[404]},
+)
 def get_job(request: Request, job_id: str) -> Response:
     job = _store(request).require(_uuid(job_id))
     return json_response(job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui, with_config=True))
@@ -199,7 +243,12 @@ class JobFiles(BaseModel):
     truncated: bool = Field(description="true when the job has more files than one listing shows")
 
 
-@router.get("/{job_id}/artifacts", response_model=JobFiles, summary="The files in the job's directory (log, run dirs, checkpoints)", responses={404: PROBLEM_RESPONSES[404]})
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=JobFiles,
+    summary="The files in the job's directory (log, run dirs, checkpoints)",
+    responses={404: PROBLEM_RESPONSES[404]},
+)
 def job_artifacts(request: Request, job_id: str) -> JobFiles:
     job_id = _uuid(job_id)
     _store(request).require(job_id)
@@ -210,7 +259,11 @@ def job_artifacts(request: Request, job_id: str) -> JobFiles:
 @router.get(
     "/{job_id}/artifacts/{path:path}",
     summary="One file of the job, by its path relative to the job's directory",
-    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, 400: PROBLEM_RESPONSES[400], 404: PROBLEM_RESPONSES[404]},
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        400: PROBLEM_RESPONSES[400],
+        404: PROBLEM_RESPONSES[404],
+    },
     response_class=Response,
 )
 def job_artifact(

@@ -3,17 +3,20 @@ durations. Each app has its own CollectorRegistry, so two apps in one process (t
 share counters. Under `serve --workers N`, prometheus_client's multiprocess mode (the
 PROMETHEUS_MULTIPROC_DIR that serve sets) adds up every process's counters, so /metrics gives
 the same totals whichever process answers."""
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gradloop.jobs.store import JobRecord, JobStore
+from gradloop.jobs.records import JobRecord
+from gradloop.jobs.store import JobStore
 
 
 class _JobStateCollector:
@@ -39,13 +42,21 @@ class _JobStateCollector:
 class ServiceMetrics:
     def __init__(self, store_of: Any):
         self.registry = CollectorRegistry()
-        self.requests = Counter("gradloop_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry)
+        self.requests = Counter(
+            "gradloop_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
         self.latency = Histogram(
-            "gradloop_http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=self.registry,
+            "gradloop_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.job_duration = Histogram(
-            "gradloop_job_duration_seconds", "Job run time from start to end", ["status"], registry=self.registry,
+            "gradloop_job_duration_seconds",
+            "Job run time from start to end",
+            ["status"],
+            registry=self.registry,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
         )
         self._jobs = _JobStateCollector(store_of)

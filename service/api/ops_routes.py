@@ -1,4 +1,5 @@
 """Plugins, health and metrics: /v1/plugins..., /healthz, /readyz, /metrics."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,9 +13,12 @@ from gradloop import registry
 from gradloop.api.guard import guard
 from gradloop.api.problems import PROBLEM_RESPONSES, problem_response
 
-
-
-plugins_router = APIRouter(prefix="/v1/plugins", tags=["plugins"], dependencies=[Depends(guard)], responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)})
+plugins_router = APIRouter(
+    prefix="/v1/plugins",
+    tags=["plugins"],
+    dependencies=[Depends(guard)],
+    responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)},
+)
 ops_router = APIRouter(tags=["operations"])
 
 
@@ -28,7 +32,11 @@ def plugins_of(kind: str) -> list[dict[str, Any]]:
     return [p.describe() for p in registry.registry(kind)]
 
 
-@plugins_router.get("/{kind}/{name}", summary="One plugin: description, options and their JSON schema", responses={404: PROBLEM_RESPONSES[404]})
+@plugins_router.get(
+    "/{kind}/{name}",
+    summary="One plugin: description, options and their JSON schema",
+    responses={404: PROBLEM_RESPONSES[404]},
+)
 def plugin(kind: str, name: str) -> dict[str, Any]:
     return registry.registry(kind).get(name).describe()
 
@@ -38,7 +46,9 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops_router.get("/readyz", summary="The database answers and the workers are alive", responses={503: {"description": "not ready"}})
+@ops_router.get(
+    "/readyz", summary="The database answers and the workers are alive", responses={503: {"description": "not ready"}}
+)
 async def readyz(request: Request) -> Response:
     store = request.app.state.store
     pool = request.app.state.pool
@@ -55,7 +65,9 @@ async def readyz(request: Request) -> Response:
     return problem_response(503, f"not ready: {', '.join(problems)} ({body})")
 
 
-@ops_router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@ops_router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
 async def metrics(request: Request) -> Response:
     data = await anyio.to_thread.run_sync(request.app.state.metrics.exposition)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 A config error is 422 and lists each problem with its dotted field path, the same message the
 CLI prints, and the line when the body was YAML.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,12 +15,21 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gradloop.errors import ConfigError, FieldError, GradloopError, PluginNotFoundError
-from gradloop.jobs.store import IdempotencyConflictError, InvalidCursorError, JobConflictError, JobNotFoundError
+from gradloop.jobs.records import IdempotencyConflictError, InvalidCursorError, JobConflictError, JobNotFoundError
 
 PROBLEM_TYPE = "application/problem+json"
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class FieldProblem(BaseModel):
@@ -37,8 +47,15 @@ class Problem(BaseModel):
     errors: list[FieldProblem] | None = None
 
 
-def problem_response(status: int, detail: str, *, instance: str | None = None, errors: list[FieldError] | None = None,
-                     headers: dict[str, str] | None = None, type_: str = "about:blank") -> JSONResponse:
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    type_: str = "about:blank",
+) -> JSONResponse:
     body: dict[str, Any] = {"type": type_, "title": _TITLES.get(status, "Error"), "status": status, "detail": detail}
     if instance:
         body["instance"] = instance
@@ -48,7 +65,8 @@ def problem_response(status: int, detail: str, *, instance: str | None = None, e
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {PROBLEM_TYPE: {}}, "description": _TITLES[code]} for code in (400, 401, 404, 409, 413, 415, 422)
+    code: {"model": Problem, "content": {PROBLEM_TYPE: {}}, "description": _TITLES[code]}
+    for code in (400, 401, 404, 409, 413, 415, 422)
 }
 
 
@@ -74,13 +92,19 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
+        return problem_response(
+            exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid value")) for e in exc.errors()]
+        errors = [
+            FieldError(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid value")) for e in exc.errors()
+        ]
         return problem_response(422, "the request is invalid; see errors", instance=request.url.path, errors=errors)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return problem_response(500, f"internal error ({type(exc).__name__}); the service logged it", instance=request.url.path)
+        return problem_response(
+            500, f"internal error ({type(exc).__name__}); the service logged it", instance=request.url.path
+        )

@@ -1,4 +1,5 @@
 """What the HTTP API answers: pydantic models of a job as clients see it."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -7,7 +8,7 @@ from typing import Any, Literal
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from gradloop.jobs.store import JobRecord
+from gradloop.jobs.records import JobRecord
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 

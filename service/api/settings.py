@@ -1,5 +1,6 @@
 """The job service's settings: one pydantic model shared by `gradloop serve`, the app factory
 and the tests, so every knob has one name and one default."""
+
 from __future__ import annotations
 
 import os
@@ -16,20 +17,31 @@ DEFAULT_STATE_DIR = "gradloop-state"
 class ServiceSettings(BaseModel):
     state_dir: Path = Field(Path(DEFAULT_STATE_DIR), description="job store (SQLite), job logs and run directories")
     db: str | None = Field(None, description="database URL; default: SQLite in the state dir")
-    jobs_dir: Path | None = Field(None, description="per-job directories (shared volume across hosts); default: STATE_DIR/jobs")
-    data_root: Path = Field(default_factory=lambda: Path(os.environ.get("GRADLOOP_DATA_ROOT") or "."), description="configs' data paths must stay under it")
-    tracking_uri: str | None = Field(None, description="MLflow store for jobs that name none; default: sqlite in the state dir")
+    jobs_dir: Path | None = Field(
+        None, description="per-job directories (shared volume across hosts); default: STATE_DIR/jobs"
+    )
+    data_root: Path = Field(
+        default_factory=lambda: Path(os.environ.get("GRADLOOP_DATA_ROOT") or "."),
+        description="configs' data paths must stay under it",
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow store for jobs that name none; default: sqlite in the state dir"
+    )
     mlflow_ui: str | None = Field(None, description="MLflow UI address, for links to a job's run")
     tokens: list[str] = Field(default_factory=list, description="accepted bearer tokens; empty: no auth")
     max_body_bytes: int = Field(1024 * 1024, ge=1)
-    max_concurrent: int | None = Field(None, ge=0, description="jobs at once; default: one per visible GPU, else 1; 0: no workers")
+    max_concurrent: int | None = Field(
+        None, ge=0, description="jobs at once; default: one per visible GPU, else 1; 0: no workers"
+    )
     lease_s: float = Field(30.0, gt=0)
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     worker_id: str | None = None
-    limits: ServiceLimits = Field(default_factory=ServiceLimits, description="ceilings on what one submitted job may ask for")
+    limits: ServiceLimits = Field(
+        default_factory=ServiceLimits, description="ceilings on what one submitted job may ask for"
+    )
 
-    def resolved(self) -> "ServiceSettings":
+    def resolved(self) -> ServiceSettings:
         state = self.state_dir.resolve()
         return self.model_copy(
             update={

@@ -5,6 +5,7 @@ must not be able to do: name code by import path, read data outside the service'
 or point MLflow at a local path of its choosing. Every problem is a FieldError, so the 422
 lists them all with the same messages the CLI prints.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from gradloop.config import RunConfig, load_raw_text, validate_config
+from gradloop.config.yaml_source import MAX_DEPTH
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.limits import ServiceLimits, check_limits
-from gradloop.yamlio import MAX_DEPTH
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JSON_TYPES = ("application/json", "")
@@ -49,11 +50,15 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError.single("", f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([FieldError("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", exc.lineno)]) from None
+        raise ConfigError(
+            [FieldError("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", exc.lineno)]
+        ) from None
     except RecursionError:
         raise ConfigError.single("", "the JSON nests too deeply; flatten it") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise ConfigError.single("", f"the JSON holds a value that cannot be read ({exc}); give ordinary numbers") from None
+        raise ConfigError.single(
+            "", f"the JSON holds a value that cannot be read ({exc}); give ordinary numbers"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError.single("", "the top level must be an object of fields (name, model, data, ...)")
     _check_depth(data)
@@ -95,8 +100,14 @@ def _is_local_store(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
 
 
-def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_root: Path, tracking_uri: str | None,
-                         limits: ServiceLimits | None = None) -> RunConfig:
+def validate_http_config(
+    raw: dict[str, Any],
+    lines: dict[str, int],
+    *,
+    data_root: Path,
+    tracking_uri: str | None,
+    limits: ServiceLimits | None = None,
+) -> RunConfig:
     """Validate `raw` (JSON-native, as parse_body returns it; data.root is filled in place) as
     the service runs it; raise ConfigError listing every problem."""
     errors: list[FieldError] = []
@@ -107,11 +118,21 @@ def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_roo
         given = data.get("root")
         if given is not None:
             if not isinstance(given, str):
-                errors.append(FieldError("data.root", "must be a path (a string) under the service's data root", lines.get("data.root")))
+                errors.append(
+                    FieldError(
+                        "data.root", "must be a path (a string) under the service's data root", lines.get("data.root")
+                    )
+                )
             else:
                 resolved = (data_root / given).resolve()
                 if resolved != data_root and data_root not in resolved.parents:
-                    errors.append(FieldError("data.root", f"{given!r} is outside the service's data root {str(data_root)!r}; use a path under it, or leave data.root out", lines.get("data.root")))
+                    errors.append(
+                        FieldError(
+                            "data.root",
+                            f"{given!r} is outside the service's data root {str(data_root)!r}; use a path under it, or leave data.root out",
+                            lines.get("data.root"),
+                        )
+                    )
                 else:
                     data["root"] = str(resolved)
         else:
@@ -121,7 +142,13 @@ def validate_http_config(raw: dict[str, Any], lines: dict[str, int], *, data_roo
     if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):
         uri = tracking["uri"]
         if _is_local_store(uri) and uri != tracking_uri:
-            errors.append(FieldError("tracking.uri", f"{uri!r} is a local MLflow store; over HTTP the service picks it ({tracking_uri}); leave tracking.uri out or use an http(s) tracking server", lines.get("tracking.uri")))
+            errors.append(
+                FieldError(
+                    "tracking.uri",
+                    f"{uri!r} is a local MLflow store; over HTTP the service picks it ({tracking_uri}); leave tracking.uri out or use an http(s) tracking server",
+                    lines.get("tracking.uri"),
+                )
+            )
 
     try:
         config = validate_config(raw, lines=lines, allow_import_paths=False)

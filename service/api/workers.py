@@ -12,6 +12,7 @@ its next tick (every 0.25 s). When the pool's process dies, uvicorn starts a rep
 the replacement takes the lock. The children read their settings from one environment variable
 that `gradloop serve` fills in before uvicorn spawns them.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -5,14 +5,16 @@
 follows the job's event stream with a progress bar and exits with the job's outcome:
 0 succeeded, 1 failed, 130 cancelled, 2 the config was refused.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -33,25 +35,52 @@ TokenOption = typer.Option(None, "--token", help="bearer token (default: $GRADLO
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 in a container)"),
     port: int = typer.Option(DEFAULT_PORT, "--port"),
-    state_dir: Path = typer.Option(Path(DEFAULT_STATE_DIR), "--state-dir", help="job store, job logs and run directories"),
-    db: Optional[str] = typer.Option(None, "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the state dir)"),
-    jobs_dir: Optional[Path] = typer.Option(None, "--jobs-dir", help="per-job directories; a shared volume when several hosts share one database"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="configs' data paths must stay under it (default: $GRADLOOP_DATA_ROOT or .)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store for jobs (default: sqlite in the state dir)"),
-    mlflow_ui: Optional[str] = typer.Option(None, "--mlflow-ui", help="MLflow UI address, for links to each job's run"),
-    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=0, help="jobs at once (default: one per visible GPU, else 1; 0: submit-only)"),
-    cancel_grace: float = typer.Option(30.0, "--cancel-grace", min=0, help="seconds between SIGTERM and SIGKILL when cancelling a job or stopping the service"),
+    state_dir: Path = typer.Option(
+        Path(DEFAULT_STATE_DIR), "--state-dir", help="job store, job logs and run directories"
+    ),
+    db: str | None = typer.Option(
+        None, "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the state dir)"
+    ),
+    jobs_dir: Path | None = typer.Option(
+        None, "--jobs-dir", help="per-job directories; a shared volume when several hosts share one database"
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="configs' data paths must stay under it (default: $GRADLOOP_DATA_ROOT or .)"
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow store for jobs (default: sqlite in the state dir)"
+    ),
+    mlflow_ui: str | None = typer.Option(None, "--mlflow-ui", help="MLflow UI address, for links to each job's run"),
+    max_concurrent: int | None = typer.Option(
+        None, "--max-concurrent", min=0, help="jobs at once (default: one per visible GPU, else 1; 0: submit-only)"
+    ),
+    cancel_grace: float = typer.Option(
+        30.0,
+        "--cancel-grace",
+        min=0,
+        help="seconds between SIGTERM and SIGKILL when cancelling a job or stopping the service",
+    ),
     lease: float = typer.Option(30.0, "--lease", min=0.5, help="seconds a job's lease lasts without a heartbeat"),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="times a job whose worker died is retried"),
     max_body: int = typer.Option(1024 * 1024, "--max-body", min=1, help="request body limit in bytes"),
-    worker_id: Optional[str] = typer.Option(None, "--worker-id", help="name of this service's worker in job records (default: host-pid-random)"),
-    workers: int = typer.Option(1, "--workers", min=1, help="API processes on one port (jobs still run in one of them); about one per core"),
+    worker_id: str | None = typer.Option(
+        None, "--worker-id", help="name of this service's worker in job records (default: host-pid-random)"
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="API processes on one port (jobs still run in one of them); about one per core"
+    ),
     log_level: str = typer.Option("info", "--log-level"),
     max_epochs: int = typer.Option(10_000, "--max-epochs", min=1, help="limit: epochs one submitted job may ask for"),
     max_steps: int = typer.Option(10_000_000, "--max-steps", min=1, help="limit: optimizer steps of one job"),
-    max_dataset_samples: int = typer.Option(10_000_000, "--max-dataset-samples", min=1, help="limit: samples of a generated dataset"),
-    max_dataset_bytes: int = typer.Option(10 * 1024**3, "--max-dataset-bytes", min=1, help="limit: size of a dataset file"),
-    max_model_params: int = typer.Option(1_000_000_000, "--max-model-params", min=1, help="limit: parameters of a job's model"),
+    max_dataset_samples: int = typer.Option(
+        10_000_000, "--max-dataset-samples", min=1, help="limit: samples of a generated dataset"
+    ),
+    max_dataset_bytes: int = typer.Option(
+        10 * 1024**3, "--max-dataset-bytes", min=1, help="limit: size of a dataset file"
+    ),
+    max_model_params: int = typer.Option(
+        1_000_000_000, "--max-model-params", min=1, help="limit: parameters of a job's model"
+    ),
 ) -> None:
     """Run the HTTP job service (FastAPI under uvicorn)."""
     import uvicorn
@@ -73,8 +102,13 @@ def serve(
         cancel_grace_s=cancel_grace,
         max_attempts=max_attempts,
         worker_id=worker_id,
-        limits=ServiceLimits(max_epochs=max_epochs, max_steps=max_steps, max_dataset_samples=max_dataset_samples,
-                             max_dataset_bytes=max_dataset_bytes, max_model_params=max_model_params),
+        limits=ServiceLimits(
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            max_dataset_samples=max_dataset_samples,
+            max_dataset_bytes=max_dataset_bytes,
+            max_model_params=max_model_params,
+        ),
         **({"data_root": data_root} if data_root is not None else {}),
     )
     if workers > 1:
@@ -112,8 +146,15 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    uvicorn.run("gradloop.api.workers:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        "gradloop.api.workers:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def _draining_server(config: Any, app: Any, grace_s: float) -> Any:
@@ -149,6 +190,7 @@ def _draining_server(config: Any, app: Any, grace_s: float) -> Any:
 
 # -- client -------------------------------------------------------------------------------
 
+
 class Client:
     def __init__(self, server: str | None, token: str | None, timeout: float = 30.0):
         import httpx
@@ -164,7 +206,10 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            _fail(f"cannot reach the service at {self.base} ({type(exc).__name__}); start it with `gradloop serve` or pass --server", EXIT_FAILED)
+            _fail(
+                f"cannot reach the service at {self.base} ({type(exc).__name__}); start it with `gradloop serve` or pass --server",
+                EXIT_FAILED,
+            )
         if response.status_code >= 400:
             _fail_problem(response)
         return response
@@ -219,11 +264,15 @@ def _fail_problem(response: Any) -> None:
 @app.command()
 def submit(
     config: Path = typer.Argument(..., help="a run config (YAML or JSON), as `gradloop run` takes it"),
-    server: Optional[str] = ServerOption,
-    token: Optional[str] = TokenOption,
+    server: str | None = ServerOption,
+    token: str | None = TokenOption,
     priority: int = typer.Option(0, "--priority"),
-    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="resubmitting with the same key returns the same job"),
-    wait: bool = typer.Option(False, "--wait", help="follow the job to its end with a progress bar; exit with its outcome"),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="resubmitting with the same key returns the same job"
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="follow the job to its end with a progress bar; exit with its outcome"
+    ),
 ) -> None:
     """Submit CONFIG to the job service; print the job id."""
     try:
@@ -245,12 +294,22 @@ def _follow(client: Client, job_id: str) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     status = "queued"
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None, info="queued")
         for _, event, data in client.events(job_id):
             if event == "progress":
                 loss = data.get("metrics", {}).get("train/loss")
-                info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (f" loss {loss:.4g}" if isinstance(loss, (int, float)) else "")
+                info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (
+                    f" loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+                )
                 bar.update(task, total=data.get("total_steps") or None, completed=data.get("step") or 0, info=info)
             elif event == "state":
                 status = data.get("status", status)
@@ -262,9 +321,9 @@ def _follow(client: Client, job_id: str) -> int:
 
 @app.command()
 def jobs(
-    server: Optional[str] = ServerOption,
-    token: Optional[str] = TokenOption,
-    status: Optional[List[str]] = typer.Option(None, "--status", help="only jobs in this state (repeatable)"),
+    server: str | None = ServerOption,
+    token: str | None = TokenOption,
+    status: list[str] | None = typer.Option(None, "--status", help="only jobs in this state (repeatable)"),
     limit: int = typer.Option(20, "--limit", min=1, max=200),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -279,7 +338,15 @@ def jobs(
     for j in page["jobs"]:
         p = j.get("progress") or {}
         step = f"{p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else "-"
-        table.add_row(j["id"], j["name"], j["status"], str(j["attempt"]), step, j["created_at"][:19], (j.get("mlflow") or {}).get("run_id") or "-")
+        table.add_row(
+            j["id"],
+            j["name"],
+            j["status"],
+            str(j["attempt"]),
+            step,
+            j["created_at"][:19],
+            (j.get("mlflow") or {}).get("run_id") or "-",
+        )
     out.print(table)
 
 
@@ -289,11 +356,21 @@ def _print_job(job: dict[str, Any]) -> None:
     table.add_column("")
     p = job.get("progress") or {}
     rows = [
-        ("name", job["name"]), ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
-        ("created", job["created_at"]), ("started", job.get("started_at") or "-"), ("finished", job.get("finished_at") or "-"),
-        ("progress", f"epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else "-"),
+        ("name", job["name"]),
+        ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
+        ("created", job["created_at"]),
+        ("started", job.get("started_at") or "-"),
+        ("finished", job.get("finished_at") or "-"),
+        (
+            "progress",
+            f"epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('total_steps')}"
+            if p.get("total_steps")
+            else "-",
+        ),
     ]
-    rows += [(k, f"{v:.4g}") for k, v in sorted((job.get("metrics") or {}).items()) if k.startswith(("train/loss", "val/"))]
+    rows += [
+        (k, f"{v:.4g}") for k, v in sorted((job.get("metrics") or {}).items()) if k.startswith(("train/loss", "val/"))
+    ]
     if job.get("error"):
         e = job["error"]
         rows.append(("error", f"{e['type']}: {e['message']}" + (f" (step {e['step']})" if e.get("step") else "")))
@@ -309,8 +386,8 @@ def _print_job(job: dict[str, Any]) -> None:
 @app.command()
 def status(
     job_id: str = typer.Argument(...),
-    server: Optional[str] = ServerOption,
-    token: Optional[str] = TokenOption,
+    server: str | None = ServerOption,
+    token: str | None = TokenOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show one job: state, progress, metrics, error, MLflow run."""
@@ -322,7 +399,9 @@ def status(
 
 
 @app.command()
-def cancel(job_id: str = typer.Argument(...), server: Optional[str] = ServerOption, token: Optional[str] = TokenOption) -> None:
+def cancel(
+    job_id: str = typer.Argument(...), server: str | None = ServerOption, token: str | None = TokenOption
+) -> None:
     """Cancel a job: a queued one at once, a running one at its next step (with a checkpoint)."""
     job = Client(server, token).call("POST", f"/v1/jobs/{job_id}/cancel").json()
     out.print(f"job {job['id']}: {job['status']}")
@@ -331,8 +410,8 @@ def cancel(job_id: str = typer.Argument(...), server: Optional[str] = ServerOpti
 @app.command()
 def logs(
     job_id: str = typer.Argument(...),
-    server: Optional[str] = ServerOption,
-    token: Optional[str] = TokenOption,
+    server: str | None = ServerOption,
+    token: str | None = TokenOption,
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until the job ends"),
 ) -> None:
     """Print the job's log (with -f, follow it like tail -f)."""

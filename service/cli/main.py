@@ -4,13 +4,14 @@ Every command goes through the same config loading as train() and the HTTP servi
 config gets the same message everywhere; here it is printed without a traceback, exit code 2.
 Exit codes: 0 success, 1 a run failed, 2 bad input (config, arguments), 130 stopped by a signal.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,9 +43,9 @@ def _report_error(exc: BaseException, source: str | None = None) -> None:
 
 @app.command()
 def run(
-    configs: List[Path] = typer.Argument(..., help="one or more config files, run one after another"),
-    set_: Optional[List[str]] = SetOption,
-    resume: Optional[str] = typer.Option(None, "--resume", help="checkpoint file, run directory, or 'latest'"),
+    configs: list[Path] = typer.Argument(..., help="one or more config files, run one after another"),
+    set_: list[str] | None = SetOption,
+    resume: str | None = typer.Option(None, "--resume", help="checkpoint file, run directory, or 'latest'"),
 ) -> None:
     """Train each CONFIG; print a summary of every run."""
     from gradloop.runner import train
@@ -95,7 +96,14 @@ def _print_result(result: Any) -> None:
         for child in children:
             m = child.result.metrics if child.result is not None else {}
             steps = child.result.steps if child.result is not None else None
-            table.add_row(child.label, child.status, _fmt(m.get("train/loss")), _fmt(m.get("val/loss")), _fmt(m.get("val/accuracy")), _fmt(steps))
+            table.add_row(
+                child.label,
+                child.status,
+                _fmt(m.get("train/loss")),
+                _fmt(m.get("val/loss")),
+                _fmt(m.get("val/accuracy")),
+                _fmt(steps),
+            )
         out.print(table)
         if result.best is not None:
             out.print(f"best: {result.best.label}  (summary: {result.summary_path})")
@@ -133,8 +141,8 @@ def _print_outcomes(outcomes: list[tuple[str, str, Any]]) -> None:
 
 @app.command()
 def validate(
-    configs: List[Path] = typer.Argument(..., help="config files to check"),
-    set_: Optional[List[str]] = SetOption,
+    configs: list[Path] = typer.Argument(..., help="config files to check"),
+    set_: list[str] | None = SetOption,
     as_json: bool = typer.Option(False, "--json", help="print the resolved config as JSON"),
 ) -> None:
     """Print each CONFIG fully resolved (defaults filled in), or every error in it."""
@@ -160,7 +168,7 @@ def validate(
 
 @app.command()
 def plugins(
-    kind: Optional[str] = typer.Argument(None, help="optimizers, schedulers, models, datasets or losses"),
+    kind: str | None = typer.Argument(None, help="optimizers, schedulers, models, datasets or losses"),
     as_json: bool = typer.Option(False, "--json", help="print descriptions and option schemas as JSON"),
 ) -> None:
     """List registered plugins with their descriptions and options."""
@@ -182,7 +190,9 @@ def plugins(
         table.add_column("options (type = default, constraints)")
         for d in described[k]:
             opts = "\n".join(_describe_option(o) for o in d["options"]) or "-"
-            table.add_row(d["name"], d["description"] + ("" if d["source"] == "builtin" else f"\n[dim]{d['source']}[/]"), opts)
+            table.add_row(
+                d["name"], d["description"] + ("" if d["source"] == "builtin" else f"\n[dim]{d['source']}[/]"), opts
+            )
         out.print(table)
     for k in kinds:
         for w in registry.registry(k).load_warnings:
@@ -201,7 +211,9 @@ def _describe_option(o: dict) -> str:
 
 
 @app.command()
-def sync(run_dirs: List[Path] = typer.Argument(..., help="run directories whose metrics.jsonl has unsent points")) -> None:
+def sync(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories whose metrics.jsonl has unsent points"),
+) -> None:
     """Send what a run could not send to MLflow (idempotent: nothing is sent twice)."""
     from gradloop.tracking.sync import sync_run_dir
 

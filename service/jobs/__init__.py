@@ -11,6 +11,7 @@ Layout (one idea per module):
   pool.py        the service side: claims jobs, starts them, heartbeats, cancels, reaps
   events.py      Server-Sent Events from the job's event log
 """
+
 from __future__ import annotations
 
 from gradloop.jobs.models import ACTIVE_STATES, TERMINAL_STATES, JobState

@@ -9,6 +9,7 @@ PostgreSQL: several services share one queue; SELECT ... FOR UPDATE SKIP LOCKED 
 a different job without waiting on the others. SQLite: one host; a single UPDATE ... RETURNING
 on the head of the queue is atomic under SQLite's one-writer lock.
 """
+
 from __future__ import annotations
 
 import socket
@@ -18,7 +19,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from gradloop.jobs.models import ACTIVE_STATES, JobState, jobs
-from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError, append_event
+from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
+from gradloop.jobs.store import JobStore, append_event
 
 _QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
 
@@ -56,7 +58,13 @@ def claim_next(store: JobStore, worker_id: str, lease_s: float, *, pid: int | No
                 ).first()
         if claimed is None:
             return None
-        append_event(conn, claimed.id, "state", {"status": JobState.running.value, "attempt": claimed.attempt, "worker": worker_id}, now)
+        append_event(
+            conn,
+            claimed.id,
+            "state",
+            {"status": JobState.running.value, "attempt": claimed.attempt, "worker": worker_id},
+            now,
+        )
     return store.require(claimed.id)
 
 
@@ -68,7 +76,9 @@ def renew(store: JobStore, job_id: str, fence: Fence, lease_s: float) -> str:
     return store.report(job_id, fence, heartbeat_at=now, lease_expires_at=now + lease_s)
 
 
-def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str | None = None, all_active: bool = False) -> list[str]:
+def requeue_expired(
+    store: JobStore, *, now: float | None = None, worker_id: str | None = None, all_active: bool = False
+) -> list[str]:
     """Re-queue running jobs whose lease has expired; with `worker_id`, every job that worker
     held; with `all_active`, every running job (a restarted single-host service re-queues its
     orphans at once instead of waiting out their leases).
@@ -95,13 +105,36 @@ def requeue_expired(store: JobStore, *, now: float | None = None, worker_id: str
         try:
             lost = job.lost_attempts + 1
             if job.status == JobState.cancelling.value:
-                store.finish(job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": f"cancelled; {reason}"}, expired_before=expired_before, lost=True)
+                store.finish(
+                    job_id,
+                    fence,
+                    JobState.cancelled.value,
+                    error={"type": "Cancelled", "message": f"cancelled; {reason}"},
+                    expired_before=expired_before,
+                    lost=True,
+                )
             elif lost >= job.max_attempts:
-                message = f"attempt {lost} of {job.max_attempts} was lost: {reason}" + (f" (claim {attempt}; graceful stops do not count)" if attempt != lost else "")
-                store.finish(job_id, fence, JobState.failed.value, error={"type": "WorkerLost", "message": message, "step": _step(job)}, expired_before=expired_before, lost=True)
+                message = f"attempt {lost} of {job.max_attempts} was lost: {reason}" + (
+                    f" (claim {attempt}; graceful stops do not count)" if attempt != lost else ""
+                )
+                store.finish(
+                    job_id,
+                    fence,
+                    JobState.failed.value,
+                    error={"type": "WorkerLost", "message": message, "step": _step(job)},
+                    expired_before=expired_before,
+                    lost=True,
+                )
             else:
                 message = f"re-queued: attempt {lost} of {job.max_attempts} was lost: {reason}"
-                store.finish(job_id, fence, JobState.queued.value, error={"type": "WorkerLost", "message": message, "step": _step(job)}, expired_before=expired_before, lost=True)
+                store.finish(
+                    job_id,
+                    fence,
+                    JobState.queued.value,
+                    error={"type": "WorkerLost", "message": message, "step": _step(job)},
+                    expired_before=expired_before,
+                    lost=True,
+                )
         except StaleAttemptError:
             continue  # its worker came back in time, or another service got there first
         done.append(job_id)

@@ -5,15 +5,18 @@ client that reconnects with Last-Event-ID gets exactly the events after it, with
 repeats. The stream ends after the event that announces a terminal state. The log lives in the
 database, so any service process can serve any job's stream.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 
 from gradloop.jobs.models import TERMINAL_STATES
-from gradloop.jobs.store import JobEvent, JobStore
+from gradloop.jobs.records import JobEvent
+from gradloop.jobs.store import JobStore
 
 
 def is_final(event: JobEvent) -> bool:
@@ -21,10 +24,16 @@ def is_final(event: JobEvent) -> bool:
 
 
 def sse_fields(event: JobEvent) -> dict[str, Any]:
-    return {"id": str(event.seq), "event": event.type, "data": json.dumps({**event.data, "seq": event.seq, "ts": event.ts})}
+    return {
+        "id": str(event.seq),
+        "event": event.type,
+        "data": json.dumps({**event.data, "seq": event.seq, "ts": event.ts}),
+    }
 
 
-async def job_events(store: JobStore, job_id: str, after: int = 0, poll_s: float = 0.2) -> AsyncIterator[dict[str, Any]]:
+async def job_events(
+    store: JobStore, job_id: str, after: int = 0, poll_s: float = 0.2
+) -> AsyncIterator[dict[str, Any]]:
     """Yield SSE fields for every event after `after`, following the log until a terminal one."""
     while True:
         batch = await anyio.to_thread.run_sync(store.events_after, job_id, after)

@@ -12,6 +12,7 @@ spawned, e.g. DataLoader workers) and writes stdout/stderr to the job's log. The
 single-threaded and never runs torch ops itself: forking a process with live thread pools is
 what makes fork unsafe. When its stdin closes (the service died), it stops its children.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from gradloop.jobs.store import Fence
+from gradloop.jobs.records import Fence
 from gradloop.jobs.worker import WorkerSettings, job_dir, log_path, run_job
 
 if TYPE_CHECKING:
-    from gradloop.jobs.store import JobRecord
+    from gradloop.jobs.records import JobRecord
 
 STOP_GRACE_S = 30.0
 
@@ -39,9 +41,20 @@ def preload(tracking_uri: str | None = None) -> None:
     import torch  # noqa: F401  (imported for the children)
 
     # torch._dynamo: torch.optim imports it lazily on the first optimizer (~2 s here).
-    modules = ("torch._dynamo", "mlflow", "mlflow.tracking",
-               "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "gradloop.runner", "gradloop.build", "gradloop.optim", "gradloop.trainer",
-               "gradloop.tracking", "gradloop.tracking.tracking_observer", "sklearn.datasets")
+    modules = (
+        "torch._dynamo",
+        "mlflow",
+        "mlflow.tracking",
+        "mlflow.store.tracking.sqlalchemy_store",
+        "mlflow.store.db.utils",
+        "gradloop.runner",
+        "gradloop.build",
+        "gradloop.optim",
+        "gradloop.trainer",
+        "gradloop.tracking",
+        "gradloop.tracking.tracking_observer",
+        "sklearn.datasets",
+    )
     for module in modules:
         try:
             __import__(module)
@@ -158,13 +171,15 @@ def _reap(children: dict[int, str]) -> None:
         job_id = children.pop(pid, None)
         if job_id is None:
             continue
-        _emit({
-            "event": "exited",
-            "job_id": job_id,
-            "pid": pid,
-            "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-        })
+        _emit(
+            {
+                "event": "exited",
+                "job_id": job_id,
+                "pid": pid,
+                "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            }
+        )
 
 
 def _stop_children(children: dict[int, str]) -> None:
@@ -194,6 +209,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 # -- job processes that outlived their service ---------------------------------------------
 
+
 def is_job_process(pid: int, db_url: str) -> bool:
     """True when `pid` is a job child of a fork server on this database: it leads its own
     process group and its command line is the fork server's with this database URL. A pid
@@ -202,12 +218,17 @@ def is_job_process(pid: int, db_url: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and os.getpgid(pid) == pid and b"gradloop.jobs.forkserver" in cmdline and db_url.encode() in cmdline
+        return (
+            state != "Z"
+            and os.getpgid(pid) == pid
+            and b"gradloop.jobs.forkserver" in cmdline
+            and db_url.encode() in cmdline
+        )
     except (OSError, IndexError):
         return False
 
 
-def stop_local_orphans(jobs: Sequence["JobRecord"], db_url: str, grace_s: float) -> list[int]:
+def stop_local_orphans(jobs: Sequence[JobRecord], db_url: str, grace_s: float) -> list[int]:
     """Stop the job processes on this host that still run `jobs` although their service is gone.
 
     They were told to checkpoint and stop when their fork server lost its service; give them

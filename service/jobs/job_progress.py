@@ -8,6 +8,7 @@ longer belongs to this process, and the observer sets `stop_event` so the traine
 job's own process (`exit_on_fence`) it ends the process at once instead: stopping normally would
 write one more checkpoint and end the MLflow run, both of which now belong to the next attempt.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from gradloop.jobs.records import Fence, StaleAttemptError
+from gradloop.jobs.store import JobStore
 from gradloop.observer import NullObserver, RunContext, RunStatus
-from gradloop.jobs.store import Fence, JobStore, StaleAttemptError
-
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
 
@@ -71,7 +73,9 @@ class JobProgressObserver(NullObserver):
         self._ctx = ctx
         self.mlflow_run_id = ctx.mlflow_run_id
         if ctx.config.tracking.enabled:
-            threading.Thread(target=self._find_mlflow_run, args=(ctx.config,), name="gradloop-job-run-lookup", daemon=True).start()
+            threading.Thread(
+                target=self._find_mlflow_run, args=(ctx.config,), name="gradloop-job-run-lookup", daemon=True
+            ).start()
         self._write(event=True, run_dir=str(ctx.run_dir))
 
     def wants_step_stats(self, step: int) -> bool:
@@ -112,7 +116,13 @@ class JobProgressObserver(NullObserver):
         if self._t_first is not None and self.step > self._step_first:
             rate = (self.step - self._step_first) / (time.perf_counter() - self._t_first)
             eta = max(0.0, (self.total_steps - self.step) / rate) if rate > 0 else None
-        return {"epoch": self.epoch, "epochs": self.epochs, "step": self.step, "total_steps": self.total_steps, "eta_s": eta}
+        return {
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "eta_s": eta,
+        }
 
     def _write(self, *, event: bool, **values: Any) -> None:
         if self.fenced:
@@ -126,13 +136,19 @@ class JobProgressObserver(NullObserver):
             values["mlflow_experiment_id"] = self.mlflow_experiment_id
         payload = {**progress, "metrics": dict(self.metrics)}
         try:
-            self.status = self.store.report(self.job_id, self.fence, event=("progress", payload) if event else None, **values)
+            self.status = self.store.report(
+                self.job_id, self.fence, event=("progress", payload) if event else None, **values
+            )
         except StaleAttemptError:
             # The job was re-queued or claimed by another worker: this attempt must stop.
             self.fenced = True
             if self.exit_on_fence:
-                print(f"gradloop: job {self.job_id} attempt {self.fence.attempt} lost its lease at step {self.step}; "
-                      "exiting without another write", file=sys.stderr, flush=True)
+                print(
+                    f"gradloop: job {self.job_id} attempt {self.fence.attempt} lost its lease at step {self.step}; "
+                    "exiting without another write",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(EXIT_FENCED)
             if self.stop_event is not None:
                 self.stop_event.set()

@@ -11,6 +11,7 @@ service): those are what `max_attempts` limits. A job drained by a graceful stop
 queue without using one up. `host` is where the current attempt runs, so that a service restarting
 on that host can find the attempt's process if it outlived its service.
 """
+
 from __future__ import annotations
 
 from enum import Enum

@@ -10,6 +10,7 @@ from it. At every tick it
     has free slots.
 The API calls wake() after a submit or a cancel so neither waits for the next tick.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,16 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gradloop.jobs.claims import claim_next, renew, requeue_expired
 from gradloop.jobs.forkserver import stop_local_orphans
 from gradloop.jobs.models import JobState
-from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError
+from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
+from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import WorkerSettings, close_job_runs, log_path
 
 LOG_TAIL_LINES = 20
@@ -45,7 +48,7 @@ class PoolSettings:
     lease_s: float = 30.0
     cancel_grace_s: float = 30.0
     tick_s: float = 0.25
-    gpus: list[str] = field(default_factory=list)   # one job per listed GPU when set
+    gpus: list[str] = field(default_factory=list)  # one job per listed GPU when set
     worker_id: str = ""
 
 
@@ -105,7 +108,7 @@ class WorkerPool:
         self.slots = max(1, settings.max_concurrent)
         self.on_job_end = on_job_end
         self._running: dict[str, _Running] = {}
-        self._messages: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
         self._draining = threading.Event()
@@ -141,7 +144,8 @@ class WorkerPool:
             active = []
         now = time.time()
         mine = [
-            job for job in active
+            job
+            for job in active
             if self.store.is_sqlite or job.worker_id == self.worker_id or (job.lease_expires_at or 0) < now
         ]
         stop_local_orphans(mine, self.worker_settings.db_url, self.settings.cancel_grace_s)
@@ -191,7 +195,13 @@ class WorkerPool:
         self._messages.put({"event": "wake"})
 
     def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive() and self._proc and self._proc.poll() is None and self._ready.is_set())
+        return bool(
+            self._thread
+            and self._thread.is_alive()
+            and self._proc
+            and self._proc.poll() is None
+            and self._ready.is_set()
+        )
 
     def running_jobs(self) -> list[str]:
         return list(self._running)
@@ -364,14 +374,22 @@ class WorkerPool:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _finish_lost(self, run: _Running, code: int | None, sig: int | None, *, note: str | None = None, requeue: bool = False) -> None:
+    def _finish_lost(
+        self, run: _Running, code: int | None, sig: int | None, *, note: str | None = None, requeue: bool = False
+    ) -> None:
         """The job's process is gone; if it did not record an outcome, record one for it."""
         job = self.store.get(run.job_id)
         if job is None:
             return
         if job.status in (JobState.running.value, JobState.cancelling.value) and job.fence == run.fence:
             reason = note or exit_reason(code, sig)
-            error = {"type": "WorkerExited", "message": reason, "step": (job.progress or {}).get("step"), "exit_code": code, "signal": sig}
+            error = {
+                "type": "WorkerExited",
+                "message": reason,
+                "step": (job.progress or {}).get("step"),
+                "exit_code": code,
+                "signal": sig,
+            }
             error["log_tail"] = log_tail(log_path(self.worker_settings.jobs_dir, run.job_id))
             if job.status == JobState.cancelling.value:
                 status, error["type"] = JobState.cancelled.value, "Cancelled"
@@ -380,7 +398,9 @@ class WorkerPool:
             else:
                 status = JobState.failed.value
             try:
-                job = self.store.finish(run.job_id, run.fence, status, error=error, lost=status != JobState.failed.value or requeue)
+                job = self.store.finish(
+                    run.job_id, run.fence, status, error=error, lost=status != JobState.failed.value or requeue
+                )
             except StaleAttemptError:
                 job = self.store.get(run.job_id) or job
             else:

@@ -1,4 +1,6 @@
-"""JobStore: the jobs table and its event log, behind one small typed interface.
+"""JobStore: the jobs table and its event log, behind one small typed interface (the queries).
+
+Records and errors live in records.py, the engine set-up in engine.py.
 
 Every state transition and the event that announces it are written in one transaction, so
 what a client is told has already been committed. SQLite (the embedded default, WAL mode) and
@@ -8,115 +10,36 @@ stays in this module and in claims.py.
 Worker writes are fenced: they name the attempt and worker id they hold (a Fence), and are
 refused with StaleAttemptError once the job has moved on without them.
 """
+
 from __future__ import annotations
 
-import base64
 import fcntl
-import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
-import orjson
-from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import NullPool
 
-from gradloop.errors import GradloopError
+from gradloop.jobs.engine import MIGRATIONS_DIR, create_store_engine
 from gradloop.jobs.models import ACTIVE_STATES, TERMINAL_STATES, JobState, job_events, jobs
-
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-class JobNotFoundError(GradloopError, LookupError):
-    """No job has this id."""
-
-    def __init__(self, job_id: str):
-        super().__init__(f"no job has id {job_id!r}; list jobs with GET /v1/jobs")
-
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-class JobConflictError(GradloopError):
-    """The job's state does not allow this (e.g. cancelling a finished job)."""
-
-
-class IdempotencyConflictError(GradloopError, ValueError):
-    """An Idempotency-Key was used before with a different request body."""
-
-
-class StaleAttemptError(Exception):
-    """A worker wrote for an attempt it no longer holds (the job was re-queued or re-claimed)."""
-
-
-@dataclass(frozen=True)
-class Fence:
-    """What a worker holds while it runs a job: the claim's attempt number and its own id."""
-
-    attempt: int
-    worker_id: str
-
-
-class JobRecord(BaseModel):
-    """One job as stored."""
-
-    id: str
-    status: str
-    priority: int
-    name: str
-    device: str
-    config: dict[str, Any]
-    request_hash: str
-    idempotency_key: str | None = None
-    attempt: int
-    max_attempts: int
-    lost_attempts: int = 0
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    cancel_requested_at: float | None = None
-    worker_id: str | None = None
-    pid: int | None = None
-    host: str | None = None
-    heartbeat_at: float | None = None
-    lease_expires_at: float | None = None
-    progress: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    mlflow_experiment_id: str | None = None
-    mlflow_run_id: str | None = None
-    run_dir: str | None = None
-    checkpoint_path: str | None = None
-    log_path: str | None = None
-    event_seq: int = 0
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATES
-
-    @property
-    def fence(self) -> Fence:
-        return Fence(self.attempt, self.worker_id or "")
-
-
-class JobEvent(BaseModel):
-    job_id: str
-    seq: int
-    ts: float
-    type: str
-    data: dict[str, Any]
-
-
-def sqlite_url(state_dir: str | Path) -> str:
-    return f"sqlite:///{Path(state_dir).resolve() / 'jobs.db'}"
+from gradloop.jobs.records import (
+    Fence,
+    IdempotencyConflictError,
+    JobConflictError,
+    JobEvent,
+    JobNotFoundError,
+    JobRecord,
+    StaleAttemptError,
+    decode_cursor,
+    encode_cursor,
+)
 
 
 class JobStore:
@@ -135,31 +58,14 @@ class JobStore:
         self._flock_path: Path | None = None
         self._flock_pid: int | None = None
         self._flock = -1
-        if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                self._flock_path = Path(parsed.database + ".write-lock")
-            # A job's child process writes to the same file: wait for the lock, never fail fast.
-            kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
-            if not pooled:
-                kwargs["poolclass"] = NullPool
-            else:
-                # No cap on connections (a SQLite connection is an open file): taking one never
-                # waits, which matters because submit_now takes one on the event loop.
-                kwargs.update(pool_size=10, max_overflow=-1)
-            self.engine: Engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
-            _sqlite_pragmas(self.engine, autocheckpoint=not checkpoint_thread)
-            if checkpoint_thread:
-                self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gradloop-wal-checkpoint", daemon=True)
-                self._checkpointer.start()
-        else:
-            kwargs = {"pool_pre_ping": True}
-            if not pooled:
-                kwargs["poolclass"] = NullPool
-            else:
-                kwargs.update(pool_size=5, max_overflow=20)
-            self.engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
-            _postgres_session(self.engine)
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            self._flock_path = Path(parsed.database + ".write-lock")
+        self.engine: Engine = create_store_engine(url, pooled=pooled, autocheckpoint=not checkpoint_thread)
+        if self.dialect == "sqlite" and checkpoint_thread:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="gradloop-wal-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     @property
     def is_sqlite(self) -> bool:
@@ -280,8 +186,17 @@ class JobStore:
             return self._replay(idempotency_key, request_hash, exc)
         return JobRecord.model_validate(row), True  # as committed; no second read
 
-    def submit_now(self, config: Mapping[str, Any], *, request_hash: str, name: str, device: str, priority: int = 0,
-                   idempotency_key: str | None = None, max_attempts: int = 3) -> tuple[JobRecord, bool] | None:
+    def submit_now(
+        self,
+        config: Mapping[str, Any],
+        *,
+        request_hash: str,
+        name: str,
+        device: str,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int = 3,
+    ) -> tuple[JobRecord, bool] | None:
         """`submit` on the caller's own thread, unless another thread of this process is
         writing (it may itself be waiting for another process): then None, and the caller
         waits in a worker thread rather than on its event loop. Always None on PostgreSQL,
@@ -290,7 +205,9 @@ class JobStore:
         if not self.is_sqlite or not self._write_lock.acquire(blocking=False):
             return None
         try:
-            row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, None)
+            row, first_event = _new_job(
+                config, request_hash, name, device, priority, idempotency_key, max_attempts, None
+            )
             with self._sqlite_write() as conn:
                 _insert_job(conn, row, first_event)
         except IntegrityError as exc:
@@ -332,14 +249,18 @@ class JobStore:
             raise JobNotFoundError(job_id)
         return job
 
-    def list(self, *, statuses: Sequence[str] = (), limit: int = 50, cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+    def list(
+        self, *, statuses: Sequence[str] = (), limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
         """Jobs newest first; `cursor` continues after the last job of the previous page."""
         query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
         if statuses:
             query = query.where(jobs.c.status.in_(list(statuses)))
         if cursor:
             created, last_id = decode_cursor(cursor)
-            query = query.where(or_(jobs.c.created_at < created, (jobs.c.created_at == created) & (jobs.c.id < last_id)))
+            query = query.where(
+                or_(jobs.c.created_at < created, (jobs.c.created_at == created) & (jobs.c.id < last_id))
+            )
         with self.read() as conn:
             rows = [JobRecord.model_validate(dict(r)) for r in conn.execute(query).mappings()]
         more = len(rows) > limit
@@ -350,7 +271,10 @@ class JobStore:
         if not job_ids:
             return {}
         with self.read() as conn:
-            return {r.id: r.status for r in conn.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(list(job_ids))))}
+            return {
+                r.id: r.status
+                for r in conn.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(list(job_ids))))
+            }
 
     def counts(self) -> dict[str, int]:
         with self.read() as conn:
@@ -380,12 +304,16 @@ class JobStore:
         """Queued -> cancelled at once; running -> cancelling (the worker stops it). 409 when done."""
         now = time.time()
         with self.write() as conn:
-            row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id).with_for_update()).first()
+            row = conn.execute(
+                select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id).with_for_update()
+            ).first()
             if row is None:
                 raise JobNotFoundError(job_id)
             status = row.status
             if status in TERMINAL_STATES:
-                raise JobConflictError(f"job {job_id} is already {status}; only queued or running jobs can be cancelled")
+                raise JobConflictError(
+                    f"job {job_id} is already {status}; only queued or running jobs can be cancelled"
+                )
             if status == JobState.queued.value:
                 values = {"status": JobState.cancelled.value, "finished_at": now, "cancel_requested_at": now}
                 data = {"status": JobState.cancelled.value, "attempt": row.attempt, "reason": "cancelled while queued"}
@@ -422,7 +350,9 @@ class JobStore:
                 else select(jobs.c.status).where(*_fenced(job_id, fence)).with_for_update()
             ).scalar()
             if status is None:
-                raise StaleAttemptError(f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it")
+                raise StaleAttemptError(
+                    f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it"
+                )
             if event is not None:
                 append_event(conn, job_id, event[0], event[1])
         return status
@@ -470,7 +400,9 @@ class JobStore:
                 .returning(jobs.c.id)
             ).scalar()
             if changed is None:
-                raise StaleAttemptError(f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it")
+                raise StaleAttemptError(
+                    f"job {job_id}: attempt {fence.attempt} of {fence.worker_id} no longer holds it"
+                )
             data: dict[str, Any] = {"status": status, "attempt": fence.attempt}
             if error:
                 data["error"] = dict(error)
@@ -479,7 +411,18 @@ class JobStore:
 
 
 _REPORTABLE = frozenset(
-    {"progress", "metrics", "mlflow_experiment_id", "mlflow_run_id", "run_dir", "checkpoint_path", "log_path", "pid", "heartbeat_at", "lease_expires_at"}
+    {
+        "progress",
+        "metrics",
+        "mlflow_experiment_id",
+        "mlflow_run_id",
+        "run_dir",
+        "checkpoint_path",
+        "log_path",
+        "pid",
+        "heartbeat_at",
+        "lease_expires_at",
+    }
 )
 
 
@@ -492,21 +435,20 @@ def _fenced(job_id: str, fence: Fence) -> tuple[Any, ...]:
     )
 
 
-def _json_dumps(value: Any) -> str:
-    """The JSON columns' serializer: orjson, a tenth of json.dumps' time on a job's config (a
-    submit writes one). NaN and infinities become null, which PostgreSQL's json type accepts
-    and json.dumps' NaN is not; reading stays json.loads, which also reads rows written before."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer outside our locks (a person's sqlite3 shell): wait for it
-PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000  # a stalled holder's row locks go well within a lease (30 s)
 _INSERT_JOB = insert(jobs)
 _INSERT_EVENT = insert(job_events)
 
 
-def _new_job(config: Mapping[str, Any], request_hash: str, name: str, device: str, priority: int,
-             idempotency_key: str | None, max_attempts: int, job_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _new_job(
+    config: Mapping[str, Any],
+    request_hash: str,
+    name: str,
+    device: str,
+    priority: int,
+    idempotency_key: str | None,
+    max_attempts: int,
+    job_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A queued job's row and its first event (number 1)."""
     now = time.time()
     row = {
@@ -524,7 +466,13 @@ def _new_job(config: Mapping[str, Any], request_hash: str, name: str, device: st
         "created_at": now,
         "event_seq": 1,
     }
-    event = {"job_id": row["id"], "seq": 1, "ts": now, "type": "state", "data": {"status": JobState.queued.value, "attempt": 0}}
+    event = {
+        "job_id": row["id"],
+        "seq": 1,
+        "ts": now,
+        "type": "state",
+        "data": {"status": JobState.queued.value, "attempt": 0},
+    }
     return row, event
 
 
@@ -542,49 +490,3 @@ def append_event(conn: Connection, job_id: str, type_: str, data: Mapping[str, A
     ).scalar_one()
     conn.execute(insert(job_events).values(job_id=job_id, seq=seq, ts=ts or time.time(), type=type_, data=dict(data)))
     return int(seq)
-
-
-def encode_cursor(created_at: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, job_id]).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(created), str(job_id)
-    except Exception:
-        raise InvalidCursorError("cursor is not one this service handed out; use the next_cursor of the previous page") from None
-
-
-class InvalidCursorError(GradloopError, ValueError):
-    """A list cursor that this service did not produce."""
-
-
-def _postgres_session(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # A process that stalls inside a transaction (a frozen VM, a SIGSTOP) would keep its row
-        # locks for as long as its connection lives: claims skip a locked job and the lease
-        # sweep waits on it, so its job would never be taken over. The server ends such a
-        # transaction after this long; ours never sit idle inside one.
-        dbapi_conn.execute(f"SET idle_in_transaction_session_timeout = {PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}")
-        dbapi_conn.commit()
-
-
-def _sqlite_pragmas(engine: Engine, autocheckpoint: bool = True) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below issue BEGIN itself, so writes can ask for IMMEDIATE.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        if not autocheckpoint:
-            cur.execute("PRAGMA wal_autocheckpoint=0")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))

@@ -14,6 +14,7 @@ the same MLflow run (the checkpoint carries the run id). MLflow runs of the job 
 will continue (an attempt lost before its first checkpoint, a job failed for good) are closed
 here or by the service (close_job_runs), never left RUNNING.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from gradloop.errors import GradloopError
-from gradloop.jobs.models import JobState
 from gradloop.jobs.job_progress import JobProgressObserver
-from gradloop.jobs.store import Fence, JobRecord, JobStore, StaleAttemptError
+from gradloop.jobs.models import JobState
+from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
+from gradloop.jobs.store import JobStore
 
 LOG_NAME = "job.log"
 
@@ -38,15 +40,15 @@ class WorkerSettings:
     """What a job's child needs from the service; JSON so it can cross into the fork server."""
 
     db_url: str
-    jobs_dir: str                     # per-job directories: log, run dirs, checkpoints (a shared volume across hosts)
+    jobs_dir: str  # per-job directories: log, run dirs, checkpoints (a shared volume across hosts)
     data_root: str
-    tracking_uri: str | None = None   # the service's MLflow store, used when a config names none
+    tracking_uri: str | None = None  # the service's MLflow store, used when a config names none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "WorkerSettings":
+    def from_json(cls, text: str) -> WorkerSettings:
         return cls(**json.loads(text))
 
 
@@ -89,9 +91,18 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         from gradloop.runner import train
 
         config = prepare_config(job, settings)
-        resume = job.checkpoint_path if job.attempt > 1 and job.checkpoint_path and Path(job.checkpoint_path).exists() else None
+        resume = (
+            job.checkpoint_path
+            if job.attempt > 1 and job.checkpoint_path and Path(job.checkpoint_path).exists()
+            else None
+        )
         if job.attempt > 1:
-            print(f"gradloop: job {job_id} resumes from {resume}" if resume else f"gradloop: job {job_id} starts over (no checkpoint)", flush=True)
+            print(
+                f"gradloop: job {job_id} resumes from {resume}"
+                if resume
+                else f"gradloop: job {job_id} starts over (no checkpoint)",
+                flush=True,
+            )
             # A run that this attempt does not continue would otherwise stay RUNNING forever.
             close_job_runs(job, settings, "KILLED", keep=job.mlflow_run_id if resume else None, config=config)
         result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
@@ -111,21 +122,52 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         "mlflow_run_id": result.mlflow_run_id,
         "mlflow_experiment_id": _experiment_of(config, result.mlflow_run_id),
         "metrics": {k: v for k, v in _finite(result.metrics).items()},
-        "progress": {**observer.progress(), "step": result.steps, "eta_s": 0.0 if result.status == "FINISHED" else None},
+        "progress": {
+            **observer.progress(),
+            "step": result.steps,
+            "eta_s": 0.0 if result.status == "FINISHED" else None,
+        },
     }
     if result.status == "FINISHED":
         return _record(store, job_id, fence, JobState.succeeded.value, **values)
     if result.status == "KILLED":
         current = store.get(job_id)
         if current is not None and current.status == JobState.cancelling.value:
-            return _record(store, job_id, fence, JobState.cancelled.value, error={"type": "Cancelled", "message": "cancelled on request", "step": result.steps}, **values)
+            return _record(
+                store,
+                job_id,
+                fence,
+                JobState.cancelled.value,
+                error={"type": "Cancelled", "message": "cancelled on request", "step": result.steps},
+                **values,
+            )
         # Stopped by the service shutting down: back to the queue, to resume from the checkpoint.
-        return _record(store, job_id, fence, JobState.queued.value, error={"type": "Interrupted", "message": "the service stopped; the job resumes from its checkpoint", "step": result.steps}, **values)
+        return _record(
+            store,
+            job_id,
+            fence,
+            JobState.queued.value,
+            error={
+                "type": "Interrupted",
+                "message": "the service stopped; the job resumes from its checkpoint",
+                "step": result.steps,
+            },
+            **values,
+        )
     message = str(getattr(result, "error", "") or "training failed")
-    return _record(store, job_id, fence, JobState.failed.value, error={"type": "TrainingFailed", "message": message, "step": result.steps}, **values)
+    return _record(
+        store,
+        job_id,
+        fence,
+        JobState.failed.value,
+        error={"type": "TrainingFailed", "message": message, "step": result.steps},
+        **values,
+    )
 
 
-def close_job_runs(job: JobRecord, settings: WorkerSettings, status: str, *, keep: str | None = None, config: Any = None) -> list[str]:
+def close_job_runs(
+    job: JobRecord, settings: WorkerSettings, status: str, *, keep: str | None = None, config: Any = None
+) -> list[str]:
     """End the job's MLflow runs that are still RUNNING (but `keep`) with `status`; returns
     their ids. Runs are found by their gradloop.job_id tag, so a run whose id never reached the
     job record is found too. Never raises: a tracking store that does not answer leaves the run
@@ -163,14 +205,21 @@ def _record(store: JobStore, job_id: str, fence: Fence, status: str, **kwargs: A
     try:
         store.finish(job_id, fence, status, **kwargs)
     except StaleAttemptError:
-        print(f"gradloop: job {job_id} attempt {fence.attempt} no longer holds the job; outcome {status} not recorded", flush=True)
+        print(
+            f"gradloop: job {job_id} attempt {fence.attempt} no longer holds the job; outcome {status} not recorded",
+            flush=True,
+        )
         return 0
     print(f"gradloop: job {job_id} {status}", flush=True)
     return 0 if status in (JobState.succeeded.value, JobState.cancelled.value, JobState.queued.value) else 1
 
 
 def _error(exc: BaseException, observer: JobProgressObserver, with_trace: bool = False) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "step": observer.step or None}
+    error: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc) or type(exc).__name__,
+        "step": observer.step or None,
+    }
     if with_trace:
         error["traceback"] = traceback.format_exception(exc)[-6:]
     return error

@@ -7,12 +7,14 @@ windows), histfile (histogram files, numpy counting), jsonl (the
 local journal, written first), sender (the background thread), remote (the store's child
 process), params, plots, status, state (tracking.json), store (URI, sqlite), sync.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from gradloop.observer import NullObserver, Observer
 
@@ -36,7 +38,9 @@ def parent_run(run_id: str | None) -> Iterator[None]:
         _parent_run_id.reset(token)
 
 
-def make_observer(config: "RunConfig", run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None) -> Observer:
+def make_observer(
+    config: RunConfig, run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None
+) -> Observer:
     """The observer that logs this run to MLflow, or one that does nothing when tracking is off."""
     if not config.tracking.enabled:
         return NullObserver()

@@ -10,6 +10,7 @@ their norms are computed a batch of windows at a time. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
 a handful of float operations on the host, so it adds no kernels and no synchronisation.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,10 +43,10 @@ def module_of(param_name: str) -> str:
 class StatLayout:
     """Which parameters are watched and how their norms are labelled and grouped."""
 
-    names: list[str]                    # one per watched parameter, metric-safe
+    names: list[str]  # one per watched parameter, metric-safe
     params: list[torch.nn.Parameter]
     mode: GradStatsMode
-    groups: list[str] = field(default_factory=list)         # per_module: module names
+    groups: list[str] = field(default_factory=list)  # per_module: module names
     members: list[list[int]] = field(default_factory=list)  # per_module: param indices per module
     # Detached views of the weights, made once: optimizers and load_state_dict update
     # parameters in place, so a view sees every step (and reading it builds no graph).
@@ -70,7 +71,7 @@ class StatLayout:
         return self._before
 
     @classmethod
-    def build(cls, named: list[tuple[str, torch.nn.Parameter]], mode: GradStatsMode) -> "StatLayout":
+    def build(cls, named: list[tuple[str, torch.nn.Parameter]], mode: GradStatsMode) -> StatLayout:
         watched = [(n, p) for n, p in named if p.requires_grad]
         layout = cls([metric_safe(n) for n, _ in watched], [p for _, p in watched], mode)
         layout.all_params = len(watched) == len(named)  # the optimizer's parameters, all, in order
@@ -90,8 +91,11 @@ class StatLayout:
     @functools.cached_property
     def metric_keys(self) -> tuple[list[str], list[str], list[str]]:
         """grad_norm/, weight_norm/ and update_ratio/ keys per label (built once, not per window)."""
-        return ([f"grad_norm/{x}" for x in self.labels], [f"weight_norm/{x}" for x in self.labels],
-                [f"update_ratio/{x}" for x in self.labels])
+        return (
+            [f"grad_norm/{x}" for x in self.labels],
+            [f"weight_norm/{x}" for x in self.labels],
+            [f"update_ratio/{x}" for x in self.labels],
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -106,8 +110,8 @@ class StatLayout:
 
 
 class SnapshotShape(NamedTuple):
-    grad_norms: int       # how many gradient norms lead the values
-    with_updates: bool    # whether update and weight norms follow them
+    grad_norms: int  # how many gradient norms lead the values
+    with_updates: bool  # whether update and weight norms follow them
     late: PendingNorms | None = None  # ...or come from the ring (replacing any that follow)
 
 
@@ -116,14 +120,16 @@ class GradSnapshot:
     """Device tensors taken before the optimizer step; nothing here has touched the host."""
 
     step: int
-    grad_norms: torch.Tensor                      # 1-d, one per watched parameter
-    weights_before: list[torch.Tensor] | None     # per_layer modes: the layout's buffers
+    grad_norms: torch.Tensor  # 1-d, one per watched parameter
+    weights_before: list[torch.Tensor] | None  # per_layer modes: the layout's buffers
     update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
-    pending: PendingNorms | None = None           # per_layer modes with the layout's ring
+    pending: PendingNorms | None = None  # per_layer modes with the layout's ring
 
-    def shape(self) -> "SnapshotShape":
+    def shape(self) -> SnapshotShape:
         """What host_metrics needs besides the values: kept once the tensors are gone."""
-        return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None or self.pending is not None, self.pending)
+        return SnapshotShape(
+            len(self.grad_norms), self.update_weight_norms is not None or self.pending is not None, self.pending
+        )
 
     def tensors(self) -> list[torch.Tensor]:
         """The norms in the order host_metrics reads them, flattened (the observer moves them to

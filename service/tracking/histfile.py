@@ -8,6 +8,7 @@ by its tensor's index times `bins`, so one bincount counts every tensor. histogr
 the same with torch kernels on the tensors' device; both bin alike (tested): non-finite values
 count as 0, and an element equal to its tensor's max goes in the last bin, as with torch.histc.
 """
+
 from __future__ import annotations
 
 import functools

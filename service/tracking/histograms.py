@@ -11,11 +11,12 @@ it until HistogramWriter.flush (see there for where it is counted). A larger mod
 chunk by chunk on its device at capture time, so memory never holds a second copy of it;
 beside such a model's step the counting is small anyway.
 """
+
 from __future__ import annotations
 
 import functools
-import threading
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ class Capture:
         return self.table
 
 
-def capture(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS,
-            weights: list[torch.Tensor] | None = None) -> Capture | None:
+def capture(
+    names: list[str], params: list[torch.nn.Parameter], bins: int = BINS, weights: list[torch.Tensor] | None = None
+) -> Capture | None:
     """Take the histograms' inputs now (before the optimizer step changes the weights).
     weights: the parameters, detached (StatLayout.weights), if the caller keeps them."""
     labels: list[str] = []
@@ -74,7 +76,9 @@ def capture(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS
     return Capture(labels, table=table)
 
 
-def compute(names: list[str], params: list[torch.nn.Parameter], bins: int = BINS) -> tuple[list[str], torch.Tensor] | None:
+def compute(
+    names: list[str], params: list[torch.nn.Parameter], bins: int = BINS
+) -> tuple[list[str], torch.Tensor] | None:
     """Labels and the counted table, at once."""
     taken = capture(names, params, bins)
     return None if taken is None else (taken.labels, taken.counted(bins))
@@ -193,7 +197,12 @@ class HistogramWriter:
                     remote.append((step, taken))
                 else:
                     try:
-                        files.append((histfile.file_name(step), histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins)))))
+                        files.append(
+                            (
+                                histfile.file_name(step),
+                                histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins))),
+                            )
+                        )
                     except Exception as exc:  # a histogram is never worth a failed run
                         self._failed(exc)
                 done += 1
@@ -223,8 +232,11 @@ class HistogramWriter:
             self._count_remotely(remote)
 
     def _count_remotely(self, remote: list[tuple[int, Capture]]) -> None:
-        items = [(step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
-                 for step, taken in remote if taken.pending is not None]
+        items = [
+            (step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
+            for step, taken in remote
+            if taken.pending is not None
+        ]
         try:
             errors = self.counter.count_histograms(str(self.directory), items, self.bins)
         except Exception as exc:

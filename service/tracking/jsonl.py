@@ -8,14 +8,15 @@ sync` sends exactly the records that are in the journal but in no acknowledged r
 The timestamp is kept in the journal so that a re-sent point is the identical MLflow Metric,
 which the stores de-duplicate.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import orjson
 
@@ -39,7 +40,7 @@ class Record:
         return self.line if self.line is not None else encode_line(self.seq, self.step, self.ts, self.metrics)
 
     @classmethod
-    def from_line(cls, line: bytes | str) -> "Record":
+    def from_line(cls, line: bytes | str) -> Record:
         """The record of one journal line (raises json.JSONDecodeError for a torn one)."""
         d = decode_line(line)
         return cls(int(d["seq"]), int(d["step"]), int(d["ts"]), {k: float(v) for k, v in d["metrics"].items()})

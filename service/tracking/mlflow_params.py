@@ -5,11 +5,13 @@ and values up to 6000. A longer value is not truncated silently: the param says 
 whole value is (the config artifact). Params are immutable in MLflow, so a resumed run only
 adds keys the run does not have yet.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MAX_KEY = 250
 MAX_VALUE = 6000

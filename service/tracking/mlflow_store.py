@@ -7,6 +7,7 @@ happens under an exclusive file lock, and the file is switched to WAL so that re
 and one writer do not block each other. Writes that still meet "database is locked" are
 retried by the sender.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -39,7 +40,7 @@ def resolve_uri(uri: str | None) -> str:
 def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
     return None if rest in ("", ":memory:") else Path(rest)
 
 

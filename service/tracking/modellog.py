@@ -1,4 +1,5 @@
 """The run's final model, logged to MLflow with a signature (mlflow.pytorch.log_model)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,7 @@ def model_logger(ctx: RunContext, uri: str) -> Any:
         except Exception as exc:
             log.warning("no model signature: %s", exc)
 
-    def log_model(client: "MlflowClient", run_id: str) -> None:
+    def log_model(client: MlflowClient, run_id: str) -> None:
         import mlflow.pytorch
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -48,8 +49,13 @@ def model_logger(ctx: RunContext, uri: str) -> Any:
         # about it would print on every run, so it is silenced for this one call.
         with _use_tracking_uri(uri), quiet_logger("mlflow.pytorch"):
             mlflow.pytorch.log_model(
-                model, name="model", run_id=run_id, model_id=logged.model_id, signature=signature,
-                serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                model,
+                name="model",
+                run_id=run_id,
+                model_id=logged.model_id,
+                signature=signature,
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
 
     return log_model

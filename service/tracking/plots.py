@@ -5,11 +5,12 @@ matplotlib's Agg backend so that no display is needed. The heatmap shows log10 o
 layer's gradient norm (rows) over optimizer steps (columns): vanishing gradients are a dark
 band, exploding ones a bright one.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import matplotlib
 
@@ -69,8 +70,8 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
     layers: list[str] = []
     for r in records:
         for k in r.metrics:
-            if k.startswith(GRAD_PREFIX) and k[len(GRAD_PREFIX):] not in layers:
-                layers.append(k[len(GRAD_PREFIX):])
+            if k.startswith(GRAD_PREFIX) and k[len(GRAD_PREFIX) :] not in layers:
+                layers.append(k[len(GRAD_PREFIX) :])
     if not layers:
         return None
     steps = sorted({r.step for r in records if any(k.startswith(GRAD_PREFIX) for k in r.metrics)})
@@ -80,12 +81,19 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
     for r in records:
         for k, v in r.metrics.items():
             if k.startswith(GRAD_PREFIX) and r.step in col:
-                grid[row[k[len(GRAD_PREFIX):]]][col[r.step]] = math.log10(v) if v > 0 and math.isfinite(v) else math.nan
+                grid[row[k[len(GRAD_PREFIX) :]]][col[r.step]] = (
+                    math.log10(v) if v > 0 and math.isfinite(v) else math.nan
+                )
     fig, ax = plt.subplots(figsize=(max(6.0, min(14.0, 0.08 * len(steps) + 4)), max(2.5, 0.35 * len(layers) + 1.5)))
     # Columns are evenly spaced logging steps: centre each column on its step.
     half = (steps[-1] - steps[0]) / (2 * (len(steps) - 1)) if len(steps) > 1 else 0.5
-    image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
-                      extent=(steps[0] - half, steps[-1] + half, len(layers) - 0.5, -0.5))
+    image = ax.imshow(
+        grid,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        extent=(steps[0] - half, steps[-1] + half, len(layers) - 0.5, -0.5),
+    )
     ax.set_yticks(range(len(layers)))
     ax.set_yticklabels(layers, fontsize=8)
     ax.set_xlabel("optimizer step")
@@ -95,7 +103,7 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
     return _save(fig, path)
 
 
-def _save(fig: "plt.Figure", path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -12,6 +12,7 @@ The child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it
 run flushes) and exits when its pipe closes, so it never outlives its parent. Calls that
 need live objects of this process (log_model) stay in-process.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,18 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-ALLOWED = frozenset({"log_journal_lines", "count_histograms", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "update_run"})
+ALLOWED = frozenset(
+    {
+        "log_journal_lines",
+        "count_histograms",
+        "log_batch",
+        "log_artifact",
+        "log_artifacts",
+        "set_terminated",
+        "set_tag",
+        "update_run",
+    }
+)
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
@@ -86,11 +98,13 @@ class RemoteClient:
         self._spawn()
 
     def _spawn(self) -> None:
-        down_r, down_w = os.pipe()   # parent -> child
-        up_r, up_w = os.pipe()       # child -> parent
+        down_r, down_w = os.pipe()  # parent -> child
+        up_r, up_w = os.pipe()  # child -> parent
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "gradloop.tracking.remote", str(down_r), str(up_w), self.uri],
-            pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, start_new_session=False,
+            pass_fds=(down_r, up_w),
+            stdin=subprocess.DEVNULL,
+            start_new_session=False,
         )
         os.close(down_r)
         os.close(up_w)

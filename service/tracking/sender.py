@@ -11,15 +11,17 @@ Operations (params, tags, artifacts, the final status) travel through the same q
 they keep their order with the metrics; the JSON-able ones that could not be done before
 `close`'s deadline are handed back, and the observer keeps them for `gradloop sync`.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -37,8 +39,16 @@ MAX_TAGS_PER_REQUEST = 100
 
 # MLflow error codes that a retry cannot fix: sending the same request again would fail again.
 PERMANENT_CODES = frozenset(
-    {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED",
-     "UNAUTHENTICATED", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "FEATURE_DISABLED"}
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_STATE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "BAD_REQUEST",
+        "RESOURCE_ALREADY_EXISTS",
+        "FEATURE_DISABLED",
+    }
 )
 
 
@@ -88,7 +98,9 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in PERMANENT_CODES
 
 
-def metric_requests(records: list[Record], limit: int = MAX_METRICS_PER_REQUEST) -> list[tuple[list[Metric], list[int]]]:
+def metric_requests(
+    records: list[Record], limit: int = MAX_METRICS_PER_REQUEST
+) -> list[tuple[list[Metric], list[int]]]:
     """Split records into requests of <= limit metrics; each carries the seqs it completes."""
     requests: list[tuple[list[Metric], list[int]]] = []
     batch: list[Metric] = []
@@ -230,7 +242,9 @@ class Sender:
                     pending.append(item)
                     npoints += len(item.metrics)
                 due = bool(pending) and (
-                    npoints >= self.max_batch or closing or isinstance(item, Op)
+                    npoints >= self.max_batch
+                    or closing
+                    or isinstance(item, Op)
                     or time.monotonic() - first >= self.flush_interval
                 )
                 if due:
@@ -256,11 +270,19 @@ class Sender:
 
     def _send(self, records: list[Record]) -> bool:
         if isinstance(self.client, RemoteClient):
-            requests = [(lambda lines=lines: self.client.log_journal_lines(self.run_id, lines), seqs, n)
-                        for lines, seqs, n in line_requests(records, self.max_batch)]
+            requests = [
+                (lambda lines=lines: self.client.log_journal_lines(self.run_id, lines), seqs, n)
+                for lines, seqs, n in line_requests(records, self.max_batch)
+            ]
         else:
-            requests = [(lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None, seqs, len(metrics))
-                        for metrics, seqs in metric_requests(records, self.max_batch)]
+            requests = [
+                (
+                    lambda m=metrics: self.client.log_batch(self.run_id, metrics=m, synchronous=True) if m else None,
+                    seqs,
+                    len(metrics),
+                )
+                for metrics, seqs in metric_requests(records, self.max_batch)
+            ]
         for call, seqs, points in requests:
             outcome = self._retry(call)
             if outcome == "abandoned":

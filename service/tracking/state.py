@@ -5,6 +5,7 @@ artifacts and final status that could not reach MLflow before the end-of-run dea
 `create` describes a run that could not even be created (server down at start).
 `gradloop sync` reads this file, does what is owed and rewrites it.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ class TrackingState:
     experiment: str
     run_name: str
     run_id: str | None = None
-    status: str = "RUNNING"                         # the status this process gave (or will give) the run
-    create: dict[str, Any] | None = None            # {"tags": {...}, "parent_run_id": ...} while not created
+    status: str = "RUNNING"  # the status this process gave (or will give) the run
+    create: dict[str, Any] | None = None  # {"tags": {...}, "parent_run_id": ...} while not created
     pending_ops: list[dict[str, Any]] = field(default_factory=list)
     unsent_points: int = 0
 
@@ -34,7 +35,7 @@ class TrackingState:
         os.replace(tmp, path)  # atomic: a crash never leaves half a file
 
     @classmethod
-    def load(cls, run_dir: Path) -> "TrackingState | None":
+    def load(cls, run_dir: Path) -> TrackingState | None:
         path = Path(run_dir) / STATE_NAME
         if not path.exists():
             return None

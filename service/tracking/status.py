@@ -7,13 +7,15 @@ ends the run as KILLED; an atexit hook is the last net for a run nobody finished
 SIGKILL nothing in the process can act: `close_stale_run` is for the next resume or the job
 service's recovery.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from gradloop.observer import RunStatus
 

@@ -5,6 +5,7 @@ acknowledged ranges in metrics.sent; creates the run if it never reached MLflow,
 missing records in batches of <= 1000 metrics, performs the owed ops (params, artifacts,
 the final status) and records what it did, so a second sync sends nothing twice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,9 +13,9 @@ from pathlib import Path
 
 from gradloop.errors import GradloopError
 from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.mlflow_store import experiment_id, open_client
 from gradloop.tracking.sender import Op, is_permanent, metric_requests, run_op
 from gradloop.tracking.state import TrackingState
-from gradloop.tracking.mlflow_store import experiment_id, open_client
 
 
 class SyncError(GradloopError):
@@ -27,7 +28,7 @@ class SyncReport:
     run_id: str
     uri: str
     records_total: int = 0
-    records_sent: int = 0          # sent by this sync
+    records_sent: int = 0  # sent by this sync
     points_sent: int = 0
     ops_done: list[str] = field(default_factory=list)
     created_run: bool = False
@@ -45,14 +46,18 @@ class SyncReport:
             parts.insert(0, "created the run")
         if self.ops_done:
             parts.append("did " + ", ".join(self.ops_done))
-        return f"{self.run_dir} -> MLflow run {self.run_id} at {self.uri}: " + "; ".join(parts) + f"; status {self.status}"
+        return (
+            f"{self.run_dir} -> MLflow run {self.run_id} at {self.uri}: " + "; ".join(parts) + f"; status {self.status}"
+        )
 
 
 def sync_run_dir(path: str | Path) -> SyncReport:
     run_dir = Path(path)
     state = TrackingState.load(run_dir)
     if state is None:
-        raise SyncError(f"{run_dir} has no tracking.json; give the directory of a gradloop run (under output_dir, e.g. runs/<name>-<id>)")
+        raise SyncError(
+            f"{run_dir} has no tracking.json; give the directory of a gradloop run (under output_dir, e.g. runs/<name>-<id>)"
+        )
     try:
         client = open_client(state.uri)
         created = False
@@ -97,4 +102,6 @@ def sync_run_dir(path: str | Path) -> SyncReport:
         raise
     except Exception as exc:
         hint = "MLflow refused the data" if is_permanent(exc) else "is the tracking server up?"
-        raise SyncError(f"could not sync {run_dir} to {state.uri} ({hint}): {type(exc).__name__}: {str(exc)[:300]}") from exc
+        raise SyncError(
+            f"could not sync {run_dir} to {state.uri} ({hint}): {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc

@@ -6,6 +6,7 @@ written together: appended to metrics.jsonl and put on the sender's queue. Every
 talks to MLflow (params, tags, metrics, artifacts, status) runs on the sender's thread, and
 the store itself is written by a child process (remote).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -16,9 +17,10 @@ import subprocess
 import time
 import uuid
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,13 +28,13 @@ from gradloop.observer import RunContext, RunStatus
 from gradloop.tracking import gradstats, histograms, plots
 from gradloop.tracking.gradstats import GradSnapshot, StatLayout
 from gradloop.tracking.jsonl import Journal, read_records
-from gradloop.tracking.modellog import model_logger
 from gradloop.tracking.mlflow_params import config_params
+from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
+from gradloop.tracking.modellog import model_logger
 from gradloop.tracking.remote import shared_client
 from gradloop.tracking.sender import Op, Sender
 from gradloop.tracking.state import TrackingState
 from gradloop.tracking.status import SigtermGuard, error_tags, status_for
-from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
 from gradloop.tracking.windows import HeldWindow, held_window, to_host
 
 if TYPE_CHECKING:
@@ -42,9 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gradloop.tracking")
 
-ARTIFACT_DIR = "tracking"   # run_dir/tracking/: what this package writes besides the journal
-WRITE_SECONDS = 1.0         # how long logging windows are held before they are written
-MAX_HELD_WINDOWS = 1000     # ...or how many (log_every: 1 on a fast model), whichever comes first
+ARTIFACT_DIR = "tracking"  # run_dir/tracking/: what this package writes besides the journal
+WRITE_SECONDS = 1.0  # how long logging windows are held before they are written
+MAX_HELD_WINDOWS = 1000  # ...or how many (log_every: 1 on a fast model), whichever comes first
 
 
 class TrackingWarning(UserWarning):
@@ -60,7 +62,7 @@ class StepSnapshot:
 class MlflowObserver:
     """Logs one run to MLflow; see the module docstring for what runs where."""
 
-    def __init__(self, config: "RunConfig", run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None):
+    def __init__(self, config: RunConfig, run_dir: Path, job_id: str | None = None, parent_run_id: str | None = None):
         self.config = config
         self.tcfg = config.tracking
         self.run_dir = Path(run_dir)
@@ -74,7 +76,7 @@ class MlflowObserver:
         self._client: MlflowClient | None = None
         self._state: TrackingState | None = None
         self._layout: StatLayout | None = None
-        self._last_step: dict[str, int] = {}     # resume: per key, the last step MLflow has
+        self._last_step: dict[str, int] = {}  # resume: per key, the last step MLflow has
         self._checkpoint: Path | None = None
         self._monitor: Any = None
         self._guard = SigtermGuard()
@@ -116,18 +118,24 @@ class MlflowObserver:
             # Training does not depend on the tracking server: keep the journal, sync later.
             self.mlflow_run_id = ctx.mlflow_run_id
             self._state.create = None if resumed else {"tags": tags}
-            warnings.warn(TrackingWarning(
-                f"MLflow at {self.uri} is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
-                f"metrics go to {self.run_dir / 'metrics.jsonl'} only; run `gradloop sync {self.run_dir}` later"
-            ), stacklevel=2)
+            warnings.warn(
+                TrackingWarning(
+                    f"MLflow at {self.uri} is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+                    f"metrics go to {self.run_dir / 'metrics.jsonl'} only; run `gradloop sync {self.run_dir}` later"
+                ),
+                stacklevel=2,
+            )
         self._state.run_id = self.mlflow_run_id
 
         config_file = self.run_dir / ARTIFACT_DIR / "config.yaml"
         config_file.write_text(self.config.to_yaml())
         total = sum(p.numel() for p in ctx.model.parameters())
         trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
-        all_params = {**config_params(self.config.to_dict()),
-                      "model.num_params": str(total), "model.num_trainable_params": str(trainable)}
+        all_params = {
+            **config_params(self.config.to_dict()),
+            "model.num_params": str(total),
+            "model.num_trainable_params": str(trainable),
+        }
         if resumed and self._client is not None and self.mlflow_run_id:
             # MLflow params are immutable: a resumed run only adds what it lacks.
             try:
@@ -135,8 +143,10 @@ class MlflowObserver:
                 all_params = {k: v for k, v in all_params.items() if k not in have}
             except Exception:
                 all_params = {}
-        start_ops = [Op("log_params", {"params": all_params}),
-                     Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"})]
+        start_ops = [
+            Op("log_params", {"params": all_params}),
+            Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"}),
+        ]
         if resumed:
             start_ops.insert(0, Op("set_tags", {"tags": {"gradloop.resumed_from_step": str(ctx.start_step)}}))
 
@@ -218,8 +228,14 @@ class MlflowObserver:
         layout = self._layout
         if layout is None:
             return None
-        grads = gradstats.snapshot(step, layout, self._ctx.grad_norms() if self._ctx else None) if self._grad_step(step) else None
-        hist = histograms.capture(layout.names, layout.params, weights=layout.weights) if self._hist_step(step) else None
+        grads = (
+            gradstats.snapshot(step, layout, self._ctx.grad_norms() if self._ctx else None)
+            if self._grad_step(step)
+            else None
+        )
+        hist = (
+            histograms.capture(layout.names, layout.params, weights=layout.weights) if self._hist_step(step) else None
+        )
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
@@ -315,7 +331,11 @@ class MlflowObserver:
         timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
         self._histograms.close(timeout)  # every file written before the directory is logged
         if self._histograms.failed:
-            log.warning("%d histogram file(s) could not be written; last error: %s", self._histograms.failed, self._histograms.last_error)
+            log.warning(
+                "%d histogram file(s) could not be written; last error: %s",
+                self._histograms.failed,
+                self._histograms.last_error,
+            )
         ops = self._final_ops(status, error)
         self._state.status = status
         if self._sender is not None:
@@ -326,7 +346,11 @@ class MlflowObserver:
             self.unsent_points = report.unsent_points
             lost_model = [op.name for op in report.pending_ops if not op.persistable]
             if report.failed_requests:
-                log.warning("MLflow refused %d tracking request(s); last error: %s", report.failed_requests, self._sender.last_error)
+                log.warning(
+                    "MLflow refused %d tracking request(s); last error: %s",
+                    report.failed_requests,
+                    self._sender.last_error,
+                )
         else:
             self._state.pending_ops += [op.to_dict() for op in ops if op.persistable]
             self.unsent_points = sum(len(r.metrics) for r in read_records(self._journal.path))
@@ -335,12 +359,15 @@ class MlflowObserver:
         self._state.save(self.run_dir)
         self._journal.close()
         if self.unsent_points or self._state.pending_ops:
-            warnings.warn(TrackingWarning(
-                f"{self.unsent_points} metric points and {len(self._state.pending_ops)} other tracking calls "
-                f"did not reach MLflow at {self.uri}; they are kept in {self.run_dir}; "
-                f"run `gradloop sync {self.run_dir}` to send them"
-                + (f" ({', '.join(lost_model)} cannot be sent later)" if lost_model else "")
-            ), stacklevel=2)
+            warnings.warn(
+                TrackingWarning(
+                    f"{self.unsent_points} metric points and {len(self._state.pending_ops)} other tracking calls "
+                    f"did not reach MLflow at {self.uri}; they are kept in {self.run_dir}; "
+                    f"run `gradloop sync {self.run_dir}` to send them"
+                    + (f" ({', '.join(lost_model)} cannot be sent later)" if lost_model else "")
+                ),
+                stacklevel=2,
+            )
 
     def _final_ops(self, status: RunStatus, error: BaseException | None) -> list[Op]:
         art = self.run_dir / ARTIFACT_DIR
@@ -350,7 +377,9 @@ class MlflowObserver:
             title = self.config.name
             try:
                 plots.loss_curves(records, art / "plots" / "loss_curves.png", title)
-                plots.grad_norm_heatmap(records, art / "plots" / "grad_norm_heatmap.png", f"{title}: gradient norm per layer")
+                plots.grad_norm_heatmap(
+                    records, art / "plots" / "grad_norm_heatmap.png", f"{title}: gradient norm per layer"
+                )
             except Exception as exc:  # a plot is never worth a failed run
                 log.warning("could not draw the tracking plots: %s", exc)
             ops.append(Op("log_artifacts", {"local_dir": str(art / "plots"), "artifact_path": "plots"}))

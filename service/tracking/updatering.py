@@ -13,12 +13,13 @@ and 1.6-1.8% with the ring.
 Only for CPU runs whose parameters fit (contiguous, one dtype, RING_BYTES for the ring): on a
 GPU the foreach ops are fused kernels already, and a large model's step dwarfs the ops' cost.
 """
+
 from __future__ import annotations
 
 import torch
 
-RING_SLOTS = 16           # windows per batch
-RING_BYTES = 16 << 20     # at most this much for the ring (3 weight-sized rows per slot)
+RING_SLOTS = 16  # windows per batch
+RING_BYTES = 16 << 20  # at most this much for the ring (3 weight-sized rows per slot)
 
 
 class PendingNorms:
@@ -50,7 +51,9 @@ class UpdateRing:
 
     @staticmethod
     def fits(weights: list[torch.Tensor], slots: int = RING_SLOTS) -> bool:
-        if not weights or any(w.device.type != "cpu" or not w.is_contiguous() or w.dtype != weights[0].dtype for w in weights):
+        if not weights or any(
+            w.device.type != "cpu" or not w.is_contiguous() or w.dtype != weights[0].dtype for w in weights
+        ):
             return False
         return 3 * slots * sum(w.numel() for w in weights) * weights[0].element_size() <= RING_BYTES
 

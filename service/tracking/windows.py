@@ -6,10 +6,12 @@ synchronisation a second), on the CPU their values, read at once (no synchronisa
 and no tensors kept alive for the garbage collector to walk). The write pass turns each into
 its metrics with `HeldWindow.host_values`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -29,21 +31,26 @@ class HeldWindow:
     ts: int
     plain: dict[str, float]
     keys: list[str]
-    parts: list[Any]                 # torch.Tensor, or float when on_host
+    parts: list[Any]  # torch.Tensor, or float when on_host
     snap: SnapshotShape | None
     on_host: bool
 
     def host_values(self, flat: list[float], layout: StatLayout | None) -> dict[str, float]:
         """The window's metrics, given its parts as host floats (in `parts` order)."""
-        values = {} if self.snap is None or layout is None else gradstats.host_metrics(self.snap, flat[len(self.keys):], layout)
+        values = (
+            {}
+            if self.snap is None or layout is None
+            else gradstats.host_metrics(self.snap, flat[len(self.keys) :], layout)
+        )
         # The trainer's values come last: its own train/grad_norm wins over the one derived here.
         values.update(zip(map(metric_safe, self.plain), self.plain.values()))
         values.update(zip(map(metric_safe, self.keys), flat))
         return values
 
 
-def held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnapshot | None,
-                 on_host: bool = False) -> HeldWindow | None:
+def held_window(
+    step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnapshot | None, on_host: bool = False
+) -> HeldWindow | None:
     plain: dict[str, float] = {}
     keys: list[str] = []
     parts: list[torch.Tensor] = []
@@ -60,7 +67,11 @@ def held_window(step: int, ts: int, metrics: Mapping[str, Any], snap: GradSnapsh
         parts += snap.tensors()
     if on_host:
         parts = read_values(parts)
-    return HeldWindow(step, ts, plain, keys, parts, snap.shape() if snap is not None else None, on_host) if parts or plain else None
+    return (
+        HeldWindow(step, ts, plain, keys, parts, snap.shape() if snap is not None else None, on_host)
+        if parts or plain
+        else None
+    )
 
 
 def to_host(tensors: list[torch.Tensor]) -> list[float]:

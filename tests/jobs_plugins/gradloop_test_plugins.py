@@ -1,6 +1,7 @@
 """Test-only loss plugins that crash a job, shipped the way a third party ships a plugin (an
 entry point in a dist-info directory); only the job-service tests put this folder on the
 service's PYTHONPATH."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 The service runs migrations itself at start-up (store.migrate) and hands Alembic an open
 connection through `config.attributes["connection"]`; there is no alembic.ini to keep in step.
 """
+
 from __future__ import annotations
 
 from alembic import context

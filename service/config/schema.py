@@ -1,0 +1,134 @@
+"""The run config's shape: pydantic models with bounds and descriptions, extra fields forbidden everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gradloop.config.yaml_source import dump_yaml
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginSpec(Strict):
+    name: str = Field(min_length=1, description="registered plugin name")
+    options: dict[str, Any] = Field(default_factory=dict, description="options, validated by the plugin's own model")
+
+
+class ModelConfig(PluginSpec):
+    name: str = Field(
+        min_length=1, description="registered model name, or `package.module:factory` (CLI and Python only)"
+    )
+
+
+class DataConfig(PluginSpec):
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    eval_batch_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="validation batch size (default: batch_size)"
+    )
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction held out for validation")
+    split_seed: int | None = Field(None, description="seed of the train/validation split (default: the run's seed)")
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers, for datasets that need a DataLoader")
+    root: str | None = Field(
+        None,
+        description="data root that relative paths resolve against (default: $GRADLOOP_DATA_ROOT or the working directory)",
+    )
+
+
+class ParamGroupRule(BaseModel):
+    """`{match: "encoder.*", lr: 1e-4, ...}`: optimizer options for the parameters whose name matches."""
+
+    model_config = ConfigDict(extra="allow")
+    match: str = Field(min_length=1, description="glob on parameter names (fnmatch); first matching rule wins")
+
+
+class OptimizerConfig(PluginSpec):
+    param_groups: list[ParamGroupRule] = Field(default_factory=list)
+    no_weight_decay: bool | None = Field(
+        None, description="biases and 1-D parameters get weight_decay 0 (default: on when weight_decay > 0)"
+    )
+
+
+class SchedulerConfig(PluginSpec):
+    pass
+
+
+class TrainerConfig(Strict):
+    epochs: int = Field(1, ge=1, le=100_000)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    grad_accum_steps: int = Field(1, ge=1, le=10_000)
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the total gradient norm to this value")
+    grad_clip_value: float | None = Field(None, gt=0, description="clip each gradient element to [-v, v]")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    on_nonfinite: Literal["fail", "skip_step"] = "fail"
+    val_every_epochs: int = Field(1, ge=0, description="validate every N epochs (0: only when val_every_steps says)")
+    val_every_steps: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_at_end: bool = True
+    keep_checkpoints: int = Field(2, ge=1, description="how many step checkpoints to keep besides the last")
+    compile: bool = False
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    experiment: str = Field("gradloop", min_length=1)
+    log_every: int = Field(10, ge=1, description="log metrics every N optimizer steps")
+    histogram_every: int = Field(100, ge=0, description="record gradient/weight histograms every N steps (0: never)")
+    grad_stats: Literal["none", "total", "per_layer", "per_module"] = "per_layer"
+    log_checkpoint: bool = True
+    log_model: bool = True
+    system_metrics: bool = True
+    plots: bool = True
+    flush_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="at the end of a run, how long to keep trying to send unsent points (the rest waits for `gradloop sync`)",
+    )
+
+
+class RunConfig(Strict):
+    name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    output_dir: str = Field("runs", description="run directories (checkpoints, metrics.jsonl, logs) go under it")
+    model: ModelConfig
+    data: DataConfig
+    loss: PluginSpec
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig | None = None
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: dict[str, list[Any]] | None = Field(None, description="grid over dotted keys; each combination is one run")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_non_empty(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if v is not None:
+            for key, values in v.items():
+                if not values:
+                    raise ValueError(f"sweep.{key} has no values; give at least one")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    def config_hash(self) -> str:
+        """Stable short hash of the resolved config (the same run config gives the same hash)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,250 @@
+"""Tracking through service.train(): a real mlflow server, SIGTERM, a server that dies mid-run,
+`gradloop sync`, and resume, all read back with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gradloop import train
+from gradloop.observer import NullObserver
+from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.remote import RemoteClient
+from gradloop.tracking.sender import line_requests
+from gradloop.tracking.sync import SyncError, sync_run_dir
+from gradloop.tracking.tracking_observer import TrackingWarning
+from tests.support.mlflow_stores import MlflowServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_config(tmp_path: Path, uri: str, epochs: int = 3, **tracking: Any) -> dict:
+    return {
+        "name": "e2e",
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "mlp", "options": {"in_features": 8, "hidden": [16], "out_features": 3}},
+        "data": {
+            "name": "synthetic_classification",
+            "options": {"n_samples": 320, "n_features": 8, "n_classes": 3},
+            "batch_size": 32,
+            "val_fraction": 0.25,
+        },
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "trainer": {"epochs": epochs, "progress": "none"},
+        "tracking": {
+            "uri": uri,
+            "log_every": 2,
+            "histogram_every": 0,
+            "system_metrics": False,
+            "log_model": False,
+            "flush_timeout_s": 20,
+            **tracking,
+        },
+    }
+
+
+def points(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_train_logs_to_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    result = train(small_config(tmp_path, mlflow_server.uri))
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert result.steps == 24  # 240 training samples / 32 -> 8 steps x 3 epochs
+    assert points(client, run.info.run_id, "train/loss") == list(range(2, 25, 2))
+    assert points(client, run.info.run_id, "val/loss") == [8, 16, 24]
+    assert {"samples_per_s", "steps_per_s", "epoch", "grad_norm/layers.0.weight"} <= set(run.data.metrics)
+    assert any(k.startswith("train/lr/") for k in run.data.metrics)
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert names == {"plots/loss_curves.png", "plots/grad_norm_heatmap.png"}
+
+
+class StopServerAt(NullObserver):
+    """An observer that takes the tracking server down when the run reaches `step`."""
+
+    def __init__(self, server: MlflowServer, step: int):
+        self.server, self.step = server, step
+
+    def start(self, ctx: Any) -> None:
+        self.sent_file = ctx.run_dir / "metrics.sent"
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        if step == self.step:
+            deadline = time.monotonic() + 60
+            while not self.sent_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)  # until the sender has delivered something, so the outage is mid-run
+            self.server.stop()
+
+
+def test_journal_lines_reach_the_store_through_the_child_process(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    """The sender forwards metrics.jsonl lines as bytes; the store's child process turns them
+    into metrics, a window larger than the 1000 metrics of one request too, and keeps NaN."""
+    client = MlflowClient(mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("lines")).info.run_id
+    journal = Journal(tmp_path)
+    records = [
+        journal.append(7, 1234, {f"m{i}": float(i) for i in range(1500)}),
+        journal.append(8, 1235, {"m0": 0.5, "train/loss": float("nan")}),
+    ]
+    remote = RemoteClient(mlflow_server.uri)
+    try:
+        for lines, _, _ in line_requests(records):
+            remote.log_journal_lines(run_id, lines)
+    finally:
+        remote.close()
+    metrics = client.get_run(run_id).data.metrics
+    assert len(metrics) == 1501 and metrics["m1499"] == 1499.0
+    assert [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, "m0")] == [
+        (7, 1234, 0.0),
+        (8, 1235, 0.5),
+    ]
+    assert math.isnan(metrics["train/loss"])
+
+
+def test_server_down_mid_run_nothing_is_lost_and_sync_completes_it(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    server.start()
+    try:
+        cfg = small_config(tmp_path, server.uri, epochs=6, flush_timeout_s=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train(cfg, observers=[StopServerAt(server, 10)])
+        assert result.status == "FINISHED" and result.steps == 48  # training went on without the server
+        unsent = [w for w in caught if issubclass(w.category, TrackingWarning)]
+        assert len(unsent) == 1 and "gradloop sync" in str(unsent[0].message)
+        journal = list(read_records(result.run_dir / "metrics.jsonl"))
+        assert [r.step for r in journal if "train/loss" in r.metrics] == list(range(2, 49, 2))
+        left = unsent_records(result.run_dir)
+        assert left and len(left) < len(journal)  # some went before the server died, the rest waits
+        state = json.loads((result.run_dir / "tracking.json").read_text())
+        assert state["status"] == "FINISHED" and state["unsent_points"] == sum(len(r.metrics) for r in left)
+
+        server.start()  # same port, same store
+        client = MlflowClient(server.uri)
+        assert client.get_run(result.mlflow_run_id).info.status == "RUNNING"
+        report = sync_run_dir(result.run_dir)
+        assert report.records_sent == len(left) and report.status == "FINISHED"
+        assert "set_terminated" in report.ops_done and "log_artifacts" in report.ops_done
+        assert points(client, result.mlflow_run_id, "train/loss") == list(range(2, 49, 2))
+        assert points(client, result.mlflow_run_id, "val/loss") == [8, 16, 24, 32, 40, 48]
+        total = sum(
+            len(client.get_metric_history(result.mlflow_run_id, k))
+            for k in client.get_run(result.mlflow_run_id).data.metrics
+        )
+        assert total == sum(len(r.metrics) for r in journal)
+        assert {a.path for a in client.list_artifacts(result.mlflow_run_id)} >= {"plots", "config"}
+
+        again = sync_run_dir(result.run_dir)  # idempotent: nothing is sent twice
+        assert again.nothing_to_do and again.points_sent == 0
+        assert points(client, result.mlflow_run_id, "train/loss") == list(range(2, 49, 2))
+    finally:
+        server.stop()
+
+
+def test_sync_of_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(SyncError, match="tracking.json"):
+        sync_run_dir(tmp_path)
+
+
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from gradloop import train
+    cfg = json.loads(sys.argv[1])
+    result = train(cfg)
+    print("RESULT", result.status, result.mlflow_run_id, flush=True)
+""")
+
+
+def test_sigterm_ends_the_run_killed(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri, epochs=2000)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT.format(root=str(ROOT)), json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        journals: list[Path] = []
+        while time.monotonic() < deadline and not journals:
+            journals = [p for p in (tmp_path / "runs").glob("e2e/*/metrics.jsonl") if p.stat().st_size > 0]
+            time.sleep(0.2)
+        assert journals, "the run never started logging"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "RESULT KILLED" in out, err[-3000:]
+    run_id = out.split("RESULT KILLED ")[1].split()[0]
+    run = MlflowClient(sqlite_uri).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.info.end_time is not None
+
+
+def test_failed_run_through_train_is_failed(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri)
+    cfg["optimizer"]["options"]["lr"] = 1e30  # diverges: a non-finite loss fails the run
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    client = MlflowClient(sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name("gradloop").experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["gradloop.error.type"] == type(info.value).__name__
+
+
+def test_resume_through_train_continues_the_run(tmp_path: Path, sqlite_uri: str) -> None:
+    cfg = small_config(tmp_path, sqlite_uri, epochs=2)
+    cfg["trainer"]["checkpoint_every_steps"] = 4
+    first = train(cfg)
+    cfg["trainer"]["epochs"] = 4
+    second = train(cfg, resume=str(first.run_dir))
+    assert second.mlflow_run_id == first.mlflow_run_id
+    client = MlflowClient(sqlite_uri)
+    assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
+    assert points(client, first.mlflow_run_id, "train/loss") == list(range(2, 33, 2))
+    assert points(client, first.mlflow_run_id, "val/loss") == [8, 16, 24, 32]
+
+
+def test_a_server_down_from_the_start_is_synced_later(tmp_path: Path) -> None:
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")  # its port is chosen but nothing listens yet
+    cfg = small_config(tmp_path, server.uri, epochs=1, flush_timeout_s=1)
+    with pytest.warns(TrackingWarning) as caught:
+        result = train(cfg)
+    assert result.status == "FINISHED" and result.mlflow_run_id is None
+    journal = list(read_records(result.run_dir / "metrics.jsonl"))
+    messages = [str(w.message) for w in caught]
+    assert any("unreachable" in m for m in messages)
+    assert any(f"{sum(len(r.metrics) for r in journal)} metric points" in m and "gradloop sync" in m for m in messages)
+    assert journal and len(unsent_records(result.run_dir)) == len(journal)
+    server.start()
+    try:
+        report = sync_run_dir(result.run_dir)
+        assert report.created_run and report.records_sent == len(journal) and report.status == "FINISHED"
+        client = MlflowClient(server.uri)
+        run = client.get_run(report.run_id)
+        assert run.info.run_name.startswith("e2e-") and run.data.params["optimizer.options.lr"] == "0.1"
+        assert points(client, report.run_id, "train/loss") == [2, 4, 6, 8]
+        assert sync_run_dir(result.run_dir).nothing_to_do
+    finally:
+        server.stop()

@@ -1,0 +1,541 @@
+"""Tracking's pieces without a store: params, journal, request splitting, grad stats, histograms."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+from torch import nn
+
+from gradloop.tracking import gradstats, histfile, histograms
+from gradloop.tracking.jsonl import Journal, read_records, unsent_records
+from gradloop.tracking.mlflow_params import MAX_KEY, MAX_VALUE, config_params, flatten
+from gradloop.tracking.mlflow_store import resolve_uri
+from gradloop.tracking.sender import line_requests, metric_requests
+from gradloop.tracking.status import Terminated, status_for
+from gradloop.tracking.windows import held_window, to_host
+
+
+def test_flatten_dotted_keys_lists_and_groups() -> None:
+    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "groups": [{"match": "x.*", "lr": 0.1}], "e": {}})
+    assert flat == {"a.b": 1, "a.c": [1, 2], "groups.0.match": "x.*", "groups.0.lr": 0.1, "e": "{}"}
+
+
+def test_config_params_fit_mlflow_limits() -> None:
+    params = config_params({"k" * 300: 1, "long": "v" * (MAX_VALUE + 1), "hidden": [64, 64], "none": None})
+    assert all(len(k) <= MAX_KEY for k in params)
+    assert all(len(v) <= MAX_VALUE for v in params.values())
+    assert "config/config.yaml" in params["long"]  # says where the whole value is
+    assert params["hidden"] == "[64, 64]" and params["none"] == "None"
+
+
+def test_requests_hold_at_most_1000_metrics_and_complete_records_last(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(700)}) for step in range(3)]
+    requests = metric_requests(records)
+    assert [len(m) for m, _ in requests] == [1000, 1000, 100]
+    # record 0 ends in request 0; record 1 spans requests 0-1 and is done by request 1; record 2 by 2
+    assert [seqs for _, seqs in requests] == [[0], [1], [2]]
+    assert {(m.key, m.step, m.timestamp) for batch, _ in requests for m in batch} == {
+        (f"m{i}", s, 1000 + s) for i in range(700) for s in range(3)
+    }
+
+
+def test_line_requests_group_whole_records_up_to_the_limit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    sizes = [400, 400, 300, 1500, 10]
+    records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(n)}) for step, n in enumerate(sizes)]
+    requests = line_requests(records)
+    # 400 + 400 fit, the 300 would not; the 1500-point record travels alone; 10 starts anew
+    assert [(seqs, n) for _, seqs, n in requests] == [([0, 1], 800), ([2], 300), ([3], 1500), ([4], 10)]
+    assert requests[0][0] == records[0].line + b"\n" + records[1].line
+    assert journal.path.read_bytes().splitlines()[3] == records[3].line  # what was journaled is what is sent
+
+
+def test_journal_tracks_what_was_sent_and_survives_a_torn_line(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for step in range(1, 6):
+        journal.append(step, step, {"train/loss": 1.0 / step})
+    journal.mark_sent([0, 1, 3])
+    journal.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"seq": 5, "step": 6, "ts"')  # a process killed mid-write
+    assert [r.seq for r in unsent_records(tmp_path)] == [2, 4]
+    again = Journal(tmp_path)  # a resumed run in the same directory continues the numbering
+    assert again.append(7, 7, {"x": 1.0}).seq == 5
+    again.close()
+
+
+def test_nan_values_round_trip_through_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append(1, 1, {"train/loss": float("nan"), "grad_norm/x": float("-inf")})
+    journal.append(2, 2, {"grad_norm/nullable.weight": 0.5})  # "null" in a key, every value finite
+    journal.close()
+    first, second = read_records(tmp_path / "metrics.jsonl")
+    assert math.isnan(first.metrics["train/loss"]) and first.metrics["grad_norm/x"] == float("-inf")
+    assert second.metrics == {"grad_norm/nullable.weight": 0.5}
+
+
+def _model_with_grads(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    model(torch.randn(16, 5)).pow(2).sum().backward()
+    return model
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["cpu-ring", "foreach"])
+def test_per_layer_stats_match_plain_torch(ring: bool) -> None:
+    model = _model_with_grads()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    assert layout.ring is not None  # a small CPU model: its windows go through the ring
+    if not ring:
+        layout.ring = None  # as on a GPU, or for a large model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    snap = gradstats.snapshot(3, layout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    gradstats.after_step(snap, layout)
+    values = to_host(snap.tensors())
+    got = gradstats.host_metrics(snap.shape(), values, layout)
+    total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in model.parameters()))
+    assert got["train/grad_norm"] == pytest.approx(total, rel=1e-5)
+    assert got["train/grad_nonfinite"] == 0
+    for name, p in model.named_parameters():
+        assert got[f"grad_norm/{name}"] == pytest.approx(float(p.grad.norm()), rel=1e-5)
+        assert got[f"weight_norm/{name}"] == pytest.approx(float(p.detach().norm()), rel=1e-5)
+        ratio = float((p.detach() - before[name]).norm() / p.detach().norm())
+        assert got[f"update_ratio/{name}"] == pytest.approx(ratio, rel=1e-4)
+
+
+def test_the_ring_gives_each_window_its_own_norms_across_batches_and_partial_batches() -> None:
+    """More windows than the ring has slots, norms read back only at the end (as the observer's
+    once-a-second write does): every window gets the norms of its own step."""
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    reference = gradstats.StatLayout.build(named, "per_layer")
+    reference.ring = None
+    got, expected = [], []
+    for step in range(1, 2 * len(layout.ring._rows) + 4):
+        snap, ref = gradstats.snapshot(step, layout), gradstats.snapshot(step, reference)
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.01 * step * p.grad
+        gradstats.after_step(snap, layout)
+        gradstats.after_step(ref, reference)
+        got.append(snap)
+        expected.append(gradstats.host_metrics(ref.shape(), to_host(ref.tensors()), reference))
+        if step == 5:
+            gradstats.snapshot(step, layout)  # a step that never came: its slot is taken by the next
+    for snap, want in zip(got, expected):
+        have = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
+        assert have.keys() == want.keys()
+        assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
+
+
+def test_a_ring_pass_cut_short_gives_the_same_norms_when_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt can land inside UpdateRing.compute (the observer's write pass); the copies
+    must survive it so that finish() computes the same norms."""
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    reference = gradstats.StatLayout.build(named, "per_layer")
+    reference.ring = None
+    pairs = []
+    for step in range(1, 4):
+        snap, ref = gradstats.snapshot(step, layout), gradstats.snapshot(step, reference)
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        gradstats.after_step(snap, layout)
+        gradstats.after_step(ref, reference)
+        pairs.append((snap, ref))
+    norm = torch.linalg.vector_norm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layout.ring.compute()
+    monkeypatch.setattr(torch.linalg, "vector_norm", norm)
+    for snap, ref in pairs:
+        have = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
+        want = gradstats.host_metrics(ref.shape(), to_host(ref.tensors()), reference)
+        assert [have[k] for k in want] == pytest.approx([want[k] for k in want], rel=1e-5)
+
+
+def test_the_ring_is_only_for_cpu_parameters_that_fit() -> None:
+    from gradloop.tracking.updatering import UpdateRing
+
+    assert UpdateRing.fits([torch.zeros(3, 4), torch.zeros(4)])
+    assert not UpdateRing.fits([torch.zeros(4, 3).t()])  # not contiguous
+    assert not UpdateRing.fits([torch.zeros(3), torch.zeros(3, dtype=torch.float64)])  # two dtypes
+    assert not UpdateRing.fits([torch.zeros(3, device="meta")])  # not on the CPU
+    assert not UpdateRing.fits([torch.zeros(1 << 20)])  # 16 slots x 2 x 4 MiB
+
+
+def test_snapshot_reuses_the_trainers_norms_only_when_they_cover_every_watched_parameter() -> None:
+    model = _model_with_grads()
+    named = list(model.named_parameters())
+    measured = torch.stack(torch._foreach_norm([p.grad for _, p in named]))
+    layout = gradstats.StatLayout.build(named, "per_layer")
+    assert gradstats.snapshot(1, layout, measured).grad_norms is measured
+    model[0].bias.requires_grad_(False)  # a frozen parameter: the trainer's list no longer lines up
+    partial = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    snap = gradstats.snapshot(1, partial, measured)
+    assert snap.grad_norms is not measured and len(snap.grad_norms) == len(named) - 1
+
+
+def test_trainer_hands_observers_the_norms_it_measured_at_logging_steps(tmp_path: Path) -> None:
+    """RunContext.grad_norms: at a logging step, the pre-clip per-parameter norms (the same values
+    as measuring the gradients), in optimizer order; None at steps it measured nothing."""
+    from gradloop import train
+    from gradloop.observer import NullObserver
+
+    seen: dict[int, list[float] | None] = {}
+
+    class Watch(NullObserver):
+        def start(self, ctx):
+            self.ctx = ctx
+
+        def wants_step_stats(self, step):
+            return True
+
+        def before_optimizer_step(self, step, model):
+            norms = self.ctx.grad_norms()
+            expected = [float(p.grad.norm()) for p in self.ctx.optimizer.param_groups[0]["params"]]
+            seen[step] = None if norms is None else [float(n) for n in norms]
+            if norms is not None:
+                assert seen[step] == pytest.approx(expected, rel=1e-5)
+
+    cfg = {
+        "name": "norms",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path),
+        "model": {"name": "mlp", "options": {"in_features": 4, "hidden": [8], "out_features": 3}},
+        "data": {"name": "sklearn", "options": {"dataset": "iris"}, "batch_size": 16},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "trainer": {"epochs": 1, "progress": "none", "checkpoint_at_end": False},
+        "tracking": {"enabled": False, "log_every": 3},
+    }
+    train(cfg, observers=[Watch()])
+    assert seen[3] is not None and len(seen[3]) == 4
+    assert seen[1] is None and seen[2] is None
+
+
+def test_per_module_norm_combines_weight_and_bias_and_nonfinite_is_counted() -> None:
+    model = _model_with_grads()
+    model[2].bias.grad[0] = float("nan")
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_module")
+    snap = gradstats.snapshot(1, layout)
+    gradstats.after_step(snap, layout)
+    got = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
+    assert got["train/grad_nonfinite"] == 1
+    expected = math.hypot(float(model[0].weight.grad.norm()), float(model[0].bias.grad.norm()))
+    assert got["grad_norm/0"] == pytest.approx(expected, rel=1e-5)
+    assert {k for k in got if k.startswith("grad_norm/")} == {"grad_norm/0", "grad_norm/2"}
+
+
+def test_total_mode_reports_no_layers() -> None:
+    model = _model_with_grads()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "total")
+    snap = gradstats.snapshot(1, layout)
+    got = gradstats.host_metrics(snap.shape(), to_host(snap.tensors()), layout)
+    assert set(got) == {"train/grad_norm", "train/grad_nonfinite"}
+
+
+def test_histograms_count_every_element(tmp_path: Path) -> None:
+    model = _model_with_grads()
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    labels, table = histograms.compute(names, params, bins=10)
+    path = histograms.write(tmp_path, 40, labels, table.tolist())
+    data = json.loads(path.read_text())
+    assert path.name == "step_000040.json" and data["step"] == 40
+    for name, p in zip(names, params):
+        layer = data["layers"][name]
+        assert sum(layer["grad"]["counts"]) == p.numel() == sum(layer["weight"]["counts"])
+        assert layer["weight"]["min"] == pytest.approx(float(p.detach().min())) and layer["weight"][
+            "max"
+        ] == pytest.approx(float(p.detach().max()))
+
+
+def test_histogram_counts_match_numpy_per_tensor() -> None:
+    """The fused counting (one bincount for all layers) bins each tensor over its own range,
+    as numpy.histogram does, including the maximum in the last bin and a constant tensor."""
+    model = _model_with_grads(seed=3)
+    with torch.no_grad():
+        model[2].bias.fill_(0.5)  # constant: every element in the first bin
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    labels, table = histograms.compute(names, params, bins=7)
+    assert labels == names and table.shape == (2 * len(params), 2 + 7)
+    rows = [t for p in params for t in (p.grad, p.detach())]
+    for row, tensor in zip(table.tolist(), rows):
+        values = tensor.reshape(-1).double().numpy()
+        assert row[0] == pytest.approx(values.min()) and row[1] == pytest.approx(values.max())
+        if values.max() > values.min():
+            expected = numpy.histogram(values, bins=7, range=(values.min(), values.max()))[0].tolist()
+        else:
+            expected = [len(values)] + [0] * 6
+        assert [int(c) for c in row[2:]] == expected
+
+
+def test_numpy_counting_bins_exactly_as_the_torch_kernels_do() -> None:
+    """histfile.count (the store's child process, numpy) and histograms._count (torch, on the
+    tensors' device) must give the same files: same ranges, every element in the same bin."""
+    torch.manual_seed(11)
+    parts = [
+        torch.randn(1000) * 3,
+        torch.rand(37),
+        torch.full((5,), 0.25),
+        torch.linspace(-1, 1, 301),
+        torch.tensor([1.0, float("nan"), float("inf"), -2.0]),
+    ]
+    flat, sizes = torch.cat(parts), tuple(p.numel() for p in parts)
+    expected = histograms.table_rows(histograms._count(flat, sizes, 13))
+    got = histfile.count(flat.numpy(), sizes, 13)
+    assert got == expected
+    assert [sum(row[2:]) for row in got] == list(sizes)
+
+
+def test_histograms_of_a_large_model_are_counted_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above CHUNK_ELEMENTS the counting happens at capture time, a chunk at a time (no copy of
+    the whole model); the table is the one a single fused pass gives."""
+    model = _model_with_grads(seed=5)
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    whole = histograms.capture(names, params)
+    assert whole.pending is not None and whole.table is None  # small: copied, counted later
+    monkeypatch.setattr(histograms, "CHUNK_ELEMENTS", 40)
+    chunked = histograms.capture(names, params)
+    assert chunked.pending is None and chunked.table is not None  # counted now
+    assert torch.equal(chunked.counted(), whole.counted())
+
+
+def test_histogram_writer_holds_captures_until_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model_with_grads()
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    writer = histograms.HistogramWriter(tmp_path / "h", bins=5)
+    first = histograms.capture(names, params)
+    with torch.no_grad():
+        params[0].add_(100.0)  # a later step changes the weights: the capture keeps its copy
+    writer.hold(10, first)
+    writer.hold(20, histograms.capture(names, params))
+    assert not (tmp_path / "h").exists() and not writer.full
+    writer.close()  # flushes what is held and waits for the files
+    ten = json.loads((tmp_path / "h" / "step_000010.json").read_text())
+    twenty = json.loads((tmp_path / "h" / "step_000020.json").read_text())
+    assert (
+        ten["bins"] == 5 and ten["layers"][names[0]]["weight"]["max"] < 50 < twenty["layers"][names[0]]["weight"]["min"]
+    )
+    assert writer.failed == 0
+    monkeypatch.setattr(histograms, "MAX_HELD_ELEMENTS", 10)
+    writer.hold(30, histograms.capture(names, params))
+    assert writer.full  # the observer writes early rather than hold more copies of the model
+
+
+def test_an_interrupt_while_histograms_are_flushed_loses_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model_with_grads()
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    writer = histograms.HistogramWriter(tmp_path / "h", bins=5)
+    for step in (1, 2, 3):
+        writer.hold(step, histograms.capture(names, params))
+    encode, calls = histfile.encode, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(histfile, "encode", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()  # the observer's write pass, cut short at the second histogram
+    writer.close()  # the run's finish
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == [f"step_00000{i}.json" for i in (1, 2, 3)]
+    assert writer.failed == 0
+
+
+def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> None:
+    model = _model_with_grads()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    writer = histograms.HistogramWriter(blocked / "h")
+    writer.hold(1, histograms.capture([n for n, _ in model.named_parameters()], list(model.parameters())))
+    writer.close()
+    assert writer.failed == 1 and "NotADirectoryError" in (writer.last_error or "")
+
+
+def test_histograms_are_counted_in_the_store_child_process(tmp_path: Path) -> None:
+    """With a counter (the RemoteClient whose child process writes the MLflow store), CPU
+    captures are counted there with numpy; the files are those counted here with torch."""
+    from gradloop.tracking.remote import RemoteClient
+
+    model = _model_with_grads(seed=2)
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
+    try:
+        there = histograms.HistogramWriter(tmp_path / "there", bins=9, counter=counter)
+        there.hold(5, histograms.capture(names, params))
+        there.close()
+        blocked = tmp_path / "file"
+        blocked.write_text("not a directory")
+        failing = histograms.HistogramWriter(blocked / "h", counter=counter)
+        failing.hold(1, histograms.capture(names, params))
+        failing.hold(2, histograms.capture(names, params))
+        failing.close()
+    finally:
+        counter.close()
+    here = histograms.write(tmp_path / "here", 5, *histograms.compute(names, params, bins=9))
+    assert there.failed == 0
+    assert json.loads((tmp_path / "there" / "step_000005.json").read_text()) == json.loads(here.read_text())
+    assert failing.failed == 2 and "NotADirectoryError" in (failing.last_error or "")
+
+
+def test_a_counter_process_that_stops_answering_does_not_hold_up_the_end_of_a_run(tmp_path: Path) -> None:
+    """close() waits `timeout` seconds for the store's child process, then kills it and counts
+    what it held in-process: the files are all there, and the run's end is not held up."""
+    import signal
+    import threading
+
+    from gradloop.tracking.remote import RemoteClient
+
+    model = _model_with_grads(seed=4)
+    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
+    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
+    try:
+        counter.count_histograms(str(tmp_path / "warm"), [], 5)  # the child is up and answering
+        os.kill(counter._proc.pid, signal.SIGSTOP)
+        writer = histograms.HistogramWriter(tmp_path / "h", bins=5, counter=counter)
+        writer.hold(3, histograms.capture(names, params))
+        writer.hold(6, histograms.capture(names, params))
+        closing = threading.Thread(target=writer.close, kwargs={"timeout": 1.0})
+        closing.start()
+        closing.join(120)
+        assert not closing.is_alive()  # a stopped child would otherwise hold it forever
+    finally:
+        counter.kill()  # (should the assertion fail, the stuck call must not hold up close())
+        counter.close()
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["step_000003.json", "step_000006.json"]
+    assert writer.failed == 0 and writer.counter is None  # counted here from then on
+
+
+def test_status_for_errors() -> None:
+    assert status_for(None) == "FINISHED"
+    assert status_for(ValueError("x")) == "FAILED"
+    assert status_for(Terminated()) == "KILLED"
+    assert status_for(KeyboardInterrupt()) == "KILLED"
+
+
+def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert resolve_uri("http://given:1") == "http://given:1"
+    assert resolve_uri(None) == "http://example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # pinned: a later chdir keeps the store
+
+
+def test_a_held_window_keeps_its_values_and_names_them_like_mlflow_keys():
+    """A logging window holds its 0-d tensors until the once-a-second write, which moves every
+    held window's values to the host in one stack."""
+    held = held_window(
+        40,
+        1234,
+        {
+            "train/loss": torch.tensor(0.25),
+            "train/grad_norm": torch.tensor([3.0]),
+            "epoch": 2,
+            "val/acc@1": None,
+            "train/lr/head:0": 0.5,
+        },
+        None,
+    )
+    later = held_window(50, 1300, {"train/loss": torch.tensor(0.125, dtype=torch.float64)}, None)
+    flat = to_host(held.parts + later.parts)
+    assert (held.step, held.ts) == (40, 1234)
+    assert held.host_values(flat[:2], None) == {
+        "train/loss": 0.25,
+        "train/grad_norm": 3.0,
+        "epoch": 2.0,
+        "train/lr/head_0": 0.5,
+    }
+    assert later.host_values(flat[2:], None) == {"train/loss": 0.125}
+    assert held_window(1, 1, {"epoch": None}, None) is None  # nothing to log, nothing held
+
+
+def _snapshot_around_a_step() -> tuple[nn.Linear, gradstats.StatLayout, gradstats.GradSnapshot]:
+    """A Linear layer's per-layer snapshot around a step that adds 1 to each weight (not the bias)."""
+    model = nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    layout = gradstats.StatLayout.build(list(model.named_parameters()), "per_layer")
+    snap = gradstats.snapshot(7, layout)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    gradstats.after_step(snap, layout)
+    return model, layout, snap
+
+
+def test_a_cpu_run_reads_a_window_at_once_and_keeps_no_tensor_alive():
+    """On the CPU there is no synchronisation to save: a window's tensors are read when it is
+    held, so nothing the garbage collector has to walk survives until the write."""
+    _, layout, snap = _snapshot_around_a_step()
+    device_held = held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap)
+    cpu_held = held_window(7, 0, {"train/loss": torch.tensor(1.5), "epoch": 1}, snap, on_host=True)
+    assert all(type(p) is float for p in cpu_held.parts)
+    assert not any(isinstance(getattr(cpu_held, f), (torch.Tensor, gradstats.GradSnapshot)) for f in cpu_held.__slots__)
+    assert cpu_held.host_values(cpu_held.parts, layout) == device_held.host_values(to_host(device_held.parts), layout)
+
+
+def test_the_trainer_never_changes_a_metric_tensor_it_has_handed_over(tmp_path: Path) -> None:
+    """Held windows keep the trainer's tensors, not copies: every window's values must be fresh
+    tensors that no later step writes into."""
+    from gradloop import train
+    from gradloop.observer import NullObserver
+
+    given: list[tuple[torch.Tensor, float]] = []
+
+    class Keep(NullObserver):
+        def after_optimizer_step(self, step, snapshot, metrics):
+            given.extend((v, float(v)) for v in metrics.values() if isinstance(v, torch.Tensor))
+
+        def log_metrics(self, metrics, step):
+            given.extend((v, float(v)) for v in metrics.values() if isinstance(v, torch.Tensor))
+
+    cfg = {
+        "name": "fresh",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path),
+        "model": {"name": "mlp", "options": {"in_features": 4, "hidden": [8], "out_features": 3}},
+        "data": {"name": "sklearn", "options": {"dataset": "iris"}, "batch_size": 16},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "trainer": {"epochs": 3, "progress": "none", "checkpoint_at_end": False, "val_every_epochs": 1},
+        "tracking": {"enabled": False, "log_every": 2},
+    }
+    train(cfg, observers=[Keep()])
+    assert len(given) > 10 and len({v for v, _ in given}) > 5
+    assert [float(v) for v, _ in given] == [value for _, value in given]
+
+
+def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
+    model, layout, snap = _snapshot_around_a_step()
+    held = held_window(7, 0, {"train/loss": torch.tensor(1.5)}, snap)
+    values = held.host_values(to_host(held.parts), layout)
+    assert values["train/loss"] == 1.5
+    assert values["grad_norm/weight"] == pytest.approx(float(model.weight.grad.norm()))
+    assert values["weight_norm/weight"] == pytest.approx(float(model.weight.detach().norm()))
+    assert values["update_ratio/weight"] == pytest.approx(math.sqrt(6) / float(model.weight.detach().norm()))
+    assert values["update_ratio/bias"] == 0.0
