@@ -15,7 +15,6 @@ that `gradloop serve` fills in before uvicorn spawns them.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from fastapi import FastAPI
 
 from gradloop.api.app import create_app
 from gradloop.api.settings import ServiceSettings
+from gradloop.filelock import FileLock
 
 SETTINGS_ENV = "GRADLOOP_SERVICE_SETTINGS"
 POOL_LOCK_NAME = "pool.lock"
@@ -35,26 +35,18 @@ def app_from_env() -> FastAPI:
 
 
 class PoolLock:
-    """An exclusive, non-blocking flock on a file: held by at most one process at a time."""
+    """The job pool's lock: an exclusive, non-blocking file lock held by at most one process."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd: int | None = None
+        self._lock = FileLock(path, note_holder=True)
+        self._held = False
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())  # who holds it, for a person looking
-        self._fd = fd
-        return True
+        self._held = self._lock.acquire(blocking=False)
+        return self._held
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        if self._held:
+            self._lock.close()  # closing the descriptor drops the lock
+            self._held = False

@@ -13,20 +13,18 @@ refused with StaleAttemptError once the job has moved on without them.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from gradloop.filelock import FileLock
 from gradloop.jobs.engine import MIGRATIONS_DIR, create_store_engine
 from gradloop.jobs.models import ACTIVE_STATES, TERMINAL_STATES, JobState, job_events, jobs
 from gradloop.jobs.records import (
@@ -55,11 +53,10 @@ class JobStore:
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
         self._checkpointer: threading.Thread | None = None
-        self._flock_path: Path | None = None
-        self._flock_pid: int | None = None
-        self._flock = -1
+        # Writers of one SQLite file take this lock between processes (none for :memory:).
+        self._file_lock: FileLock | None = None
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
-            self._flock_path = Path(parsed.database + ".write-lock")
+            self._file_lock = FileLock(parsed.database + ".write-lock")
         self.engine: Engine = create_store_engine(url, pooled=pooled, autocheckpoint=not checkpoint_thread)
         if self.dialect == "sqlite" and checkpoint_thread:
             self._checkpointer = threading.Thread(
@@ -72,9 +69,8 @@ class JobStore:
         return self.dialect == "sqlite"
 
     def close(self) -> None:
-        if self._flock_pid == os.getpid():
-            os.close(self._flock)
-            self._flock_pid = None
+        if self._file_lock is not None:
+            self._file_lock.close()
         self._closed.set()
         if self._checkpointer is not None:
             self._checkpointer.join(5)
@@ -130,29 +126,18 @@ class JobStore:
     @contextmanager
     def _sqlite_write(self) -> Iterator[Connection]:
         """BEGIN IMMEDIATE ... COMMIT under the lock file; the caller holds _write_lock."""
-        fd = self._flock_fd()
-        if fd is not None:
+        if self._file_lock is not None:
             # Another process's write (an API worker's insert, a job's progress) holds it for
             # well under a millisecond, and the kernel hands it over at once (without our GIL).
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._file_lock.acquire()
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
         finally:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _flock_fd(self) -> int | None:
-        """This process's descriptor of the database's lock file (none for :memory:). Opened
-        per process: a descriptor inherited through fork would share the parent's lock."""
-        if self._flock_path is None:
-            return None
-        if self._flock_pid != os.getpid():
-            self._flock = os.open(self._flock_path, os.O_CREAT | os.O_RDWR, 0o644)
-            self._flock_pid = os.getpid()
-        return self._flock
+            if self._file_lock is not None:
+                self._file_lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

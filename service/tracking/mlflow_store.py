@@ -11,7 +11,6 @@ retried by the sender.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from gradloop.filelock import FileLock
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -96,14 +97,12 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 @contextlib.contextmanager
 def file_lock(db_path: Path) -> Iterator[None]:
-    lock_path = Path(str(db_path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+    lock = FileLock(str(db_path) + ".lock")
+    try:
+        with lock:
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        lock.close()
 
 
 def _enable_wal(path: Path) -> None:
