@@ -30,6 +30,7 @@ from gradloop.checkpoint import CheckpointError, write_checkpoint
 from gradloop.config import RunConfig
 from gradloop.devices import autocast_dtype
 from gradloop.errors import ConfigError, TrainingError
+from gradloop.log_window import LogWindow
 from gradloop.observer import Observer, RunContext, RunStatus
 from gradloop.seeding import capture_rng_state, restore_rng_state
 
@@ -136,11 +137,10 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._last_checkpoint_at: tuple[int, int, int] | None = None
         self.val_metrics: dict[str, torch.Tensor] = {}
-        self.train_loss: torch.Tensor | None = None
         self._zero = torch.zeros((), device=device)
         self._found_inf = torch.zeros(1, device=device)
         self._unit_scale = torch.ones(1, device=device)
-        self._reset_log_window()
+        self.log_window = LogWindow(config.tracking.log_every, self.total_steps, self._stop.is_set, device)
 
     @staticmethod
     def _compiled(model: nn.Module) -> Callable[[Any], Any]:
@@ -205,8 +205,7 @@ class Trainer:
             self._finish_observers(status, error)
 
     def _loop(self) -> None:
-        tc, model, opt = self.tc, self.model, self.optimizer
-        clip_norm, clip_value = tc.grad_clip_norm, tc.grad_clip_value
+        tc, model, opt, log_window = self.tc, self.model, self.optimizer, self.log_window
         step_scheduler_per_step = (
             self.scheduler is not None
             and self.parts.scheduler_capabilities.get("interval", "step") == "step"
@@ -241,7 +240,8 @@ class Trainer:
                     # 2. Unscale (fp16), measure the pre-clip norm when something uses it
                     #    (clipping, or the logging window that ends here), decide whether to step.
                     self.scaler.unscale_(opt)
-                    grad_norm = self._total_grad_norm() if clip_norm is not None or self._is_log_step(step) else None
+                    measure = tc.grad_clip_norm is not None or log_window.is_log_step(step)
+                    grad_norm = self._total_grad_norm() if measure else None
                     ok = self._check_finite(step, window_loss, grad_norm)
                     stats = (
                         [(o, o.before_optimizer_step(step, model)) for o in self.observers if o.wants_step_stats(step)]
@@ -251,10 +251,7 @@ class Trainer:
 
                     # 3. Clip and step; a skipped step leaves the weights untouched.
                     if ok:
-                        if clip_norm is not None:
-                            self._clip_to_norm(clip_norm, grad_norm)
-                        elif clip_value is not None:
-                            torch.nn.utils.clip_grad_value_(self.params, clip_value)
+                        self._clip(grad_norm)
                         self._stepped = False
                         self.scaler.step(opt)  # with fp16, skips the step if the scaled grads overflowed
                         self.scaler.update()
@@ -265,7 +262,8 @@ class Trainer:
 
                 # 4. Watchers see the step (gradients still there, per the observer protocol),
                 #    then the gradients go: once per optimizer step, never inside a window.
-                self._after_step(step, window, window_loss, grad_norm, ok, stats)
+                log_window.add(window_loss, window.samples, grad_norm, ok)
+                self._after_step(step, stats)
                 opt.zero_grad(set_to_none=True)
                 if step_scheduler_per_step:  # skipped steps count too: the schedule ends at total_steps
                     self.scheduler.step()
@@ -319,10 +317,7 @@ class Trainer:
                 first["stats"] = [
                     (o, o.before_optimizer_step(step, self.model)) for o in self.observers if o.wants_step_stats(step)
                 ]
-            if self.tc.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip_norm)
-            elif self.tc.grad_clip_value is not None:
-                torch.nn.utils.clip_grad_value_(self.params, self.tc.grad_clip_value)
+            self._clip(None)  # each evaluation's gradients are new: clipping measures their norm
             return loss
 
         try:
@@ -362,14 +357,17 @@ class Trainer:
         # loss * 0 is 0 for a finite loss and NaN otherwise, so one comparison covers both.
         return not bool((found + window_loss * 0.0) != 0)
 
-    def _clip_to_norm(self, max_norm: float, total_norm: torch.Tensor) -> None:
-        if hasattr(torch.nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6: reuse the norm just measured
-            torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, total_norm)
-        else:
-            torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-
-    def _is_log_step(self, step: int) -> bool:
-        return step % self.config.tracking.log_every == 0 or step >= self.total_steps or self._stop.is_set()
+    def _clip(self, total_norm: torch.Tensor | None) -> None:
+        """Clip the gradients as trainer.grad_clip_norm / grad_clip_value say (no-op when unset).
+        `total_norm` is the norm of these very gradients when already measured, else None."""
+        max_norm, max_value = self.tc.grad_clip_norm, self.tc.grad_clip_value
+        if max_norm is not None:
+            if total_norm is not None and hasattr(torch.nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6
+                torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, total_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        elif max_value is not None:
+            torch.nn.utils.clip_grad_value_(self.params, max_value)
 
     def _check_finite(self, step: int, window_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
         """True when the step may go ahead. This is the loop's one host sync per step: whether
@@ -404,58 +402,15 @@ class Trainer:
             "or set trainer.on_nonfinite: skip_step to skip such steps"
         )
 
-    def _after_step(
-        self,
-        step: int,
-        window: Window,
-        window_loss: torch.Tensor,
-        grad_norm: torch.Tensor,
-        ok: bool,
-        stats: list[tuple[Observer, Any]],
-    ) -> None:
-        if ok:  # a skipped step's loss is not finite and would poison the logging window's mean
-            self._log_losses.append(window_loss)
-            self._log_counts.append(window.samples)
-        self._log_steps += 1
-        self._log_grad_norm = grad_norm
-        log_now = step % self.config.tracking.log_every == 0 or self._finished()
+    def _after_step(self, step: int, stats: list[tuple[Observer, Any]]) -> None:
+        log_now = self.log_window.is_log_step(step)
         if not (log_now or stats):
             return
-        metrics = self._window_metrics() if log_now else {}
+        metrics = self.log_window.metrics(self.optimizer, self.epoch, self.skipped_steps) if log_now else {}
         snapshots = {id(o): snap for o, snap in stats}
         for obs in self.observers:
             if log_now or id(obs) in snapshots:
                 obs.after_optimizer_step(step, snapshots.get(id(obs)), metrics)
-
-    def _window_metrics(self) -> dict[str, Any]:
-        """The logging window's metrics; losses stay 0-d device tensors (observers sync them)."""
-        now = time.perf_counter()
-        elapsed = max(now - self._log_t0, 1e-9)
-        metrics: dict[str, Any] = {}
-        samples = sum(self._log_counts)
-        if samples:
-            # Each window's mean loss weighted by its samples: the mean over the logging window.
-            counts = torch.tensor(self._log_counts, dtype=torch.float32, device=self.device)
-            self.train_loss = (torch.stack(self._log_losses).float() @ counts) / samples
-            metrics["train/loss"] = self.train_loss
-        if self._log_grad_norm is not None:
-            metrics["train/grad_norm"] = self._log_grad_norm
-        for i, group in enumerate(self.optimizer.param_groups):
-            metrics[f"train/lr/{group.get('group_name', i)}"] = float(group["lr"])
-        metrics["epoch"] = float(self.epoch)
-        metrics["samples_per_s"] = samples / elapsed
-        metrics["steps_per_s"] = self._log_steps / elapsed
-        if self.skipped_steps:
-            metrics["train/skipped_steps"] = float(self.skipped_steps)
-        self._reset_log_window(now)
-        return metrics
-
-    def _reset_log_window(self, now: float | None = None) -> None:
-        self._log_losses: list[torch.Tensor] = []
-        self._log_counts: list[int] = []
-        self._log_steps = 0
-        self._log_grad_norm: torch.Tensor | None = None
-        self._log_t0 = now if now is not None else time.perf_counter()
 
     # -- validation ---------------------------------------------------------------------------
     def _validate(self, step_scheduler: bool = True) -> dict[str, torch.Tensor]:
@@ -527,8 +482,8 @@ class Trainer:
     def final_metrics(self) -> dict[str, float]:
         """Host floats of the last train/loss and validation metrics (syncs; call at the end)."""
         out: dict[str, float] = {}
-        if self.train_loss is not None:
-            out["train/loss"] = float(self.train_loss)
+        if self.log_window.train_loss is not None:
+            out["train/loss"] = float(self.log_window.train_loss)
         out.update({k: float(v) for k, v in self.val_metrics.items()})
         if self.skipped_steps:
             out["train/skipped_steps"] = float(self.skipped_steps)
