@@ -1,7 +1,7 @@
 """The FastAPI app of the job service: create_app(settings) wires the store, the worker pool,
 auth, the body limit, problem+json errors and metrics around the routers.
 
-Routes live in api_jobs.py (/v1/jobs...) and api_ops.py (/v1/plugins..., /healthz, /readyz,
+Routes live in job_routes.py (/v1/jobs...) and ops_routes.py (/v1/plugins..., /healthz, /readyz,
 /metrics). The app holds its state on `app.state` (settings, store, pool, metrics): nothing is
 global, so tests can build as many apps as they like. The API knows nothing of torch beyond the
 config schema; it is imported here only through the plugin registry, for option models.
