@@ -1,113 +1,74 @@
-"""What MLflow tracking costs a training loop: tracking off vs the sqlite store vs a real server.
+"""What MLflow tracking costs the user, end to end: whole runs, tracked and untracked, alternated.
 
-The digits MLP (64-128-10, batch 32, SGD) with tracking.grad_stats=per_layer, log_every=10 and
-histogram_every=100, trained with tracking disabled and, side by side in the same process, with
-the default sqlite store (in a temp dir) or a real `mlflow server` subprocess on localhost.
-Target: <= 3% fewer steps/s.
+Three scenarios, each as pairs of runs one after the other (tracked, then untracked, then the
+next pair with the order swapped, so that a drift of the machine's speed hits both alike):
+  cli    `gradloop run configs/quickstart.yaml` as a fresh process, tracked vs
+         `--set tracking.enabled=false`, in one temp working directory whose mlflow.db a first
+         tracked run created (its time is reported apart: the first-run figure).
+  mlp    `train()` in this process (imports warm) of the digits MLP for 150 epochs (6750 steps),
+         tracking with grad_stats=per_layer (everything else at its default: histograms every
+         100 steps, plots, the model, system metrics) vs tracking off.
+  cnn    the same for configs/digits_cnn.yaml (a slower step), 15 epochs.
+Each run reports its wall time (what the user waits for, start to finish), the CPU time of
+the training process and of its child processes (the store's process included), and for the
+in-process runs the loop's own time (RunResult.duration_s) and the time outside it (start and
+end of the run). Ratios are untracked/tracked wall time of the same pair: 1.0 means free.
 
-Side by side means in lockstep: the two runs train in two threads that pass a baton every
-TURN_STEPS optimizer steps, so exactly one of them trains at any moment and each adds up only
-the time it held the baton. This machine's speed drifts by 10-30% from one second to the next
-(other tenants of the host), which made run-after-run comparisons of a 3% effect hopeless: two
-identical runs differed by up to 20%. Turns of about 50 ms see the same drift on both sides.
-Everything else of the tracked run goes on as in any run: its sender thread and histogram
-writer share the process, and the store is written (and a CPU run's histograms counted) by its
-own child process, or by the server. Such threads also take the GIL during the untracked run's
-turns, so lockstep shows only part of what they cost; work moved from them to the training
-thread shows in full.
-A pair of two tracking-off runs shows the method's own noise (such pairs came out about 1% in
-favour of the second thread, so the tracked run takes the first thread in every other round).
-The time spent inside the tracking observer's calls on the training thread is reported too.
+    python bench/tracking.py [--pairs 5] [--only cli,mlp,cnn] [--uri URI]
 
-    python bench/tracking.py [--repeats 4] [--epochs 100] [--device cuda]
+--uri points the in-process runs at another store (e.g. a running `mlflow server`); the
+default is a sqlite file in a temp directory, pre-created by a warm-up run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradloop.observer import NullObserver  # noqa: E402  (after the path set-up above)
+MLP_EPOCHS = 150  # 45 steps an epoch: 6750 steps
+CNN_EPOCHS = 15
 
-TURN_STEPS = 50
-
-
-class Baton:
-    """Lets two runs train in turns; each turn is TURN_STEPS optimizer steps of one run."""
-
-    def __init__(self, names: tuple[str, str]) -> None:
-        self.names = names
-        self.holder: str | None = None
-        self.arrived: set[str] = set()
-        self.done: set[str] = set()
-        self.cond = threading.Condition()
-
-    def wait_turn(self, name: str) -> None:
-        with self.cond:
-            self.arrived.add(name)
-            if self.holder is None and self.arrived == set(self.names):
-                self.holder = self.names[0]  # both are set up: the first turn begins
-                self.cond.notify_all()
-            self.cond.wait_for(lambda: self.holder == name or self._other(name) in self.done)
-
-    def pass_on(self, name: str, finished: bool = False) -> None:
-        with self.cond:
-            if finished:
-                self.done.add(name)
-            if self.holder == name:
-                self.holder = self._other(name)
-            self.cond.notify_all()
-
-    def both_running(self) -> bool:
-        return not self.done
-
-    def _other(self, name: str) -> str:
-        return self.names[1] if name == self.names[0] else self.names[0]
+# Runs the CLI in a wrapper that reports its own CPU time and its reaped children's (the
+# store's process exits with it) as JSON on the last line of stderr.
+CLI_WRAPPER = """
+import json, resource, sys
+from gradloop.cli.main import main
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else 0
+finally:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    sys.stderr.write("\\n" + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime}) + "\\n")
+sys.exit(code)
+"""
 
 
-class Turns(NullObserver):
-    """Takes turns on the baton at logging steps and adds up the steps and time of its turns."""
-
-    def __init__(self, name: str, baton: Baton) -> None:
-        self.name, self.baton = name, baton
-        self.steps = 0
-        self.seconds = 0.0
-        self._since: tuple[int, float] | None = None
-
-    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
-        if self._since is None:
-            self.baton.wait_turn(self.name)
-            self._since = (step, time.perf_counter())
-        elif step - self._since[0] >= TURN_STEPS:
-            if self.baton.both_running():  # only turns taken while the other run still trains count
-                self.steps += step - self._since[0]
-                self.seconds += time.perf_counter() - self._since[1]
-            self.baton.pass_on(self.name)
-            self.baton.wait_turn(self.name)
-            self._since = (step, time.perf_counter())
-
-    def finish(self, status: Any, error: BaseException | None = None) -> None:
-        self.baton.pass_on(self.name, finished=True)
-
-    @property
-    def steps_per_s(self) -> float:
-        return self.steps / self.seconds
+@dataclass
+class Sample:
+    wall: float
+    cpu_self: float
+    cpu_children: float
+    loop: float | None = None  # RunResult.duration_s (in-process runs)
 
 
 def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
+    """The digits MLP (64-128-10, batch 32, SGD) with per-layer statistics; tracking off when uri is None."""
     return {
         "name": "bench-tracking",
         "seed": 0,
@@ -132,150 +93,155 @@ def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
     }
 
 
-class Timed:
-    """Wraps the MLflow observer and adds up the time its calls take on the training thread.
-
-    The timed methods are bound once, here: a wrapper looked up per call (__getattr__) would
-    itself cost the tracked run a microsecond or two per step."""
-
-    # wants_step_stats (asked every step, an integer test) is left unwrapped: a timer around
-    # it would cost the tracked run more than the call itself. Its cost still shows in steps/s.
-    TIMED = ("before_optimizer_step", "after_optimizer_step", "log_metrics")
-
-    def __init__(self, inner: Any):
-        self.inner, self.seconds = inner, 0.0
-        for name in self.TIMED:
-            setattr(self, name, self._timed(getattr(inner, name)))
-
-    def _timed(self, method: Any) -> Any:
-        clock = time.perf_counter
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = clock()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self.seconds += clock() - t0
-
-        return timed
-
-    def __getattr__(self, name: str) -> Any:  # everything else goes straight to the observer
-        return getattr(self.inner, name)
+def mlp_config(out: str, uri: str | None) -> dict:
+    """The issue's 6750-step run: the digits MLP with grad_stats=per_layer and the other defaults."""
+    cfg = config(MLP_EPOCHS, out, uri)
+    cfg["trainer"] = {"epochs": MLP_EPOCHS, "val_every_epochs": 5, "progress": "none"}
+    cfg["tracking"] = {"enabled": uri is not None, "uri": uri, "experiment": "bench", "grad_stats": "per_layer"}
+    return cfg
 
 
-_timed: list[Timed] = []
+def cnn_config(out: str, uri: str | None) -> dict:
+    from gradloop.config.loading import load_config
+
+    cfg = load_config(ROOT / "configs" / "digits_cnn.yaml").to_dict()
+    cfg["output_dir"] = out
+    cfg["trainer"].update({"epochs": CNN_EPOCHS, "progress": "none"})
+    cfg["tracking"].update({"enabled": uri is not None, "uri": uri, "experiment": "bench"})
+    return cfg
 
 
-def _install_timing() -> None:
-    import gradloop.tracking as tracking
+def _children_cpu() -> float:
+    """CPU seconds of this process's live descendants (the store's process lives across runs)."""
+    import psutil
 
-    make = tracking.make_observer
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
-    def make_timed(*args: Any, **kwargs: Any) -> Any:
-        _timed.append(Timed(make(*args, **kwargs)))
-        return _timed[-1]
 
-    tracking.make_observer = make_timed  # the runner looks it up at each train()
+def _cpu() -> tuple[float, float]:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime + _children_cpu()
 
 
-def lockstep(
-    epochs: int, out: str, uris: tuple[str | None, str | None], device: str
-) -> tuple[Turns, Turns, float, int]:
-    """Train two configs in lockstep; returns both runs' turn totals, the tracked run's
-    microseconds per step inside the observer's calls, and its points left unsent."""
+def run_in_process(cfg: dict) -> Sample:
     from gradloop import train
 
-    baton = Baton(("a", "b"))
-    turns = (Turns("a", baton), Turns("b", baton))
-    results: list[Any] = [None, None]
-    errors: list[BaseException] = []
-    _timed.clear()
+    s0, c0 = _cpu()
+    t0 = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - t0
+    s1, c1 = _cpu()
+    return Sample(wall, s1 - s0, c1 - c0, result.duration_s)
 
-    def go(i: int) -> None:
-        try:
-            results[i] = train(config(epochs, f"{out}/{i}", uris[i], device), observers=[turns[i]])
-        except BaseException as exc:  # surfaced below; the other run must not wait for a dead one
-            errors.append(exc)
-            baton.pass_on(turns[i].name, finished=True)
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    tracked = next((i for i in (1, 0) if uris[i] is not None), None)
-    in_observer = _timed[0].seconds / results[tracked].steps * 1e6 if _timed and tracked is not None else 0.0
-    unsent = 0
-    if tracked is not None:
-        from gradloop.tracking.jsonl import unsent_records
+def run_cli(cwd: Path, tracked: bool) -> Sample:
+    args = [sys.executable, "-c", CLI_WRAPPER, "run", str(ROOT / "configs" / "quickstart.yaml")]
+    if not tracked:
+        args += ["--set", "tracking.enabled=false"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"gradloop run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    cpu = json.loads(proc.stderr.strip().splitlines()[-1])
+    return Sample(wall, cpu["self"], cpu["children"])
 
-        unsent = sum(len(r.metrics) for r in unsent_records(results[tracked].run_dir))
-    return turns[0], turns[1], in_observer, unsent
+
+def pairs(name: str, n: int, tracked: Any, untracked: Any) -> list[tuple[Sample, Sample]]:
+    out = []
+    for i in range(n):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        got: dict[bool, Sample] = {}
+        for on in order:
+            got[on] = tracked() if on else untracked()
+        out.append((got[True], got[False]))
+        t, u = got[True], got[False]
+        print(
+            f"  {name} pair {i + 1}: tracked {t.wall:6.2f} s (cpu {t.cpu_self:5.2f} + {t.cpu_children:5.2f})"
+            f"  off {u.wall:6.2f} s (cpu {u.cpu_self:5.2f} + {u.cpu_children:5.2f})  off/tracked {u.wall / t.wall:.3f}"
+            + (f"  loop {t.loop:.2f} / {u.loop:.2f} s" if t.loop is not None and u.loop is not None else ""),
+            flush=True,
+        )
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):6.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def report(name: str, got: list[tuple[Sample, Sample]]) -> None:
+    tracked, off = [t for t, _ in got], [u for _, u in got]
+    ratios = [u.wall / t.wall for t, u in got]
+    print(f"\n{name}: {len(got)} alternating pairs; median [min-max]")
+    for label, runs in (("tracked", tracked), ("off", off)):
+        line = (
+            f"  {label:8s} wall {_spread([r.wall for r in runs])} s  cpu self {_spread([r.cpu_self for r in runs])} s"
+            f"  cpu children {_spread([r.cpu_children for r in runs])} s"
+        )
+        if runs[0].loop is not None:
+            outside = [r.wall - r.loop for r in runs if r.loop is not None]
+            line += f"  loop {_spread([r.loop for r in runs if r.loop is not None])} s  outside it {_spread(outside)} s"
+        print(line)
+    print(
+        f"  off/tracked wall, per pair: {' '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}"
+    )
+    print(f"  tracked/off wall: median {statistics.median([1 / r for r in ratios]):.3f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--repeats", type=int, default=4, help="pairs per variant (even: as many with the tracked run in each thread)"
-    )
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--only", default="cli,mlp,cnn")
+    parser.add_argument("--uri", default=None, help="store for the in-process runs (default: a temp sqlite file)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    only = set(args.only.split(","))
     warnings.simplefilter("ignore")
-    import logging
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-    from tests.mlflow_fixtures import MlflowServer
-
-    tmp = Path(tempfile.mkdtemp(prefix="gradloop-bench-tracking-"))
-    server = MlflowServer(tmp)
-    server.start()
-    variants = {"off": None, "sqlite": f"sqlite:///{tmp}/mlflow.db", "server": server.uri}
-    ratios: dict[str, list[float]] = {k: [] for k in variants}
-    rates: dict[str, list[float]] = {k: [] for k in variants}
-    obs: dict[str, list[float]] = {k: [] for k in variants}
-    _install_timing()
-    try:
-        for uri in variants.values():  # warm-up: imports, tables, the store-writing child process
-            lockstep(2, str(tmp / "runs"), (None, uri), args.device)
-        for r in range(args.repeats):
-            for name, uri in variants.items():
-                # The measured run trains in the second thread in even rounds and in the first in
-                # odd ones: off-vs-off pairs came out about 1% in favour of the second thread.
-                second = r % 2 == 0
-                a, b, in_obs, unsent = lockstep(
-                    args.epochs, str(tmp / "runs"), (None, uri) if second else (uri, None), args.device
-                )
-                off, other = (a, b) if second else (b, a)
-                ratios[name].append(other.steps_per_s / off.steps_per_s)
-                rates[name].append(other.steps_per_s)
-                obs[name].append(in_obs)
-                print(
-                    f"  round {r + 1} off {off.steps_per_s:7.1f} steps/s beside {name:6s} {other.steps_per_s:7.1f} steps/s"
-                    f" = {ratios[name][-1]:.3f}  ({other.steps} steps in turns, {in_obs:5.1f} us/step in tracking calls,"
-                    f" {unsent} points unsent)",
-                    flush=True,
-                )
-    finally:
-        server.stop()
-    print(
-        f"\ndigits MLP on {args.device}, grad_stats=per_layer, log_every=10, histogram_every=100, {args.epochs} epochs,"
-        f" {args.repeats} lockstep pairs per variant, turns of {TURN_STEPS} steps"
-    )
-    print(
-        f"{'beside off':12s} {'steps/s':>9s} {'vs off (median)':>16s} {'vs off (each pair)':>28s} {'us/step in tracking calls':>26s}"
-    )
-    for name in variants:
-        label = "off (control)" if name == "off" else name
-        each = " ".join(f"{x:.3f}" for x in ratios[name])
-        print(
-            f"{label:13s} {statistics.median(rates[name]):8.1f} {statistics.median(ratios[name]):16.3f} {each:>28s}"
-            f" {statistics.median(obs[name]):26.1f}"
-        )
+    print(f"bench/tracking.py: {time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gradloop-bench-tracking-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "cli" in only:
+            cwd = tmp / "cli"
+            cwd.mkdir()
+            first = run_cli(cwd, True)  # creates mlflow.db: the first-run figure
+            print(
+                f"cli first run (creates mlflow.db): {first.wall:.2f} s"
+                f" (cpu {first.cpu_self:.2f} + {first.cpu_children:.2f})"
+            )
+            report("cli quickstart", pairs("cli", args.pairs, lambda: run_cli(cwd, True), lambda: run_cli(cwd, False)))
+        uri = args.uri or f"sqlite:///{tmp}/mlflow.db"
+        out = str(tmp / "runs")
+        if "mlp" in only:
+            run_in_process(config(2, out, uri))  # warm-up: imports, the store's tables, its process
+            run_in_process(config(2, out, None))
+            report(
+                f"mlp in-process ({MLP_EPOCHS * 45} steps)",
+                pairs(
+                    "mlp",
+                    args.pairs,
+                    lambda: run_in_process(mlp_config(out, uri)),
+                    lambda: run_in_process(mlp_config(out, None)),
+                ),
+            )
+        if "cnn" in only:
+            run_in_process(cnn_config(out, uri) | {"trainer": {"epochs": 1, "progress": "none"}})
+            report(
+                f"digits cnn in-process ({CNN_EPOCHS} epochs)",
+                pairs(
+                    "cnn",
+                    args.pairs,
+                    lambda: run_in_process(cnn_config(out, uri)),
+                    lambda: run_in_process(cnn_config(out, None)),
+                ),
+            )
 
 
 if __name__ == "__main__":
