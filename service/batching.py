@@ -10,19 +10,24 @@ Each epoch's order comes from a generator seeded by (seed, epoch) alone, never f
 RNG, so a run resumed in the middle of an epoch can skip the batches it already consumed and see
 exactly the order an uninterrupted run sees. `plan` gives every micro-batch size before the epoch
 starts; the trainer needs them to scale a partial accumulation window by its real sample count.
+
+On several ranks (a `Shard` from gradloop.distributed.sampler), the epoch is cut into global
+batches of batch_size x world_size and each rank takes its part of every global batch; the plan
+then holds this rank's sizes and the windows' sample counts over all ranks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gradloop.data import TensorData
+from gradloop.distributed.sampler import Shard
 from gradloop.errors import ConfigError
 from gradloop.seeding import derive_seed
 
@@ -34,11 +39,14 @@ class Window:
     """One accumulation window: micro-batches [start, stop) of an epoch and their sizes."""
 
     start: int
-    sizes: tuple[int, ...]
-    samples: int = field(init=False)  # sum(sizes): read once per micro-batch, so computed once
+    sizes: tuple[int, ...]  # this process's micro-batch sizes
+    # The window's samples on all ranks (sum(sizes) in one process): read once per micro-batch,
+    # so computed once.
+    samples: int = -1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "samples", sum(self.sizes))
+        if self.samples < 0:
+            object.__setattr__(self, "samples", sum(self.sizes))
 
     @property
     def stop(self) -> int:
@@ -51,6 +59,7 @@ class BatchPlan:
 
     sizes: tuple[int, ...]
     accum: int = 1
+    global_sizes: tuple[int, ...] | None = None  # the global batches' sizes, on several ranks
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -67,12 +76,33 @@ class BatchPlan:
         """
         if start % self.accum and start != len(self.sizes):
             raise ValueError(f"micro-batch {start} is not the start of a window of {self.accum}")
-        return [Window(i, self.sizes[i : i + self.accum]) for i in range(start, len(self.sizes), self.accum)]
+        every = self.global_sizes or self.sizes
+        return [
+            Window(i, self.sizes[i : i + self.accum], sum(every[i : i + self.accum]))
+            for i in range(start, len(self.sizes), self.accum)
+        ]
 
 
 def plan_sizes(n: int, batch_size: int, drop_last: bool) -> tuple[int, ...]:
     full, rest = divmod(n, batch_size)
     return (batch_size,) * full + ((rest,) if rest and not drop_last else ())
+
+
+def shard_plan(n: int, batch_size: int, drop_last: bool, accum: int, shard: Shard, *, what: str) -> BatchPlan:
+    """The plan of this rank's batches: global batches of batch_size x world_size, split by rank."""
+    if shard.world_size == 1:
+        return BatchPlan(plan_sizes(n, batch_size, drop_last), accum)
+    global_sizes = plan_sizes(n, batch_size * shard.world_size, drop_last)
+    if what == "train" and global_sizes and global_sizes[-1] < shard.world_size:
+        # A rank with no sample would have no loss to back-propagate, and padding it with a
+        # duplicate would count that sample twice.
+        raise ConfigError.single(
+            "data.batch_size",
+            f"the training split's {n} samples leave a last global batch of {global_sizes[-1]} sample(s) "
+            f"for {shard.world_size} ranks (batch_size {batch_size} x {shard.world_size} ranks); "
+            "set data.drop_last: true or change batch_size",
+        )
+    return BatchPlan(shard.local_sizes(global_sizes), accum, global_sizes)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -108,16 +138,22 @@ class TensorBatches:
         seed: int,
         device: torch.device,
         accum: int = 1,
+        shard: Shard = Shard(),
+        what: str = "train",
     ) -> None:
         self.data = data.to(device)  # once: every epoch then indexes device memory
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.device = device
-        self.plan = BatchPlan(plan_sizes(len(data), batch_size, drop_last), accum)
+        self.shard = shard
+        self.plan = shard_plan(len(data), batch_size, drop_last, accum, shard, what=what)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         x, y, b = self.data.x, self.data.y, self.batch_size
+        if self.plan.global_sizes is not None:
+            yield from self._shard_epoch(epoch, start)
+            return
         if not self.shuffle:
             for i in range(start, len(self.plan)):
                 yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
@@ -128,6 +164,18 @@ class TensorBatches:
         xs, ys = x[order], y[order]
         for i in range(start, len(self.plan)):
             yield xs[i * b : (i + 1) * b], ys[i * b : (i + 1) * b]
+
+    def _shard_epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        assert self.plan.global_sizes is not None
+        order = epoch_order(len(self.data), self.seed, epoch, self.shuffle)
+        # Still one gather per epoch, of this rank's samples only.
+        mine = order[self.shard.positions(self.plan.global_sizes, start)].to(self.device)
+        xs, ys = self.data.x[mine], self.data.y[mine]
+        first = 0
+        for size in self.plan.sizes[start:]:
+            if size:  # a validation batch may leave a rank nothing
+                yield xs[first : first + size], ys[first : first + size]
+            first += size
 
     def example_input(self) -> Any:
         return self.data.x[: min(self.batch_size, 8)]
@@ -147,6 +195,8 @@ class LoaderBatches:
         device: torch.device,
         num_workers: int = 0,
         accum: int = 1,
+        shard: Shard = Shard(),
+        what: str = "train",
     ) -> None:
         try:
             n = len(dataset)  # type: ignore[arg-type]
@@ -163,12 +213,20 @@ class LoaderBatches:
         self.device = device
         self.num_workers = num_workers
         self.pin = device.type == "cuda"
-        self.plan = BatchPlan(plan_sizes(n, batch_size, drop_last), accum)
+        self.shard = shard
+        self.plan = shard_plan(n, batch_size, drop_last, accum, shard, what=what)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = epoch_order(self.n, self.seed, epoch, self.shuffle).tolist()
-        b = self.batch_size
-        index_batches = [order[i * b : (i + 1) * b] for i in range(start, len(self.plan))]
+        order = epoch_order(self.n, self.seed, epoch, self.shuffle)
+        if self.plan.global_sizes is not None:
+            mine = order[self.shard.positions(self.plan.global_sizes, start)].tolist()
+            cuts = [0]
+            for size in self.plan.sizes[start:]:
+                cuts.append(cuts[-1] + size)
+            index_batches = [mine[a:z] for a, z in zip(cuts, cuts[1:]) if z > a]
+        else:
+            b, flat = self.batch_size, order.tolist()
+            index_batches = [flat[i * b : (i + 1) * b] for i in range(start, len(self.plan))]
         if not index_batches:
             return
         # The loader's generator seeds its workers; taking it from (seed, epoch) rather than the
@@ -201,11 +259,24 @@ def make_batches(
     device: torch.device,
     num_workers: int = 0,
     accum: int = 1,
+    shard: Shard = Shard(),
+    what: str = "train",
 ) -> TensorBatches | LoaderBatches:
-    """TensorData is sliced in place; any other Dataset goes through a DataLoader."""
+    """TensorData is sliced in place; any other Dataset goes through a DataLoader.
+
+    `shard`: this rank's part of every global batch; `what` ("train" or "val") says whether a rank
+    may be left without a sample in a short last batch (validation only)."""
     if isinstance(data, TensorData):
         return TensorBatches(
-            data, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device, accum=accum
+            data,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            device=device,
+            accum=accum,
+            shard=shard,
+            what=what,
         )
     return LoaderBatches(
         data,
@@ -216,6 +287,8 @@ def make_batches(
         device=device,
         num_workers=num_workers,
         accum=accum,
+        shard=shard,
+        what=what,
     )
 
 
@@ -245,4 +318,5 @@ __all__ = [
     "make_batches",
     "epoch_order",
     "plan_sizes",
+    "shard_plan",
 ]

@@ -94,6 +94,16 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
             )
         )
 
+    if config.distributed.enabled:
+        # A job runs in one forked child; its ranks would escape the pool's process accounting.
+        errors.append(
+            FieldError(
+                "distributed.strategy",
+                f"this service runs each job in one process and cannot run strategy {config.distributed.strategy}; "
+                "set distributed.strategy: none, or train on several processes with `gradloop run` or torchrun",
+            )
+        )
+
     params = model_parameters(config.model.name, json.dumps(config.model.options, sort_keys=True))
     if params is not None and params > limits.max_model_params:
         errors.append(

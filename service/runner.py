@@ -5,6 +5,11 @@ the model and loss, build the model, loss, optimizer and scheduler; only then cr
 directory and start training. A run that is going to fail on its config fails before it has
 written anything or spent a step.
 
+A config with `distributed.strategy: ddp` runs on several processes: called in an ordinary
+process, train() starts them through torch's elastic launcher (gradloop.distributed.launch) and
+returns rank 0's result; in a process that a launcher started (gradloop's, or the user's torchrun),
+train() is one rank: it joins the process group and trains its part, and rank 0 alone logs.
+
 Run directories are `{output_dir}/{name}/{run_id}` (see gradloop.checkpoint for what lies inside);
 a resumed run continues in the directory of the checkpoint it resumes from.
 """
@@ -21,18 +26,22 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from gradloop import registry
 from gradloop.batching import make_batches
-from gradloop.checkpoint import CheckpointError, load_checkpoint, resolve_resume, run_dir_of
+from gradloop.checkpoint import LAST, CheckpointError, load_checkpoint, resolve_resume, run_dir_of
 from gradloop.config import RunConfig, load_config
 from gradloop.devices import resolve_device
+from gradloop.errors import GradloopError
 from gradloop.observer import Observer
 from gradloop.seeding import seed_everything
 from gradloop.trainer import Components, Trainer
+
+if TYPE_CHECKING:
+    from gradloop.distributed.process_group import DistContext
 
 
 @dataclass
@@ -51,6 +60,8 @@ class RunResult:
     config_hash: str
     skipped_steps: int = 0
     resumed_from: Path | None = None
+    world_size: int = 1  # processes that trained the model together
+    global_batch_size: int | None = None  # data.batch_size x world_size x grad_accum_steps
 
     @property
     def stopped(self) -> bool:
@@ -80,29 +91,96 @@ def train(
         from gradloop.sweep import run_sweep  # written alongside; a sweep is many train() calls
 
         return run_sweep(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
+    if cfg.distributed.enabled:
+        from gradloop.distributed.process_group import in_worker  # torch.distributed: only when asked for
 
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    checkpoint_path = resolve_resume(resume, cfg.output_dir, cfg.name) if resume is not None else None
+        if not in_worker():
+            return _launch_ranks(cfg, resume=resume, observers=observers, job_id=job_id)
+    return _train(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
+
+
+def _train(
+    cfg: RunConfig,
+    *,
+    resume: str | os.PathLike[str] | None,
+    observers: Sequence[Observer],
+    job_id: str | None,
+    stop_event: threading.Event | None,
+    run_dir: Path | None = None,
+) -> RunResult:
+    """One process's run: the whole run, or one rank of a distributed run (in a launched worker)."""
+    dist_ctx: DistContext | None = None
+    if cfg.distributed.enabled:
+        from gradloop.distributed.process_group import init_process_group, worker_device
+
+        device = worker_device(cfg.device)
+        dist_ctx = init_process_group(cfg.distributed, device)
+        if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # The ranks of one machine share its cores; torch would give each rank all of them.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    else:
+        device = resolve_device(cfg.device)
+    try:
+        return _train_on(cfg, device, dist_ctx, resume, observers, job_id, stop_event, run_dir)
+    finally:
+        if dist_ctx is not None:
+            from gradloop.distributed.process_group import destroy
+
+            destroy()
+
+
+def _train_on(
+    cfg: RunConfig,
+    device: torch.device,
+    dist_ctx: DistContext | None,
+    resume: str | os.PathLike[str] | None,
+    observers: Sequence[Observer],
+    job_id: str | None,
+    stop_event: threading.Event | None,
+    run_dir: Path | None,
+) -> RunResult:
+    seed_everything(cfg.seed)  # the same on every rank: every rank builds the same initial weights
+    main = dist_ctx is None or dist_ctx.is_main
+    checkpoint_path: Path | None = None
+    if main:
+        if resume is None and run_dir is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            # The launcher restarted the ranks after a failure: continue from the run's last checkpoint.
+            last = run_dir / "checkpoints" / LAST
+            resume = last if last.is_file() else None
+        checkpoint_path = resolve_resume(resume, cfg.output_dir, cfg.name) if resume is not None else None
+        if run_dir is None:
+            run_dir = (run_dir_of(checkpoint_path) if checkpoint_path is not None else None) or new_run_dir(cfg)
+    if dist_ctx is not None:
+        # Rank 0's run directory and checkpoint, for every rank (several machines resume from a
+        # shared filesystem).
+        run_dir, checkpoint_path = dist_ctx.broadcast_object((run_dir, checkpoint_path))
+    assert run_dir is not None
     checkpoint = load_checkpoint(checkpoint_path, device) if checkpoint_path is not None else None
+    world_size = dist_ctx.world_size if dist_ctx is not None else 1
     if checkpoint is not None:
-        _check_resumable(cfg, checkpoint, checkpoint_path)
+        _check_resumable(cfg, checkpoint, checkpoint_path, world_size)
 
-    parts = build_components(cfg, device)
-    run_dir = (run_dir_of(checkpoint_path) if checkpoint_path is not None else None) or new_run_dir(cfg)
+    parts = build_components(cfg, device, dist_ctx)
+    if dist_ctx is not None:
+        # Dropout and augmentation differ by rank (the data order comes from its own generator).
+        seed_everything(cfg.seed + dist_ctx.rank)
     stop_event = stop_event if stop_event is not None else threading.Event()
     trainer = Trainer(cfg, parts, device=device, run_dir=run_dir, stop_event=stop_event, job_id=job_id)
 
     # Everything is validated: from here on the run leaves traces (directory, tracking run).
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    trainer.observers = [*default_observers(cfg, run_dir, job_id), *observers]
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        trainer.observers = [*default_observers(cfg, run_dir, job_id), *observers]
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         del checkpoint  # its tensors are now the model's and optimizer's; free the copies
 
     with _stop_on_signals(trainer.request_stop):
         outcome = trainer.fit()
+    mlflow_run_id = trainer.current_mlflow_run_id()
+    if dist_ctx is not None:
+        mlflow_run_id = dist_ctx.broadcast_object(mlflow_run_id)  # every rank's result names the run
     return RunResult(
         steps=outcome.steps,
         epochs=outcome.epochs,
@@ -110,18 +188,56 @@ def train(
         metrics=outcome.metrics,
         run_dir=run_dir,
         checkpoint_path=outcome.checkpoint_path,
-        mlflow_run_id=trainer.current_mlflow_run_id(),
+        mlflow_run_id=mlflow_run_id,
         status=outcome.status,
         name=cfg.name,
         config_hash=cfg.config_hash(),
         skipped_steps=outcome.skipped_steps,
         resumed_from=checkpoint_path,
+        world_size=world_size,
+        global_batch_size=cfg.data.batch_size * world_size * cfg.trainer.grad_accum_steps,
     )
 
 
-def build_components(cfg: RunConfig, device: torch.device) -> Components:
-    """Data, model, loss, optimizer and scheduler, in that order, all checked before any training."""
+def _launch_ranks(
+    cfg: RunConfig, *, resume: str | os.PathLike[str] | None, observers: Sequence[Observer], job_id: str | None
+) -> RunResult:
+    """Start the ranks of this machine through torch's elastic launcher; rank 0's result."""
+    from gradloop.distributed.launch import launch
+
+    if observers:
+        raise GradloopError(
+            "observers cannot watch a distributed run from this process (its ranks run in processes of their own); "
+            "read the run from MLflow, or run its ranks under torchrun"
+        )
+    checkpoint_path = resolve_resume(resume, cfg.output_dir, cfg.name) if resume is not None else None
+    run_dir = (run_dir_of(checkpoint_path) if checkpoint_path is not None else None) or new_run_dir(cfg)
+    args = (cfg.to_dict(), str(checkpoint_path) if checkpoint_path else None, str(run_dir), job_id)
+    results = launch(cfg, _rank_main, args, run_dir=run_dir)
+    return results[min(results)]  # global rank 0 on the first machine; this machine's first rank elsewhere
+
+
+def _rank_main(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:
+    """What the launcher runs in each worker process (module level: the workers are spawned)."""
+    from torch.distributed.elastic.multiprocessing.errors import record  # in the worker only
+
+    # record() writes the exception where the launcher reads it, to name the failed rank's error.
+    return record(_rank_run)(config, resume, run_dir, job_id)
+
+
+def _rank_run(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:
+    return _train(
+        load_config(config), resume=resume, observers=(), job_id=job_id, stop_event=None, run_dir=Path(run_dir)
+    )
+
+
+def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext | None = None) -> Components:
+    """Data, model, loss, optimizer and scheduler, in that order, all checked before any training.
+
+    On several ranks, each rank's batches are its part of every global batch, and the model is
+    wrapped in DDP (after SyncBatchNorm conversion, before which the optimizer must not be built)."""
     from gradloop.build import accuracy_fn, build_data, build_loss, build_model, check_compatible
+    from gradloop.distributed.sampler import Shard
     from gradloop.optim import build_optimizer_from_config
 
     splits = build_data(cfg.data, cfg.seed)
@@ -131,7 +247,15 @@ def build_components(cfg: RunConfig, device: torch.device) -> Components:
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device)
     model = model.to(device)  # before the optimizer, so its state is created on the device
+    parallel = None
+    if dist_ctx is not None:
+        from gradloop.distributed.wrap import prepare_model, wrap_model
+
+        model = prepare_model(model, cfg.distributed)
     optimizer = build_optimizer_from_config(cfg.optimizer, model)
+    if dist_ctx is not None:
+        parallel = wrap_model(model, cfg.distributed, dist_ctx, device)
+    shard = Shard(dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else Shard()
     accum = cfg.trainer.grad_accum_steps
     data_seed = cfg.seed
     train_batches = make_batches(
@@ -143,6 +267,7 @@ def build_components(cfg: RunConfig, device: torch.device) -> Components:
         device=device,
         num_workers=cfg.data.num_workers,
         accum=accum,
+        shard=shard,
     )
     val_batches = None
     if splits.val is not None and len(splits.val) > 0:
@@ -154,6 +279,8 @@ def build_components(cfg: RunConfig, device: torch.device) -> Components:
             seed=data_seed,
             device=device,
             num_workers=cfg.data.num_workers,
+            shard=shard,
+            what="val",
         )
     scheduler, caps = None, {}
     if cfg.scheduler is not None:
@@ -180,6 +307,7 @@ def build_components(cfg: RunConfig, device: torch.device) -> Components:
         scheduler_capabilities=caps,
         closure=closure,
         accuracy=accuracy_fn(splits.task),
+        parallel=parallel,
     )
 
 
@@ -209,7 +337,6 @@ _RESUME_KEYS = (
     "model",
     "data.name",
     "data.options",
-    "data.batch_size",
     "data.val_fraction",
     "data.split_seed",
     "data.shuffle",
@@ -220,9 +347,20 @@ _RESUME_KEYS = (
 )
 
 
-def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None) -> None:
+def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None, world_size: int = 1) -> None:
     saved = checkpoint.get("config") or {}
     now = cfg.to_dict()
+    # The global batch (per-process batch x ranks) fixes which samples each step sees, so a run of
+    # 2 ranks with batch b resumes in one process with batch 2b, and the other way round.
+    saved_world = int(checkpoint.get("world_size", 1))
+    saved_batch = _dig(saved, "data.batch_size")
+    if saved_batch is not None and saved_batch * saved_world != cfg.data.batch_size * world_size:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was saved with a global batch of {saved_batch * saved_world} "
+            f"(data.batch_size {saved_batch} x {saved_world} process(es)) but this run's is "
+            f"{cfg.data.batch_size * world_size} ({cfg.data.batch_size} x {world_size}); "
+            "resume with the same global batch (or start a new run without --resume)"
+        )
     for key in _RESUME_KEYS:
         a, b = _dig(saved, key), _dig(now, key)
         if a != b:

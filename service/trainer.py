@@ -6,6 +6,11 @@ norm, the non-finite check, clipping, the optimizer step, zero_grad and the sche
 callback or observer decides any of it. Observers (MLflow, progress, tests) only watch, through
 service/observer.py's protocol.
 
+On several ranks (DDP) every rank runs this same loop: the backward passes before a window's
+last one run without gradient sync, so gradients are all-reduced once per window; train/loss and
+validation are summed over the ranks; a stop request takes effect once every rank knows of it
+(they agree at each logging step); rank 0 alone writes checkpoints (observers run on rank 0 only).
+
 The trainer is handed built components (gradloop.runner builds them from a config); it owns the
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
 checkpoint, which is what makes a stopped run resume to bitwise-identical weights on CPU.
@@ -20,19 +25,22 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from gradloop.batching import Batch, Batches, Window
-from gradloop.checkpoint import CheckpointError, write_checkpoint
+from gradloop.checkpoint import CheckpointError, step_filename, write_checkpoint
 from gradloop.config import RunConfig
 from gradloop.devices import autocast_dtype
 from gradloop.errors import ConfigError, TrainingError
 from gradloop.log_window import LogWindow
 from gradloop.observer import Observer, RunContext, RunStatus
 from gradloop.seeding import capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    from gradloop.distributed.wrap import Parallel
 
 AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,6 +58,7 @@ class Components:
     scheduler_capabilities: Mapping[str, Any] = field(default_factory=dict)
     closure: bool = False  # optimizer re-evaluates the loss (L-BFGS)
     accuracy: AccuracyFn | None = None  # counts correct predictions as a 0-d tensor
+    parallel: Parallel | None = None  # DDP and the process group, on several ranks
 
 
 @dataclass
@@ -116,7 +125,15 @@ class Trainer:
         # torch.optim.Optimizer has hooks; a duck-typed plugin without them is not counted.)
         self._count_scaler_skips = self.scaler.is_enabled() and hasattr(self.optimizer, "register_step_post_hook")
         self._stepped = False
-        self.forward: Callable[[Any], Any] = self._compiled(self.model) if self.tc.compile else self.model
+        self.parallel = parts.parallel
+        self.dist = parts.parallel.ctx if parts.parallel is not None else None
+        self.world_size = self.dist.world_size if self.dist is not None else 1
+        trained = parts.parallel.module if parts.parallel is not None else self.model
+        self.forward: Callable[[Any], Any] = self._compiled(trained) if self.tc.compile else trained
+        # DDP's wrapper may sync buffers in a forward pass (a collective); evaluation runs the
+        # plain model, whose weights are the same on every rank, so ranks may hold unequal parts.
+        self._eval_forward = self.model if parts.parallel is not None else self.forward
+        self._stop_agreed = False  # several ranks: a stop request every rank has seen
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._step_grad_norms: torch.Tensor | None = None  # this step's, for observers
@@ -140,7 +157,14 @@ class Trainer:
         self._zero = torch.zeros((), device=device)
         self._found_inf = torch.zeros(1, device=device)
         self._unit_scale = torch.ones(1, device=device)
-        self.log_window = LogWindow(config.tracking.log_every, self.total_steps, self._stop.is_set, device)
+        self.log_window = LogWindow(
+            config.tracking.log_every,
+            self.total_steps,
+            self._stopping,
+            device,
+            world_size=self.world_size,
+            reduce_sum=self.dist.reduce_sum if self.dist is not None else None,
+        )
 
     @staticmethod
     def _compiled(model: nn.Module) -> Callable[[Any], Any]:
@@ -163,8 +187,11 @@ class Trainer:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def _stopping(self) -> bool:
+        return self._stop_agreed if self.dist is not None else self._stop.is_set()
+
     def _finished(self) -> bool:
-        return self._stop.is_set() or self.step >= self.total_steps
+        return self._stopping() or self.step >= self.total_steps
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> FitOutcome:
@@ -177,7 +204,7 @@ class Trainer:
             self._start_observers()
             self._loop()
             completed = self.step >= self.total_steps or self.epoch >= self.tc.epochs
-            status = "KILLED" if self._stop.is_set() and not completed else "FINISHED"
+            status = "KILLED" if self._stopping() and not completed else "FINISHED"
             if status == "FINISHED" and self.parts.val is not None and self.last_val_step != self.step:
                 self._validate(step_scheduler=False)  # final metrics; training is over, so no scheduler step
             if status == "KILLED" or self.tc.checkpoint_at_end:
@@ -223,18 +250,21 @@ class Trainer:
 
                 # 1. Gradients of the window. Each micro-batch's mean loss is weighted by its
                 #    share of the window's samples, so the accumulated gradient is the gradient
-                #    of the mean loss over the whole window -- also for a short last window.
+                #    of the mean loss over the whole window -- also for a short last window, and
+                #    on several ranks (times the world size, since DDP averages over the ranks).
+                #    Gradients are synced across ranks at the window's last backward only.
                 if self.parts.closure:
                     window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
                 else:
                     window_loss = None  # the window's mean loss, summed on the device (no sync)
-                    for size in window.sizes:
+                    for i, size in enumerate(window.sizes):
                         x, y = next(batches)
-                        with self._autocast():
-                            loss = self.loss_fn(self.forward(x), y)
-                        if len(window.sizes) > 1:
-                            loss = loss * (size / window.samples)
-                        self.scaler.scale(loss).backward()
+                        with self._grad_sync(i == len(window.sizes) - 1):
+                            with self._autocast():
+                                loss = self.loss_fn(self.forward(x), y)
+                            if len(window.sizes) > 1 or self.world_size > 1:
+                                loss = loss * (size * self.world_size / window.samples)
+                            self.scaler.scale(loss).backward()
                         window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
 
                     # 2. Unscale (fp16), measure the pre-clip norm when something uses it
@@ -268,7 +298,10 @@ class Trainer:
                 if step_scheduler_per_step:  # skipped steps count too: the schedule ends at total_steps
                     self.scheduler.step()
 
-                # 5. Validation, checkpoint, and whether to go on.
+                # 5. Validation, checkpoint, and whether to go on. Ranks act on a stop request
+                #    together: they agree on it at each logging step.
+                if self.dist is not None and step % self.config.tracking.log_every == 0:
+                    self._stop_agreed = self.dist.any(self._stop.is_set(), self.device)
                 if tc.val_every_steps and step % tc.val_every_steps == 0:
                     self._validate()
                 if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0:
@@ -328,6 +361,9 @@ class Trainer:
         return first["loss"], first["norm"], ok, first.get("stats", [])
 
     # -- pieces of a step ---------------------------------------------------------------------
+    def _grad_sync(self, on: bool) -> Any:
+        return self.parallel.grad_sync(on) if self.parallel is not None else contextlib.nullcontext()
+
     def _mark_stepped(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
 
@@ -436,7 +472,7 @@ class Trainer:
                 loss_sum, correct, n = self._zero, self._zero, 0
                 for x, y in val.epoch(0):
                     with self._autocast():
-                        out = self.forward(x)
+                        out = self._eval_forward(x)
                         loss = self.loss_fn(out, y)
                     size = len(y)
                     loss_sum = loss_sum + loss.float() * size
@@ -445,6 +481,10 @@ class Trainer:
                     n += size
         finally:
             self.model.train(was_training)
+        if self.dist is not None:  # sums over every rank's part of the validation set
+            totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=self.device)])
+            self.dist.reduce_sum(totals)
+            loss_sum, correct, n = totals[0], totals[1], int(totals[2].item())
         if n == 0:
             return {}
         metrics = {"val/loss": loss_sum / n}
@@ -533,13 +573,26 @@ class Trainer:
         self.last_val_step = int(progress.get("last_val_step", -1))
         self.resumed_mlflow_run_id = state.get("mlflow_run_id")
         # Restored in fit(), after the observers start: nothing they draw may shift dropout's RNG.
-        self._pending_rng = state["rng"]
+        # A checkpoint of as many ranks gives each rank its own generators back.
+        rng_ranks = state.get("rng_ranks")
+        same_world = rng_ranks is not None and len(rng_ranks) == self.world_size and self.dist is not None
+        self._pending_rng = rng_ranks[self.dist.rank] if same_world else state["rng"]  # type: ignore[union-attr,index]
 
     def save_checkpoint(self) -> Path:
         position = (self.step, self.epoch, self.batch_in_epoch)
         if self._last_checkpoint_at == position and self.last_checkpoint is not None:
             return self.last_checkpoint  # this exact state is on disk already
-        path = write_checkpoint(self.run_dir / "checkpoints", self.step, self.state_dict(), self.tc.keep_checkpoints)
+        if self.dist is not None:
+            # Every rank's generators (dropout differs by rank), gathered; rank 0 writes the file.
+            rng_ranks = self.dist.gather_objects(capture_rng_state())
+            if not self.dist.is_main:
+                path = self.run_dir / "checkpoints" / step_filename(self.step)
+                self.last_checkpoint, self._last_checkpoint_at = path, position
+                return path
+            state = {**self.state_dict(), "rng_ranks": rng_ranks, "world_size": self.world_size}
+        else:
+            state = self.state_dict()
+        path = write_checkpoint(self.run_dir / "checkpoints", self.step, state, self.tc.keep_checkpoints)
         self.last_checkpoint, self._last_checkpoint_at = path, position
         for obs in self.observers:
             obs.log_checkpoint(path, self.step)
@@ -560,12 +613,19 @@ class Trainer:
             job_id=self.job_id,
             example_input=self.parts.train.example_input(),
             grad_norms=lambda: self._step_grad_norms,
+            extra_tags=self._distributed_tags(),
         )
         for obs in self.observers:
             obs.start(ctx)
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)
             self._pending_rng = None
+
+    def _distributed_tags(self) -> dict[str, str]:
+        if self.dist is None:
+            return {}
+        global_batch = self.config.data.batch_size * self.world_size * self.tc.grad_accum_steps
+        return {"gradloop.world_size": str(self.world_size), "gradloop.global_batch_size": str(global_batch)}
 
     def _finish_observers(self, status: RunStatus, error: BaseException | None) -> None:
         first: BaseException | None = None

@@ -6,6 +6,7 @@ is worded) and yaml_source.py (safe YAML that remembers each key's line).
 from gradloop.config.loading import apply_overrides, get_dotted, load_config, load_raw_text, read_raw, set_dotted
 from gradloop.config.schema import (
     DataConfig,
+    DistributedConfig,
     ModelConfig,
     OptimizerConfig,
     ParamGroupRule,
@@ -20,6 +21,7 @@ from gradloop.config.validation import PLUGIN_FIELDS, is_import_path, validate_c
 __all__ = [
     "PLUGIN_FIELDS",
     "DataConfig",
+    "DistributedConfig",
     "ModelConfig",
     "OptimizerConfig",
     "ParamGroupRule",

@@ -99,6 +99,58 @@ class TrackingConfig(Strict):
     )
 
 
+class DistributedConfig(Strict):
+    """`distributed:` how many processes train the model together (data parallel, torch.distributed)."""
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="none: one process; ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard"
+    )
+    nproc_per_node: int | Literal["auto"] = Field(
+        1, description="processes on this machine (auto: one per visible GPU, else 1)"
+    )
+    nnodes: int | str = Field(1, description='machines: N, or "MIN:MAX" for an elastic run')
+    node_rank: int | None = Field(
+        None, ge=0, description="this machine's rank (0 hosts the rendezvous); default: whoever binds first"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d+$",
+        description="HOST:PORT of the c10d rendezvous (default: a free local port, for one machine)",
+    )
+    max_restarts: int = Field(0, ge=0, le=100, description="restart all ranks this often after a failure")
+    timeout_s: float = Field(1800.0, gt=0, description="collective timeout: a stalled rank fails the run")
+    find_unused_parameters: bool = Field(False, description="DDP: let some parameters get no gradient in a step")
+    sync_batchnorm: bool = Field(
+        False, description="convert BatchNorm layers to SyncBatchNorm (statistics over all ranks)"
+    )
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("nproc_per_node must be at least 1 (or auto)")
+        return v
+
+    @field_validator("nnodes")
+    @classmethod
+    def _node_range(cls, v: int | str) -> int | str:
+        text = str(v)
+        lo, sep, hi = text.partition(":")
+        if not (lo.isdigit() and (not sep or hi.isdigit())) or int(lo) < 1 or (sep and int(hi) < int(lo)):
+            raise ValueError(f'nnodes must be a number of machines N >= 1 or "MIN:MAX" with MIN <= MAX, got {text!r}')
+        return int(text) if not sep else text
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "none"
+
+    def node_range(self) -> tuple[int, int]:
+        """(min, max) machines."""
+        lo, _, hi = str(self.nnodes).partition(":")
+        return int(lo), int(hi or lo)
+
+
 class RunConfig(Strict):
     name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -111,6 +163,7 @@ class RunConfig(Strict):
     scheduler: SchedulerConfig | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     sweep: dict[str, list[Any]] | None = Field(None, description="grid over dotted keys; each combination is one run")
 
     @field_validator("sweep")

@@ -177,6 +177,10 @@ def _runtime_checks(cfg: RunConfig, err: Any) -> None:
         return
     if cfg.trainer.precision == "fp16" and device.type != "cuda":
         err("trainer.precision", f"fp16 needs a CUDA device (this run uses {device}); use bf16 or fp32 on CPU")
+    if cfg.distributed.enabled:
+        from gradloop.distributed.checks import check_distributed  # torch.distributed only when asked for
+
+        check_distributed(cfg, err)
 
 
 def _line_for(path: str, lines: Mapping[str, int]) -> int | None:

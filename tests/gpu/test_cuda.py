@@ -200,3 +200,36 @@ def test_tracking_tags_the_gpu_and_logs_its_system_metrics(tmp_path, monkeypatch
     assert {"train/loss", "train/grad_norm", "val/accuracy"} <= keys
     assert any(k.startswith("grad_norm/") for k in keys)
     assert any(k.startswith("system/gpu_0") for k in keys), sorted(k for k in keys if k.startswith("system/"))
+
+
+# -- distributed (NCCL) ----------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["ddp"])
+def test_nccl_on_one_gpu_trains_like_one_process(tmp_path, strategy):
+    """World size 1 through the launcher and NCCL: the same weights as a one-process run."""
+    one = train(digits(tmp_path / "one", device="cuda", trainer__epochs=2))
+    ranked = train(digits(tmp_path / "ddp", device="cuda", trainer__epochs=2, distributed={"strategy": strategy}))
+    assert (ranked.status, ranked.steps, ranked.world_size) == ("FINISHED", one.steps, 1)
+    a, b = h.model_state(ranked.checkpoint_path), h.model_state(one.checkpoint_path)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("strategy", ["ddp"])
+def test_nccl_on_two_gpus_matches_one_gpu_at_the_global_batch(tmp_path, strategy):
+    one = train(digits(tmp_path / "one", device="cuda", trainer__epochs=2, data__batch_size=64))
+    two = train(
+        digits(
+            tmp_path / "two",
+            device="cuda",
+            trainer__epochs=2,
+            data__batch_size=32,
+            distributed={"strategy": strategy, "nproc_per_node": 2},
+        )
+    )
+    assert (two.status, two.steps, two.world_size) == ("FINISHED", one.steps, 2)
+    assert two.metrics["val/accuracy"] == one.metrics["val/accuracy"]

@@ -1,0 +1,47 @@
+"""A model for distributed tests, named by import path (`tests.support.dist_models:faulty_mlp`).
+
+The launcher's workers are spawned processes: plugins that a test registers in its own process do
+not exist there, but an import path resolves in every worker. The model can be told to fail on
+one rank at its Nth training forward: raise (a Python error the launcher reports), or die once
+(os._exit on the first attempt only, for max_restarts).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+
+class FaultyMLP(nn.Module):
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int, dropout: float, rank: int | None, at: int, how: str
+    ) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, out_features)
+        )
+        self.rank, self.at, self.how, self.calls = rank, at, how, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and self.rank is not None:
+            self.calls += 1
+            if self.calls == self.at and int(os.environ.get("RANK", "-1")) == self.rank:
+                if self.how == "raise":
+                    raise RuntimeError(f"injected failure at forward {self.at}")
+                if self.how == "die_once" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+                    os._exit(3)
+        return self.net(x)
+
+
+def faulty_mlp(
+    in_features: int,
+    out_features: int,
+    hidden: int = 16,
+    dropout: float = 0.0,
+    fail_rank: int | None = None,
+    at_forward: int = 1,
+    how: str = "raise",
+) -> nn.Module:
+    return FaultyMLP(in_features, out_features, hidden, dropout, fail_rank, at_forward, how)
