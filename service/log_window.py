@@ -41,7 +41,11 @@ class LogWindow:
         self._world_size = world_size
         self._reduce_sum = reduce_sum
         self.train_loss: torch.Tensor | None = None  # the last window's mean loss
-        self._reset(time.perf_counter())
+        self._losses: list[torch.Tensor] = []
+        self._counts: list[int] = []
+        self._steps = 0
+        self._grad_norm: torch.Tensor | None = None
+        self._t0 = time.perf_counter()
 
     def is_log_step(self, step: int) -> bool:
         """Every log_every-th step, the last step, and the step a stop request ends on."""
@@ -95,11 +99,7 @@ class LogWindow:
         return torch.zeros((), device=self._device)
 
     def _reset(self, now: float) -> None:
-        self._losses: list[torch.Tensor] = []
-        self._counts: list[int] = []
-        self._steps = 0
-        self._grad_norm: torch.Tensor | None = None
-        self._t0 = now
+        self._losses, self._counts, self._steps, self._grad_norm, self._t0 = [], [], 0, None, now
 
 
 __all__ = ["LogWindow", "Reducer"]

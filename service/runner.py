@@ -222,7 +222,7 @@ def _rank_main(config: dict[str, Any], resume: str | None, run_dir: str, job_id:
     from torch.distributed.elastic.multiprocessing.errors import record  # in the worker only
 
     # record() writes the exception where the launcher reads it, to name the failed rank's error.
-    return record(_rank_run)(config, resume, run_dir, job_id)
+    return record(_rank_run)(config, resume, run_dir, job_id)  # type: ignore[return-value]
 
 
 def _rank_run(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:

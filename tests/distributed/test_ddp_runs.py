@@ -184,7 +184,14 @@ def test_max_restarts_resumes_from_the_last_checkpoint_in_the_same_mlflow_run(tm
         tmp_path,
         distributed={"strategy": "ddp", "nproc_per_node": 2, "max_restarts": 1},
         trainer__checkpoint_every_steps=1,
-        tracking={"enabled": True, "uri": uri, "experiment": "ddp", "log_every": 1, "system_metrics": False},
+        tracking={
+            "enabled": True,
+            "uri": uri,
+            "experiment": "ddp",
+            "log_every": 1,
+            "system_metrics": False,
+            "flush_timeout_s": 300,  # a loaded machine must not leave points for `gradloop sync`
+        },
     )
     cfg["model"]["options"].update(fail_rank=1, at_forward=7, how="die_once")
     result = train(cfg)
