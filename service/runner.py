@@ -139,8 +139,12 @@ def _train_on(
     stop_event: threading.Event | None,
     run_dir: Path | None,
 ) -> RunResult:
-    seed_everything(cfg.seed)  # the same on every rank: every rank builds the same initial weights
     main = dist_ctx is None or dist_ctx.is_main
+    if main and cfg.tracking.enabled:  # (rank 0 alone talks to MLflow)
+        from gradloop.tracking import prestart  # (light: the store's process imports MLflow, not this one)
+
+        prestart(cfg)  # first thing: MLflow's import and the store's opening overlap with the build below
+    seed_everything(cfg.seed)  # the same on every rank: every rank builds the same initial weights
     checkpoint_path: Path | None = None
     if main:
         if resume is None and run_dir is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
@@ -323,7 +327,7 @@ def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list
 
     found: list[Observer] = []
     if cfg.tracking.enabled:
-        from gradloop.tracking import make_observer  # imports MLflow, so only when tracking is on
+        from gradloop.tracking import make_observer  # only when tracking is on
 
         found.append(make_observer(cfg, run_dir, job_id=job_id))
     found.append(make_progress_observer(cfg))

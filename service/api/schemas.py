@@ -75,9 +75,12 @@ def _time(ts: float | None) -> datetime | None:
 
 
 def mlflow_url(ui: str | None, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's model-metrics charts in the MLflow UI the service was told about (--mlflow-ui)."""
     if not (ui and experiment_id and run_id):
         return None
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from gradloop.tracking import run_url  # (no MLflow import: only the address's shape)
+
+    return run_url(ui, experiment_id, run_id)
 
 
 def job_out(job: JobRecord, *, mlflow_ui: str | None = None, with_config: bool = False) -> JobOut:

@@ -150,6 +150,19 @@ def _print_result(result: Any) -> None:
     if result.mlflow_run_id:
         table.add_row("mlflow run", result.mlflow_run_id)
     out.print(table)
+    _print_dashboard(result)
+
+
+def _print_dashboard(result: Any) -> None:
+    """The link to the run's charts, on a line of its own (a terminal must not cut or wrap it)."""
+    from gradloop.tracking import dashboard  # (no MLflow import: tracking.json says where)
+
+    link = dashboard(result.run_dir) if result.mlflow_run_id else None
+    if link is None:
+        return
+    out.print(f"charts: {link.url}", soft_wrap=True, highlight=False, markup=False)
+    if link.command:
+        out.print(f"  (serve them first: {link.command})", soft_wrap=True, highlight=False, markup=False)
 
 
 def _print_outcomes(outcomes: list[tuple[str, str, Any]]) -> None:

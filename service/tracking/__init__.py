@@ -1,18 +1,33 @@
-"""MLflow tracking for gradloop runs: losses, gradients and artifacts, off the training thread.
+"""MLflow tracking for gradloop runs: losses, gradients and artifacts, off the training process.
 
-`make_observer` is the one entry point the runner uses; `sync.sync_run_dir` is what
-`gradloop sync RUN_DIR` calls. Module map: observer (the trainer's calls), gradstats and
-histograms (device-side statistics), updatering (per-layer norms of CPU runs, in batches of
-windows), histfile (histogram files, numpy counting), jsonl (the
-local journal, written first), sender (the background thread), remote (the store's child
-process), params, plots, status, state (tracking.json), store (URI, sqlite), sync.
+The training process appends each logging window to the run's journal (metrics.jsonl) and hands
+it to a sender thread; the store's own process (started first thing, so that MLflow's import and
+the store's opening overlap with building the run) creates the MLflow run and writes to it.
+The training process never imports MLflow.
+
+Module map:
+- tracking_observer  MlflowObserver: what the trainer's calls become (the training thread's part)
+- gradstats          gradient/update/weight norms on the device; host arithmetic per window
+- updatering         per-layer norms of CPU runs, a batch of windows at a time
+- windows            a logging window's values, held until the once-a-second write
+- histograms         per-layer histograms: captured and counted with torch, one JSON file per step
+- jsonl              the journal (metrics.jsonl, metrics.sent), written before anything is sent
+- sender             the background thread: batches, retries, the end-of-run deadline
+- remote             the store's process and the pipe to it
+- mlflow_store       every call to MLflow (only the store's process and `gradloop sync` import it)
+- plots, modellog    end-of-run artifacts, made in the store's process
+- mlflow_params      the config as MLflow params
+- status             FINISHED / FAILED / KILLED, error tags, closing a stale run
+- state, sync        tracking.json (what is owed) and `gradloop sync RUN_DIR`
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +36,20 @@ from gradloop.observer import NullObserver, Observer
 if TYPE_CHECKING:
     from gradloop.config import RunConfig
 
-__all__ = ["make_observer", "resolve_uri", "parent_run"]
+__all__ = [
+    "make_observer",
+    "resolve_uri",
+    "parent_run",
+    "prestart",
+    "sqlite_path",
+    "run_url",
+    "dashboard",
+    "Dashboard",
+    "DEFAULT_URI",
+]
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
 # The sweep's parent run, for runs built while a sweep trains its children: the runner builds
 # observers without knowing about sweeps, and a context variable reaches it without a global.
@@ -50,7 +78,60 @@ def make_observer(
     return MlflowObserver(config, Path(run_dir), job_id=job_id, parent_run_id=parent)
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    from gradloop.tracking.mlflow_store import resolve_uri as _resolve
+def prestart(config: RunConfig) -> None:
+    """Start the store's process for this config now (when tracking is on): it imports MLflow
+    and opens the store while the caller builds the data and the model."""
+    if config.tracking.enabled:
+        from gradloop.tracking.remote import shared_client
 
-    return _resolve(uri)
+        shared_client(resolve_uri(config.tracking.uri))
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = sqlite_path(chosen)
+    if path is not None and not path.is_absolute():
+        # Pin the file now: a later chdir (or a worker process) must still find the same store.
+        chosen = "sqlite:///" + str(path.resolve())
+    return chosen
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite:/// URI (None for any other store, or an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """A run's model-metrics charts in MLflow's UI at `ui`. (MLflow 3's UI opens an experiment
+    in its GenAI view, traces and token usage; this address lands on the run's training charts.)"""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Where a run's charts are: the address, and the command that serves it when nothing does."""
+
+    url: str
+    command: str | None = None
+
+
+def dashboard(run_dir: Path) -> Dashboard | None:
+    """The way into a tracked run's charts, from its tracking.json: for a local sqlite store, the
+    address `mlflow ui` serves and the command to start it; for a tracking server, its own
+    address. None when the run is not in MLflow (yet) or the store has no web address."""
+    from gradloop.tracking.state import TrackingState
+
+    state = TrackingState.load(Path(run_dir))
+    if state is None or not state.run_id or not state.experiment_id:
+        return None
+    if sqlite_path(state.uri) is not None:
+        return Dashboard(
+            run_url(LOCAL_UI, state.experiment_id, state.run_id), f"mlflow ui --backend-store-uri {state.uri}"
+        )
+    if state.uri.startswith(("http://", "https://")):
+        return Dashboard(run_url(state.uri, state.experiment_id, state.run_id))
+    return None

@@ -1,6 +1,9 @@
 """Per-layer histograms of gradients and weights (MLflow has no histogram type): capturing
-them on the training thread, counting them with torch, and HistogramWriter. The file format
-and the numpy counter are in histfile.
+them on the training thread, counting them with torch, and writing one file per step.
+
+The file: histograms/step_000100.json holds, for every parameter, the gradient's and the
+weight's min, max and bin counts (equal-width bins between the two; non-finite values count as
+0, and an element equal to its tensor's max goes in the last bin, as with torch.histc).
 
 Counting is fused: the tensors are concatenated into one vector, each element is mapped to a
 bin of its own tensor's range (offset by tensor, so bins of different tensors never meet) and
@@ -18,19 +21,32 @@ import functools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import orjson
 import torch
-
-from gradloop.tracking import histfile
-from gradloop.tracking.histfile import BINS
 
 log = logging.getLogger("gradloop.tracking")
 
+BINS = 30
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per concatenated chunk
+
+
+def file_name(step: int) -> str:
+    return f"step_{step:06d}.json"
+
+
+def encode(step: int, labels: list[str], table: list[list[float]]) -> bytes:
+    """Rows per label: a gradient row, then a weight row, each [min, max, count_0 ...]."""
+    layers = {}
+    for i, name in enumerate(labels):
+        g, w = table[2 * i], table[2 * i + 1]
+        layers[name] = {
+            "grad": {"min": g[0], "max": g[1], "counts": g[2:]},
+            "weight": {"min": w[0], "max": w[1], "counts": w[2:]},
+        }
+    return orjson.dumps({"step": step, "bins": len(table[0]) - 2 if table else 0, "layers": layers})
 
 
 @dataclass
@@ -140,8 +156,8 @@ def table_rows(table: torch.Tensor | list[list[float]]) -> list[list[float]]:
 def write(directory: Path, step: int, labels: list[str], table: torch.Tensor | list[list[float]]) -> Path:
     """One step's file (min and max are finite: non-finite elements were counted as 0)."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / histfile.file_name(step)
-    path.write_bytes(histfile.encode(step, labels, table_rows(table)))
+    path = directory / file_name(step)
+    path.write_bytes(encode(step, labels, table_rows(table)))
     return path
 
 
@@ -151,21 +167,13 @@ MAX_HELD_ELEMENTS = 4 * CHUNK_ELEMENTS
 
 
 class HistogramWriter:
-    """Holds the run's captures until `flush` (the observer's once-a-second pass), then has them
-    counted and written off the training thread.
+    """Holds the run's captures until `flush` (the observer's once-a-second pass), then counts
+    them there, in one warm pass, and has the files written off the training thread (the
+    writes wait in the kernel without the GIL). `close` writes what is held and waits for every
+    file, so the run's artifacts are complete before they are logged."""
 
-    Where the counting happens: a dozen small torch (or numpy) calls per histogram, each of
-    which releases and retakes the GIL, so on a thread of this process they take the GIL from
-    the training thread a dozen times per histogram (measured: 2% of a small model's steps/s).
-    With `counter` (the store's child process, a RemoteClient) CPU captures go there as bytes
-    and are counted with numpy: no GIL of ours at all. Otherwise (no child, captures on a GPU,
-    or counted at capture time) they are counted in `flush` itself, in one warm pass, and only
-    the file writes, which wait in the kernel without the GIL, go to a thread. `close` writes
-    what is held and waits for every file, so the run's artifacts are complete before they are
-    logged."""
-
-    def __init__(self, directory: Path, bins: int = BINS, counter: Any = None):
-        self.directory, self.bins, self.counter = directory, bins, counter
+    def __init__(self, directory: Path, bins: int = BINS):
+        self.directory, self.bins = directory, bins
         self.failed = 0
         self.last_error: str | None = None
         self._held: list[tuple[int, Capture]] = []
@@ -184,74 +192,41 @@ class HistogramWriter:
         return self._held_elements >= MAX_HELD_ELEMENTS
 
     def flush(self) -> None:
-        """Hand the held captures on: to the counter process, or counted and encoded here."""
+        """Count and encode the held captures here; a thread writes the files."""
         if not self._held:
             return
         held, self._held, self._held_elements = self._held, [], 0
-        remote: list[tuple[int, Capture]] = []
         files: list[tuple[str, bytes]] = []
         done = 0
         try:
             for step, taken in held:
-                if self.counter is not None and taken.pending is not None and taken.pending[0].device.type == "cpu":
-                    remote.append((step, taken))
-                else:
-                    try:
-                        files.append(
-                            (
-                                histfile.file_name(step),
-                                histfile.encode(step, taken.labels, table_rows(taken.counted(self.bins))),
-                            )
-                        )
-                    except Exception as exc:  # a histogram is never worth a failed run
-                        self._failed(exc)
+                try:
+                    files.append((file_name(step), encode(step, taken.labels, table_rows(taken.counted(self.bins)))))
+                except Exception as exc:  # a histogram is never worth a failed run
+                    self._failed(exc)
                 done += 1
         finally:
             # An interrupt mid-pass (SIGTERM, Ctrl-C): what is ready is still written, and the
             # rest is held again for close().
             for step, taken in held[done:]:
                 self.hold(step, taken)
-            if files or remote:
+            if files:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradloop-histograms")
                 # One worker runs the submissions in order: waiting on the last waits on them all.
-                self._pending = self._pool.submit(self._write, files, remote)
+                self._pending = self._pool.submit(self._write, files)
 
-    def _write(self, files: list[tuple[str, bytes]], remote: list[tuple[int, Capture]]) -> None:
+    def _write(self, files: list[tuple[str, bytes]]) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            self._failed(exc, len(files) + len(remote))
+            self._failed(exc, len(files))
             return
         for name, data in files:  # one file that cannot be written does not stop the others
             try:
                 (self.directory / name).write_bytes(data)
             except OSError as exc:
                 self._failed(exc)
-        if remote:
-            self._count_remotely(remote)
-
-    def _count_remotely(self, remote: list[tuple[int, Capture]]) -> None:
-        items = [
-            (step, taken.labels, taken.pending[1], taken.pending[0].float().numpy().tobytes())
-            for step, taken in remote
-            if taken.pending is not None
-        ]
-        try:
-            errors = self.counter.count_histograms(str(self.directory), items, self.bins)
-        except Exception as exc:
-            # The child is gone (it crashed, or close() killed it when it did not answer): the
-            # captures are still here, so they are counted here instead of lost.
-            log.warning("histograms are counted in-process: the store's child process failed (%s)", exc)
-            self.counter = None
-            for step, taken in remote:
-                try:
-                    write(self.directory, step, taken.labels, taken.counted(self.bins))
-                except Exception as error:
-                    self._failed(error)
-        else:
-            for error in errors or []:
-                self._failed(RuntimeError(error))
 
     def _failed(self, exc: BaseException, n: int = 1) -> None:
         with self._lock:  # the caller's thread and the writer's both count
@@ -259,19 +234,14 @@ class HistogramWriter:
             self.last_error = f"{type(exc).__name__}: {exc}"
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is held and wait for every file. A counter process that has not answered
-        within `timeout` seconds is killed; what it held is then counted here."""
+        """Write what is held and wait (up to `timeout` seconds) for every file."""
         self.flush()
         if self._pool is None:
             return
         if self._pending is not None:
             try:
                 self._pending.result(timeout)
-            except FuturesTimeout:
-                kill = getattr(self.counter, "kill", None)
-                if kill is not None:
-                    kill()
             except Exception:
-                pass  # _write reports its own failures
-        self._pool.shutdown(wait=True)
+                pass  # _write reports its own failures; a disk that hangs is not waited for
+        self._pool.shutdown(wait=False)
         self._pool = None

@@ -1,7 +1,8 @@
 """End-of-run PNGs for the MLflow artifact view: loss curves and a gradient-norm heatmap.
 
 Both are drawn from the run's metrics.jsonl (every point the run computed, sent or not), with
-matplotlib's Agg backend so that no display is needed. The heatmap shows log10 of each
+matplotlib's Agg backend so that no display is needed, by the store's process at the end of a
+run (or by `gradloop sync`): the training process never imports matplotlib. The heatmap shows log10 of each
 layer's gradient norm (rows) over optimizer steps (columns): vanishing gradients are a dark
 band, exploding ones a bright one.
 """
@@ -17,9 +18,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from gradloop.tracking.jsonl import Record  # noqa: E402
+from gradloop.tracking.jsonl import Record, read_records  # noqa: E402
 
 GRAD_PREFIX = "grad_norm/"
+
+
+def draw(journal: Path, directory: Path, title: str = "") -> Path | None:
+    """Both plots of a journal into `directory`; None when there is nothing to draw."""
+    records = list(read_records(journal))
+    drawn = [
+        loss_curves(records, directory / "loss_curves.png", title),
+        grad_norm_heatmap(records, directory / "grad_norm_heatmap.png", f"{title}: gradient norm per layer"),
+    ]
+    return directory if any(drawn) else None
 
 
 def series(records: Iterable[Record], key: str) -> tuple[list[int], list[float]]:

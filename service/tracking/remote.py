@@ -1,20 +1,23 @@
-"""An MlflowClient in a child process, so that writing to the store never holds our GIL.
+"""The store's process: an MlflowClient in a child process, so MLflow never runs in the training one.
 
-Logging 1000 metrics into the sqlite store costs MLflow ~130 ms of Python (SQLAlchemy ORM);
-done on a thread of the training process, that time is taken from the training thread by the
-GIL. `RemoteClient` forwards the few calls the sender makes (metric lines, log_artifact(s),
-set_terminated, ...) over a pair of pipes to `python -m gradloop.tracking.remote`, which owns
-the real client, and re-raises a failure there as an MlflowException with the same error
-code. The same process counts CPU runs' histograms (histfile, numpy), for the same reason. A
-plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's
-main script in the child, and a script without a `__main__` guard would train again there.
-The child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it before the
-run flushes) and exits when its pipe closes, so it never outlives its parent. Calls that
-need live objects of this process (log_model) stay in-process.
+`RemoteClient(uri)` starts `python -m gradloop.tracking.remote` at once; the child imports
+MLflow and opens the store (a new sqlite file gets its tables) while the training process
+builds its data and model, then answers the sender's calls over a pair of pipes: the run's
+creation, metric lines and ops (params, tags, artifacts, plots, the model, system metrics,
+the final status). A failure there comes back as a `StoreError` with
+MLflow's error code, so the sender can tell a refusal from an outage without importing MLflow.
+
+A plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's main
+script in the child, and a script without a `__main__` guard would train again there. The
+child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it before the run
+flushes) and exits when its pipe closes, so it never outlives its parent by more than the call
+in hand. MLflow's own log lines about requests that failed (e.g. its system-metrics thread
+while the server is down) are silenced there: the sender's warning says what did not arrive.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -23,71 +26,141 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-ALLOWED = frozenset(
+ALLOWED = frozenset({"start_run", "log_lines", "op", "ping"})
+
+# Error codes MLflow uses for requests that a retry cannot fix.
+PERMANENT_CODES = frozenset(
     {
-        "log_journal_lines",
-        "count_histograms",
-        "log_batch",
-        "log_artifact",
-        "log_artifacts",
-        "set_terminated",
-        "set_tag",
-        "update_run",
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_STATE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "BAD_REQUEST",
+        "RESOURCE_ALREADY_EXISTS",
+        "FEATURE_DISABLED",
     }
 )
+
+
+class StoreError(Exception):
+    """A call the store's process could not do; `code` is MLflow's error code, if it gave one."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.error_code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.error_code in PERMANENT_CODES
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for an error that sending the same request again would meet again."""
+    return getattr(exc, "error_code", None) in PERMANENT_CODES
+
+
+class _Child:
+    """What the child process does with each call (it owns the client)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client: Any = None
+        self.monitors: dict[str, Any] = {}
+
+    def open(self) -> Any:
+        if self.client is None:
+            from gradloop.tracking.mlflow_store import open_client
+
+            self.client = open_client(self.uri)
+        return self.client
+
+    def ping(self) -> None:
+        self.open()
+
+    def start_run(self, spec: dict[str, Any]) -> dict[str, str]:
+        from gradloop.tracking.mlflow_store import start_run
+
+        started = start_run(self.open(), self.uri, spec)
+        # What the end of the run will need (matplotlib for the plots, torch and mlflow.pytorch
+        # for the model) is imported now, while this process waits for metrics anyway, so that
+        # the end of the run does not wait for the imports.
+        if spec.get("warm"):
+            threading.Thread(target=_import_all, args=(spec["warm"],), daemon=True).start()
+        return started
+
+    def log_lines(self, run_id: str, lines: bytes) -> int:
+        from gradloop.tracking.mlflow_store import log_lines
+
+        return log_lines(self.open(), run_id, lines)
+
+    def op(self, run_id: str, name: str, args: dict[str, Any]) -> None:
+        if name == "system_metrics":  # a thread of this process: it lives as long as the run
+            self.system_metrics(run_id, **args)
+            return
+        from gradloop.tracking.mlflow_store import run_op
+
+        run_op(self.open(), run_id, name, args)
+
+    def system_metrics(self, run_id: str, start: bool, resumed: bool = False) -> None:
+        monitor = self.monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
+        if start:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=self.uri)
+            monitor.start()
+            self.monitors[run_id] = monitor
+
+
+def _import_all(modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass  # the op that needs it reports the error
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from gradloop.tracking.mlflow_store import open_client
-
-    client = None
+    for name in ("mlflow.system_metrics", "mlflow.utils.requests_utils", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    child = _Child(uri)
+    try:
+        child.open()  # import MLflow and open the store now, before the first call
+    except Exception:
+        pass  # (a server that is down; each call tries again and reports the error)
     while True:
         try:
             msg = conn_in.recv()
         except (EOFError, OSError):
-            return
+            break
         if msg is None:
-            return
+            break
         method, args, kwargs = msg
         try:
             if method not in ALLOWED:
                 raise AttributeError(f"{method} is not forwarded")
-            if client is None and method != "count_histograms":
-                client = open_client(uri)
-            result = None
-            if method == "log_journal_lines":
-                log_journal_lines(client, *args)
-            elif method == "count_histograms":
-                from gradloop.tracking.histfile import count_and_write
-
-                result = count_and_write(*args)
-            else:
-                getattr(client, method)(*args, **kwargs)
-            conn_out.send(("ok", result))
+            reply: tuple = ("ok", getattr(child, method)(*args, **kwargs))
         except Exception as exc:  # the parent decides whether to retry; it needs the code
-            conn_out.send(("err", type(exc).__name__, getattr(exc, "error_code", None), str(exc)[:2000]))
-
-
-def log_journal_lines(client: Any, run_id: str, lines: bytes) -> None:
-    """Log metrics.jsonl lines as they are: the parent sends the bytes it wrote to the journal,
-    so building and pickling the Metric objects (per point, in Python) happens here, not on a
-    thread that shares the training thread's GIL. (MlflowClient.log_batch splits what is
-    above MLflow's 1000 metrics per request.)"""
-    from mlflow.entities import Metric
-
-    from gradloop.tracking.jsonl import Record
-
-    metrics = []
-    for line in lines.split(b"\n"):
-        record = Record.from_line(line)
-        metrics += [Metric(key, value, record.ts, record.step) for key, value in record.metrics.items()]
-    client.log_batch(run_id, metrics=metrics, synchronous=True)
+            reply = ("err", type(exc).__name__, getattr(exc, "error_code", None), str(exc)[:2000])
+        try:
+            conn_out.send(reply)
+        except OSError:
+            break
+    for monitor in child.monitors.values():
+        try:
+            monitor.finish()
+        except Exception:
+            pass
 
 
 class RemoteClient:
-    """Duck-types the MlflowClient methods in ALLOWED; one call at a time."""
+    """The parent's end: one call at a time, from the sender's thread."""
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -117,17 +190,17 @@ class RemoteClient:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._close_pipes()
-                self._spawn()  # it died (OOM, a crash): the sender's retry gets a fresh one
+                self._spawn()  # it died (OOM, a crash, killed at a deadline): a fresh one
             assert self._to is not None and self._from is not None
             try:
                 self._to.send((method, args, kwargs))
                 reply = self._from.recv()
             except (EOFError, OSError) as exc:
                 self._close_pipes()
-                raise ConnectionError(f"the MLflow sender process went away: {exc}") from exc
+                raise StoreError(f"the MLflow store process went away: {exc}") from exc
         if reply[0] == "err":
             _, name, code, message = reply
-            raise _exception(name, code, message)
+            raise StoreError(f"{name}: {message}", code)
         return reply[1]
 
     def __getattr__(self, method: str) -> Any:
@@ -169,26 +242,14 @@ _shared_lock = threading.Lock()
 
 
 def shared_client(uri: str) -> RemoteClient:
-    """One child per store for the whole process: starting one (importing MLflow) costs
-    seconds of CPU, which runs one after another (sweeps, `gradloop run a b`) pay only once.
-    It exits with this process (its pipe closes)."""
+    """One store process per store for the whole process, started on first use: importing
+    MLflow costs seconds of CPU, which runs one after another (sweeps, `gradloop run a b`) pay
+    only once. It exits with this process (its pipe closes)."""
     with _shared_lock:
         client = _shared.get(uri)
         if client is None:
             client = _shared[uri] = RemoteClient(uri)
         return client
-
-
-def _exception(name: str, code: str | None, message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import ErrorCode
-
-    if code:
-        try:
-            return MlflowException(f"{name}: {message}", error_code=ErrorCode.Value(code))
-        except ValueError:
-            pass
-    return RuntimeError(f"{name}: {message}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class TrackingState:
     experiment: str
     run_name: str
     run_id: str | None = None
+    experiment_id: str | None = None
     status: str = "RUNNING"  # the status this process gave (or will give) the run
     create: dict[str, Any] | None = None  # {"tags": {...}, "parent_run_id": ...} while not created
     pending_ops: list[dict[str, Any]] = field(default_factory=list)

@@ -2,8 +2,9 @@
 
 Reads tracking.json (which run, which store, what is owed) and metrics.jsonl minus the
 acknowledged ranges in metrics.sent; creates the run if it never reached MLflow, sends the
-missing records in batches of <= 1000 metrics, performs the owed ops (params, artifacts,
-the final status) and records what it did, so a second sync sends nothing twice.
+missing records the way the store's process does (mlflow_store.log_lines), performs the owed
+ops (params, artifacts, plots, the model, the final status) and records what it did, so a
+second sync sends nothing twice. It runs in this process: a sync has no training to protect.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from gradloop.errors import GradloopError
 from gradloop.tracking.jsonl import Journal, read_records, unsent_records
-from gradloop.tracking.mlflow_store import experiment_id, open_client
-from gradloop.tracking.sender import Op, is_permanent, metric_requests, run_op
+from gradloop.tracking.mlflow_store import log_lines, open_client, run_op, start_run
+from gradloop.tracking.remote import is_permanent
+from gradloop.tracking.sender import line_requests
 from gradloop.tracking.state import TrackingState
 
 
@@ -56,15 +58,17 @@ def sync_run_dir(path: str | Path) -> SyncReport:
     state = TrackingState.load(run_dir)
     if state is None:
         raise SyncError(
-            f"{run_dir} has no tracking.json; give the directory of a gradloop run (under output_dir, e.g. runs/<name>-<id>)"
+            f"{run_dir} has no tracking.json; give the directory of a gradloop run "
+            "(under output_dir, e.g. runs/<name>/<id>)"
         )
     try:
         client = open_client(state.uri)
         created = False
         if state.run_id is None or state.create is not None:
-            exp = experiment_id(client, state.experiment, state.uri)
-            run = client.create_run(exp, tags=(state.create or {}).get("tags") or {}, run_name=state.run_name)
-            state.run_id, state.create, created = run.info.run_id, None, True
+            spec = {"experiment": state.experiment, "run_name": state.run_name, **(state.create or {})}
+            started = start_run(client, state.uri, spec)
+            state.run_id, state.experiment_id, state.create = started["run_id"], started["experiment_id"], None
+            created = "run_id" not in spec
             state.save(run_dir)
         report = SyncReport(run_dir, state.run_id, state.uri, created_run=created)
         final_status = state.status if state.status != "RUNNING" else None
@@ -72,25 +76,24 @@ def sync_run_dir(path: str | Path) -> SyncReport:
         journal = Journal(run_dir)
         try:
             report.records_total = sum(1 for _ in read_records(journal.path))
-            for metrics, seqs in metric_requests(unsent_records(run_dir)):
-                if metrics:
-                    client.log_batch(state.run_id, metrics=metrics, synchronous=True)
+            for lines, seqs, points in line_requests(unsent_records(run_dir)):
+                log_lines(client, state.run_id, lines)
                 journal.mark_sent(seqs)
                 report.records_sent += len(seqs)
-                report.points_sent += len(metrics)
+                report.points_sent += points
         finally:
             journal.close()
 
         remaining = list(state.pending_ops)
         if final_status and not any(op["name"] == "set_terminated" for op in remaining):
             if client.get_run(state.run_id).info.status == "RUNNING":
-                remaining.append(Op("set_terminated", {"status": final_status}).to_dict())
+                remaining.append({"name": "set_terminated", "args": {"status": final_status}})
         # set_terminated goes last: the run must be open while the rest is logged.
         remaining.sort(key=lambda op: op["name"] == "set_terminated")
         while remaining:
-            op = Op(remaining[0]["name"], remaining[0].get("args", {}))
-            run_op(client, state.run_id, op)
-            report.ops_done.append(op.name)
+            name, args = remaining[0]["name"], remaining[0].get("args", {})
+            run_op(client, state.run_id, name, args)
+            report.ops_done.append(name)
             remaining.pop(0)
             state.pending_ops = remaining
             state.save(run_dir)

@@ -2,9 +2,11 @@
 
 On the training thread this class does only cheap things: fused device-side statistics
 (gradstats), each logging window's values held (windows); once a second the held windows are
-written together: appended to metrics.jsonl and put on the sender's queue. Everything that
-talks to MLflow (params, tags, metrics, artifacts, status) runs on the sender's thread, and
-the store itself is written by a child process (remote).
+written together: appended to metrics.jsonl and put on the sender's queue. It never imports
+MLflow: the sender's thread hands everything (the run's creation, params, tags, metrics,
+artifacts, the final status) to the store's process (remote), which was started before the run
+was built. The end of a run waits for what the last second produced and for the end-of-run
+artifacts, within tracking.flush_timeout_s, and not at all for a store known to be down.
 """
 
 from __future__ import annotations
@@ -25,12 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradloop.observer import RunContext, RunStatus
-from gradloop.tracking import gradstats, histograms, plots
+from gradloop.tracking import gradstats, histograms, resolve_uri
 from gradloop.tracking.gradstats import GradSnapshot, StatLayout
 from gradloop.tracking.jsonl import Journal, read_records
 from gradloop.tracking.mlflow_params import config_params
-from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
-from gradloop.tracking.modellog import model_logger
+from gradloop.tracking.modellog import save_model
 from gradloop.tracking.remote import shared_client
 from gradloop.tracking.sender import Op, Sender
 from gradloop.tracking.state import TrackingState
@@ -38,8 +39,6 @@ from gradloop.tracking.status import SigtermGuard, error_tags, status_for
 from gradloop.tracking.windows import HeldWindow, held_window, to_host
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from gradloop.config import RunConfig
 
 log = logging.getLogger("gradloop.tracking")
@@ -73,12 +72,10 @@ class MlflowObserver:
         self.unsent_points = 0
         self._sender: Sender | None = None
         self._journal: Journal | None = None
-        self._client: MlflowClient | None = None
         self._state: TrackingState | None = None
         self._layout: StatLayout | None = None
-        self._last_step: dict[str, int] = {}  # resume: per key, the last step MLflow has
+        self._last_step: dict[str, int] = {}  # resume: per key, the last step the journal has
         self._checkpoint: Path | None = None
-        self._monitor: Any = None
         self._guard = SigtermGuard()
         self._finished = False
         self._ctx: RunContext | None = None
@@ -91,6 +88,9 @@ class MlflowObserver:
         # The first window is written at once, so a new run shows its first points in MLflow
         # within the sender's flush interval, not a holding period later.
         self._written_at = float("-inf")
+        # Started now if the runner did not already (gradloop.tracking.prestart): it imports
+        # MLflow while the run is being built.
+        self._client = shared_client(self.uri)
 
     # -- start --------------------------------------------------------------------------
     def start(self, ctx: RunContext) -> None:
@@ -98,79 +98,67 @@ class MlflowObserver:
         self._total_steps = ctx.total_steps
         self._on_host = torch.device(ctx.device).type == "cpu"
         (self.run_dir / ARTIFACT_DIR).mkdir(parents=True, exist_ok=True)
+        previous = TrackingState.load(self.run_dir)
         self._journal = Journal(self.run_dir)
         params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
         self._layout = StatLayout.build(list(zip(ctx.param_names, params)), self.tcfg.grad_stats)
 
-        run_name = f"{self.config.name}-{uuid.uuid4().hex[:6]}"
-        tags = self._tags(ctx)
-        self._state = TrackingState(uri=self.uri, experiment=self.tcfg.experiment, run_name=run_name)
-        resumed = ctx.mlflow_run_id is not None
-        try:
-            self._client = open_client(self.uri)
-            if resumed:
-                self.mlflow_run_id = self._reopen(ctx.mlflow_run_id)
-            else:
-                exp = experiment_id(self._client, self.tcfg.experiment, self.uri)
-                run = self._client.create_run(exp, tags=tags, run_name=run_name)
-                self.mlflow_run_id = run.info.run_id
-        except Exception as exc:
-            # Training does not depend on the tracking server: keep the journal, sync later.
-            self.mlflow_run_id = ctx.mlflow_run_id
-            self._state.create = None if resumed else {"tags": tags}
-            warnings.warn(
-                TrackingWarning(
-                    f"MLflow at {self.uri} is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
-                    f"metrics go to {self.run_dir / 'metrics.jsonl'} only; run `gradloop sync {self.run_dir}` later"
-                ),
-                stacklevel=2,
-            )
-        self._state.run_id = self.mlflow_run_id
-
+        # A resume continues the checkpoint's run (or, for a checkpoint written before the store
+        # had created it, the run tracking.json names).
+        resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and ctx.start_step else None)
+        resumed = resume_id is not None
+        run_name = (
+            previous.run_name if resumed and previous is not None else f"{self.config.name}-{uuid.uuid4().hex[:6]}"
+        )
+        if resumed:
+            # Steps the earlier process already journaled (and sent, or left for sync) are not
+            # logged twice: the journal in this directory is the run's record.
+            for r in read_records(self._journal.path):
+                for key in r.metrics:
+                    if r.step > self._last_step.get(key, -1):
+                        self._last_step[key] = r.step
         config_file = self.run_dir / ARTIFACT_DIR / "config.yaml"
         config_file.write_text(self.config.to_yaml())
         total = sum(p.numel() for p in ctx.model.parameters())
         trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
-        all_params = {
-            **config_params(self.config.to_dict()),
-            "model.num_params": str(total),
-            "model.num_trainable_params": str(trainable),
+        spec: dict[str, Any] = {
+            "experiment": self.tcfg.experiment,
+            "run_name": run_name,
+            "tags": self._tags(ctx),
+            "params": {
+                **config_params(self.config.to_dict()),
+                "model.num_params": str(total),
+                "model.num_trainable_params": str(trainable),
+            },
         }
-        if resumed and self._client is not None and self.mlflow_run_id:
-            # MLflow params are immutable: a resumed run only adds what it lacks.
-            try:
-                have = self._client.get_run(self.mlflow_run_id).data.params
-                all_params = {k: v for k, v in all_params.items() if k not in have}
-            except Exception:
-                all_params = {}
-        start_ops = [
-            Op("log_params", {"params": all_params}),
-            Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"}),
-        ]
+        warm = (["gradloop.tracking.plots"] if self.tcfg.plots else []) + (
+            ["torch", "mlflow.pytorch", "mlflow.models"] if self.tcfg.log_model else []
+        )
+        if warm:
+            spec["warm"] = warm
         if resumed:
-            start_ops.insert(0, Op("set_tags", {"tags": {"gradloop.resumed_from_step": str(ctx.start_step)}}))
-
-        if self._state.create is None and self._client is not None and self.mlflow_run_id:
-            # The store is written from a child process: its Python never competes for our GIL.
-            self._sender = Sender(shared_client(self.uri), self.mlflow_run_id, self._journal, local_client=self._client)
-            self._histograms.counter = self._sender.client  # that child counts histograms too
-            for op in start_ops:
-                self._sender.submit_op(op)
-            self._start_system_metrics(resumed)
-        else:
-            self._state.pending_ops = [op.to_dict() for op in start_ops]
+            spec["run_id"] = resume_id
+            spec["resume_tags"] = {"gradloop.resumed_from_step": str(ctx.start_step)}
+        self.mlflow_run_id = resume_id
+        self._state = TrackingState(
+            uri=self.uri, experiment=self.tcfg.experiment, run_name=run_name, run_id=resume_id, create=spec
+        )
         self._state.save(self.run_dir)
+        self._sender = Sender(self._client, spec, self._journal, on_run=self._created, catch_up=resumed)
+        self._sender.submit_op(Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"}))
+        if self.tcfg.system_metrics:
+            self._sender.submit_op(Op("system_metrics", {"start": True, "resumed": resumed}))
         self._guard.install()
         atexit.register(self._at_exit)
 
-    def _reopen(self, run_id: str) -> str:
-        assert self._client is not None
-        run = self._client.get_run(run_id)
-        if run.info.status != "RUNNING":
-            self._client.update_run(run_id, status="RUNNING")
-        for m in getattr(run.data, "_metric_objs", None) or []:
-            self._last_step[m.key] = max(self._last_step.get(m.key, -1), m.step)
-        return run_id
+    def _created(self, run: dict[str, str]) -> None:
+        """On the sender's thread: the store has the run; tracking.json says which."""
+        self.mlflow_run_id = run["run_id"]
+        state = self._state
+        if state is not None:
+            state.run_id, state.experiment_id, state.create = run["run_id"], run.get("experiment_id"), None
+            if not self._finished:
+                state.save(self.run_dir)
 
     def _tags(self, ctx: RunContext) -> dict[str, str]:
         from gradloop import __version__
@@ -196,18 +184,6 @@ class MlflowObserver:
             tags["mlflow.parentRunId"] = self.parent_run_id
         tags.update({k: str(v) for k, v in ctx.extra_tags.items()})
         return tags
-
-    def _start_system_metrics(self, resumed: bool) -> None:
-        if not self.tcfg.system_metrics:
-            return
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(self.mlflow_run_id, resume_logging=resumed, tracking_uri=self.uri)
-            self._monitor.start()
-        except Exception as exc:  # psutil missing or the like: the run goes on without them
-            log.warning("system metrics are off: %s", exc)
-            self._monitor = None
 
     # -- the training loop's calls ------------------------------------------------------
     def wants_step_stats(self, step: int) -> bool:
@@ -314,7 +290,7 @@ class MlflowObserver:
 
     # -- finish -------------------------------------------------------------------------
     def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
-        if self._finished or self._journal is None or self._state is None:
+        if self._finished or self._journal is None or self._state is None or self._sender is None:
             return
         self._finished = True
         self._write_held()
@@ -322,13 +298,8 @@ class MlflowObserver:
             status = status_for(error)  # an interrupt that escaped the loop is a kill, not a failure
         self._guard.uninstall()
         atexit.unregister(self._at_exit)
-        if self._monitor is not None:
-            try:
-                self._monitor.finish()
-            except Exception as exc:
-                log.warning("system metrics monitor did not stop cleanly: %s", exc)
         self._journal.flush()  # the plots and the sender's last catch-up read the file
-        timeout = float(getattr(self.tcfg, "flush_timeout_s", 30.0))
+        timeout = float(self.tcfg.flush_timeout_s)
         self._histograms.close(timeout)  # every file written before the directory is logged
         if self._histograms.failed:
             log.warning(
@@ -336,35 +307,33 @@ class MlflowObserver:
                 self._histograms.failed,
                 self._histograms.last_error,
             )
-        ops = self._final_ops(status, error)
-        self._state.status = status
-        if self._sender is not None:
-            for op in ops:
-                self._sender.submit_op(op)
-            report = self._sender.close(timeout)
-            self._state.pending_ops = [op.to_dict() for op in report.pending_ops if op.persistable]
-            self.unsent_points = report.unsent_points
-            lost_model = [op.name for op in report.pending_ops if not op.persistable]
-            if report.failed_requests:
-                log.warning(
-                    "MLflow refused %d tracking request(s); last error: %s",
-                    report.failed_requests,
-                    self._sender.last_error,
-                )
-        else:
-            self._state.pending_ops += [op.to_dict() for op in ops if op.persistable]
-            self.unsent_points = sum(len(r.metrics) for r in read_records(self._journal.path))
-            lost_model = [op.name for op in ops if not op.persistable]
-        self._state.unsent_points = self.unsent_points
-        self._state.save(self.run_dir)
+        for op in self._final_ops(status, error):
+            self._sender.submit_op(op)
+        report = self._sender.close(timeout)
+        state = self._state
+        state.status = status
+        state.run_id = report.run_id or state.run_id
+        if report.run_id:
+            state.create = None
+        self.mlflow_run_id = state.run_id
+        # (an op not done before the run exists is owed in full; system metrics cannot be sent later)
+        state.pending_ops = [op.to_dict() for op in report.pending_ops if op.name != "system_metrics"]
+        self.unsent_points = state.unsent_points = report.unsent_points
+        state.save(self.run_dir)
         self._journal.close()
-        if self.unsent_points or self._state.pending_ops:
+        if report.failed_requests:
+            log.warning(
+                "MLflow refused %d tracking request(s); last error: %s", report.failed_requests, self._sender.last_error
+            )
+        if self.unsent_points or state.pending_ops or state.create is not None:
+            why = "was unreachable" if report.store_down or state.create is not None else "did not answer in time"
+            calls = ", ".join(sorted({op["name"] for op in state.pending_ops})) or "none"
             warnings.warn(
                 TrackingWarning(
-                    f"{self.unsent_points} metric points and {len(self._state.pending_ops)} other tracking calls "
-                    f"did not reach MLflow at {self.uri}; they are kept in {self.run_dir}; "
-                    f"run `gradloop sync {self.run_dir}` to send them"
-                    + (f" ({', '.join(lost_model)} cannot be sent later)" if lost_model else "")
+                    f"MLflow at {self.uri} {why}: {self.unsent_points} metric points and "
+                    f"{len(state.pending_ops)} other tracking calls ({calls}) are kept in "
+                    f"{self.run_dir}; run `gradloop sync {self.run_dir}` to send them"
+                    + ("" if state.create is None else " (it creates the MLflow run too)")
                 ),
                 stacklevel=2,
             )
@@ -372,17 +341,12 @@ class MlflowObserver:
     def _final_ops(self, status: RunStatus, error: BaseException | None) -> list[Op]:
         art = self.run_dir / ARTIFACT_DIR
         ops: list[Op] = []
-        if self.tcfg.plots:
-            records = list(read_records(self._journal.path)) if self._journal else []
-            title = self.config.name
-            try:
-                plots.loss_curves(records, art / "plots" / "loss_curves.png", title)
-                plots.grad_norm_heatmap(
-                    records, art / "plots" / "grad_norm_heatmap.png", f"{title}: gradient norm per layer"
-                )
-            except Exception as exc:  # a plot is never worth a failed run
-                log.warning("could not draw the tracking plots: %s", exc)
-            ops.append(Op("log_artifacts", {"local_dir": str(art / "plots"), "artifact_path": "plots"}))
+        if self.tcfg.system_metrics:
+            ops.append(Op("system_metrics", {"start": False}))
+        if self.tcfg.plots and self._journal is not None:
+            # Drawn by the store's process (matplotlib is imported there, not here).
+            args = {"journal": str(self._journal.path), "local_dir": str(art / "plots"), "title": self.config.name}
+            ops.append(Op("log_plots", args))
         if (art / "histograms").is_dir():
             ops.append(Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"}))
         if self.tcfg.log_checkpoint and self._checkpoint is not None:
@@ -396,9 +360,10 @@ class MlflowObserver:
         for log_file in logs:
             ops.append(Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"}))
         if self.tcfg.log_model and status == "FINISHED" and self._ctx is not None:
-            fn = model_logger(self._ctx, self.uri)
-            if fn is not None:
-                ops.append(Op("log_model", fn=fn))
+            try:
+                ops.append(Op("log_model", save_model(self._ctx, art / "model", self.uri)))
+            except Exception as exc:  # a model that cannot be pickled is never worth a failed run
+                log.warning("the model is not logged: %s", exc)
         tags = error_tags(error)
         if tags:
             ops.append(Op("set_tags", {"tags": tags}))

@@ -59,7 +59,7 @@ def test_json_job_runs_to_succeeded_with_mlflow_run_and_link(service: Service) -
     assert done["progress"]["step"] == done["progress"]["total_steps"] == 16  # 120 train samples / 16, two epochs
     assert "val/loss" in done["metrics"] and done["checkpoint_path"].endswith(".pt")
     run_id, exp_id = done["mlflow"]["run_id"], done["mlflow"]["experiment_id"]
-    assert done["mlflow"]["url"] == f"http://mlflow.example:5000/#/experiments/{exp_id}/runs/{run_id}"
+    assert done["mlflow"]["url"] == f"http://mlflow.example:5000/#/experiments/{exp_id}/runs/{run_id}/model-metrics"
     run = MlflowClient(tracking_uri=service.tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["gradloop.job_id"] == job["id"]
     # the run's files live under the job's own directory in the state dir

@@ -120,7 +120,7 @@ def tiny_config(uri: str, **tracking: object) -> RunConfig:
                 "log_every": 5,
                 "histogram_every": 10,
                 "system_metrics": False,
-                "flush_timeout_s": 20,
+                "flush_timeout_s": 60,
                 **tracking,
             },
         }

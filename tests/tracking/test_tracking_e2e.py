@@ -105,7 +105,7 @@ def test_journal_lines_reach_the_store_through_the_child_process(tmp_path: Path,
     remote = RemoteClient(mlflow_server.uri)
     try:
         for lines, _, _ in line_requests(records):
-            remote.log_journal_lines(run_id, lines)
+            remote.log_lines(run_id, lines)
     finally:
         remote.close()
     metrics = client.get_run(run_id).data.metrics
@@ -248,3 +248,55 @@ def test_a_server_down_from_the_start_is_synced_later(tmp_path: Path) -> None:
         assert sync_run_dir(result.run_dir).nothing_to_do
     finally:
         server.stop()
+
+
+NO_MLFLOW_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from gradloop import train
+    result = train(json.loads(sys.argv[1]))
+    loaded = sorted({{m.split(".")[0] for m in sys.modules}} & {{"mlflow", "matplotlib", "sqlalchemy"}})
+    print("RESULT", result.status, result.mlflow_run_id, ",".join(loaded) or "-", flush=True)
+""")
+
+
+def test_the_training_process_never_imports_mlflow(tmp_path: Path, sqlite_uri: str) -> None:
+    """MLflow, its store and the plots live in the store's process; the run still gets its
+    params, artifacts, plots and model."""
+    cfg = small_config(tmp_path, sqlite_uri, epochs=1, log_model=True, flush_timeout_s=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_MLFLOW_SCRIPT.format(root=str(ROOT)), json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, run_id, loaded = proc.stdout.split("RESULT ")[1].split()
+    assert status == "FINISHED" and loaded == "-"
+    client = MlflowClient(sqlite_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["optimizer.options.lr"] == "0.1"
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"plots", "config"}
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [run_id]
+    state = json.loads(next((tmp_path / "runs").glob("e2e/*/tracking.json")).read_text())
+    assert state["pending_ops"] == [] and state["experiment_id"] == run.info.experiment_id
+
+
+def test_the_end_of_a_run_does_not_wait_for_a_store_known_to_be_down(tmp_path: Path) -> None:
+    from gradloop.tracking.sender import Sender
+    from tests.support.mlflow_stores import free_port
+
+    client = RemoteClient(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        journal = Journal(tmp_path)
+        sender = Sender(client, {"experiment": "down", "run_name": "r"}, journal)
+        sender.submit(journal.append(1, 1000, {"train/loss": 0.5}))
+        deadline = time.monotonic() + 300
+        while not sender.down and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.down
+        report = sender.close(timeout=3600)  # waiting for the dead server would hang the test for an hour
+        assert report.store_down and report.run_id is None and report.unsent_points == 1
+    finally:
+        client.close()

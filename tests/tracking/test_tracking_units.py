@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy
@@ -12,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from gradloop.tracking import gradstats, histfile, histograms
+from gradloop.tracking import gradstats, histograms
 from gradloop.tracking.jsonl import Journal, read_records, unsent_records
 from gradloop.tracking.mlflow_params import MAX_KEY, MAX_VALUE, config_params, flatten
 from gradloop.tracking.mlflow_store import resolve_uri
-from gradloop.tracking.sender import line_requests, metric_requests
+from gradloop.tracking.sender import line_requests
 from gradloop.tracking.status import Terminated, status_for
 from gradloop.tracking.windows import held_window, to_host
 
@@ -34,23 +33,11 @@ def test_config_params_fit_mlflow_limits() -> None:
     assert params["hidden"] == "[64, 64]" and params["none"] == "None"
 
 
-def test_requests_hold_at_most_1000_metrics_and_complete_records_last(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
-    records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(700)}) for step in range(3)]
-    requests = metric_requests(records)
-    assert [len(m) for m, _ in requests] == [1000, 1000, 100]
-    # record 0 ends in request 0; record 1 spans requests 0-1 and is done by request 1; record 2 by 2
-    assert [seqs for _, seqs in requests] == [[0], [1], [2]]
-    assert {(m.key, m.step, m.timestamp) for batch, _ in requests for m in batch} == {
-        (f"m{i}", s, 1000 + s) for i in range(700) for s in range(3)
-    }
-
-
 def test_line_requests_group_whole_records_up_to_the_limit(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     sizes = [400, 400, 300, 1500, 10]
     records = [journal.append(step, 1000 + step, {f"m{i}": float(i) for i in range(n)}) for step, n in enumerate(sizes)]
-    requests = line_requests(records)
+    requests = line_requests(records, limit=1000)
     # 400 + 400 fit, the 300 would not; the 1500-point record travels alone; 10 starts anew
     assert [(seqs, n) for _, seqs, n in requests] == [([0, 1], 800), ([2], 300), ([3], 1500), ([4], 10)]
     assert requests[0][0] == records[0].line + b"\n" + records[1].line
@@ -290,24 +277,6 @@ def test_histogram_counts_match_numpy_per_tensor() -> None:
         assert [int(c) for c in row[2:]] == expected
 
 
-def test_numpy_counting_bins_exactly_as_the_torch_kernels_do() -> None:
-    """histfile.count (the store's child process, numpy) and histograms._count (torch, on the
-    tensors' device) must give the same files: same ranges, every element in the same bin."""
-    torch.manual_seed(11)
-    parts = [
-        torch.randn(1000) * 3,
-        torch.rand(37),
-        torch.full((5,), 0.25),
-        torch.linspace(-1, 1, 301),
-        torch.tensor([1.0, float("nan"), float("inf"), -2.0]),
-    ]
-    flat, sizes = torch.cat(parts), tuple(p.numel() for p in parts)
-    expected = histograms.table_rows(histograms._count(flat, sizes, 13))
-    got = histfile.count(flat.numpy(), sizes, 13)
-    assert got == expected
-    assert [sum(row[2:]) for row in got] == list(sizes)
-
-
 def test_histograms_of_a_large_model_are_counted_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above CHUNK_ELEMENTS the counting happens at capture time, a chunk at a time (no copy of
     the whole model); the table is the one a single fused pass gives."""
@@ -351,7 +320,7 @@ def test_an_interrupt_while_histograms_are_flushed_loses_none(tmp_path: Path, mo
     writer = histograms.HistogramWriter(tmp_path / "h", bins=5)
     for step in (1, 2, 3):
         writer.hold(step, histograms.capture(names, params))
-    encode, calls = histfile.encode, []
+    encode, calls = histograms.encode, []
 
     def interrupted_once(*args, **kwargs):
         calls.append(args[0])
@@ -359,7 +328,7 @@ def test_an_interrupt_while_histograms_are_flushed_loses_none(tmp_path: Path, mo
             raise KeyboardInterrupt
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(histfile, "encode", interrupted_once)
+    monkeypatch.setattr(histograms, "encode", interrupted_once)
     with pytest.raises(KeyboardInterrupt):
         writer.flush()  # the observer's write pass, cut short at the second histogram
     writer.close()  # the run's finish
@@ -375,60 +344,6 @@ def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> N
     writer.hold(1, histograms.capture([n for n, _ in model.named_parameters()], list(model.parameters())))
     writer.close()
     assert writer.failed == 1 and "NotADirectoryError" in (writer.last_error or "")
-
-
-def test_histograms_are_counted_in_the_store_child_process(tmp_path: Path) -> None:
-    """With a counter (the RemoteClient whose child process writes the MLflow store), CPU
-    captures are counted there with numpy; the files are those counted here with torch."""
-    from gradloop.tracking.remote import RemoteClient
-
-    model = _model_with_grads(seed=2)
-    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
-    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
-    try:
-        there = histograms.HistogramWriter(tmp_path / "there", bins=9, counter=counter)
-        there.hold(5, histograms.capture(names, params))
-        there.close()
-        blocked = tmp_path / "file"
-        blocked.write_text("not a directory")
-        failing = histograms.HistogramWriter(blocked / "h", counter=counter)
-        failing.hold(1, histograms.capture(names, params))
-        failing.hold(2, histograms.capture(names, params))
-        failing.close()
-    finally:
-        counter.close()
-    here = histograms.write(tmp_path / "here", 5, *histograms.compute(names, params, bins=9))
-    assert there.failed == 0
-    assert json.loads((tmp_path / "there" / "step_000005.json").read_text()) == json.loads(here.read_text())
-    assert failing.failed == 2 and "NotADirectoryError" in (failing.last_error or "")
-
-
-def test_a_counter_process_that_stops_answering_does_not_hold_up_the_end_of_a_run(tmp_path: Path) -> None:
-    """close() waits `timeout` seconds for the store's child process, then kills it and counts
-    what it held in-process: the files are all there, and the run's end is not held up."""
-    import signal
-    import threading
-
-    from gradloop.tracking.remote import RemoteClient
-
-    model = _model_with_grads(seed=4)
-    names, params = [n for n, _ in model.named_parameters()], list(model.parameters())
-    counter = RemoteClient(f"sqlite:///{tmp_path}/never-opened.db")
-    try:
-        counter.count_histograms(str(tmp_path / "warm"), [], 5)  # the child is up and answering
-        os.kill(counter._proc.pid, signal.SIGSTOP)
-        writer = histograms.HistogramWriter(tmp_path / "h", bins=5, counter=counter)
-        writer.hold(3, histograms.capture(names, params))
-        writer.hold(6, histograms.capture(names, params))
-        closing = threading.Thread(target=writer.close, kwargs={"timeout": 1.0})
-        closing.start()
-        closing.join(120)
-        assert not closing.is_alive()  # a stopped child would otherwise hold it forever
-    finally:
-        counter.kill()  # (should the assertion fail, the stuck call must not hold up close())
-        counter.close()
-    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["step_000003.json", "step_000006.json"]
-    assert writer.failed == 0 and writer.counter is None  # counted here from then on
 
 
 def test_status_for_errors() -> None:
@@ -539,3 +454,23 @@ def test_a_held_window_with_gradient_stats_gives_per_layer_metrics():
     assert values["weight_norm/weight"] == pytest.approx(float(model.weight.detach().norm()))
     assert values["update_ratio/weight"] == pytest.approx(math.sqrt(6) / float(model.weight.detach().norm()))
     assert values["update_ratio/bias"] == 0.0
+
+
+def test_the_dashboard_link_lands_on_the_runs_model_metrics(tmp_path: Path) -> None:
+    from gradloop.tracking import dashboard
+    from gradloop.tracking.state import TrackingState
+
+    assert dashboard(tmp_path) is None  # not a tracked run directory
+    state = TrackingState(uri="sqlite:////data/mlflow.db", experiment="e", run_name="r", run_id="abc")
+    state.save(tmp_path)
+    assert dashboard(tmp_path) is None  # the store has not created it yet
+    state.experiment_id = "7"
+    state.save(tmp_path)
+    local = dashboard(tmp_path)
+    assert local is not None and local.url == "http://127.0.0.1:5000/#/experiments/7/runs/abc/model-metrics"
+    assert local.command == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+    state.uri = "http://mlflow.internal:5000/"
+    state.save(tmp_path)
+    remote = dashboard(tmp_path)
+    assert remote is not None and remote.command is None
+    assert remote.url == "http://mlflow.internal:5000/#/experiments/7/runs/abc/model-metrics"
