@@ -159,25 +159,21 @@ class JobProgressObserver(NullObserver):
             self.mlflow_run_id = self._ctx.mlflow_run_id
 
     def _find_mlflow_run(self, config: Any) -> None:
-        """The MLflow observer (started before this one) tagged its run with the job id; look
-        the run up off the training thread so the job record links to it while it runs."""
-        try:
-            from mlflow.tracking import MlflowClient
+        """The MLflow observer writes the run's ids to RUN_DIR/tracking.json once the store's
+        process has created the run; pick them up off the training thread (a file read, no
+        MLflow client in this process) so the job record links to the run while it trains."""
+        from gradloop.tracking.state import TrackingState
 
-            from gradloop.tracking.mlflow_store import resolve_uri
-
-            client = MlflowClient(tracking_uri=resolve_uri(config.tracking.uri))
-            experiment = client.get_experiment_by_name(config.tracking.experiment)
-            if experiment is None:
+        run_dir = self._ctx.run_dir if self._ctx is not None else None
+        deadline = time.monotonic() + 600
+        while run_dir is not None and self.status == "running" and time.monotonic() < deadline:
+            try:
+                state = TrackingState.load(run_dir)
+            except (OSError, ValueError):
+                state = None  # (the file is replaced atomically; a read error is only retried)
+            if state is not None and state.run_id and state.experiment_id:
+                self.mlflow_experiment_id = state.experiment_id
+                if not self.mlflow_run_id:
+                    self.mlflow_run_id = state.run_id
                 return
-            runs = client.search_runs(
-                [experiment.experiment_id],
-                filter_string=f"tags.`gradloop.job_id` = '{self.job_id}'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            self.mlflow_experiment_id = experiment.experiment_id
-            if runs and not self.mlflow_run_id:
-                self.mlflow_run_id = runs[0].info.run_id
-        except Exception:
-            pass  # the link is a convenience; the run id is recorded at the end regardless
+            time.sleep(0.25)

@@ -120,7 +120,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         "run_dir": str(result.run_dir) if result.run_dir else None,
         "checkpoint_path": str(result.checkpoint_path) if result.checkpoint_path else None,
         "mlflow_run_id": result.mlflow_run_id,
-        "mlflow_experiment_id": _experiment_of(config, result.mlflow_run_id),
+        "mlflow_experiment_id": _experiment_of(result.run_dir, result.mlflow_run_id),
         "metrics": {k: v for k, v in _finite(result.metrics).items()},
         "progress": {
             **observer.progress(),
@@ -239,14 +239,14 @@ def _finite(metrics: Any) -> dict[str, float]:
     return out
 
 
-def _experiment_of(config: Any, run_id: str | None) -> str | None:
-    if not run_id:
+def _experiment_of(run_dir: Any, run_id: str | None) -> str | None:
+    """The run's experiment, from the tracking.json the run left (no MLflow client here)."""
+    if not run_id or run_dir is None:
         return None
+    from gradloop.tracking.state import TrackingState
+
     try:
-        from mlflow.tracking import MlflowClient
-
-        from gradloop.tracking.mlflow_store import resolve_uri
-
-        return MlflowClient(tracking_uri=resolve_uri(config.tracking.uri)).get_run(run_id).info.experiment_id
-    except Exception:
+        state = TrackingState.load(Path(run_dir))
+    except (OSError, ValueError):
         return None  # the link is a convenience; the run id is already recorded
+    return state.experiment_id if state is not None and state.run_id == run_id else None
