@@ -88,15 +88,16 @@ def check_compatible(cfg: RunConfig, splits: DataSplits, model: nn.Module | None
     whose output shape is wrong.
     """
     errors: list[FieldError] = []
-    errors += _model_vs_data(cfg.model, splits)
-    errors += _loss_vs_data(cfg.loss, splits)
+    errors += model_vs_data(cfg.model, splits)
+    errors += loss_vs_data(cfg.loss, splits)
     if model is not None and not errors:
         errors += _trial_forward(cfg, splits, model)
     if errors:
         raise ConfigError(errors)
 
 
-def _model_vs_data(spec: ModelConfig, splits: DataSplits) -> list[FieldError]:
+def model_vs_data(spec: ModelConfig, splits: DataSplits | Any) -> list[FieldError]:
+    """The model's input and output options against the data's shape (a DataSplits or fitcheck.DataShape)."""
     if is_import_path(spec.name) or spec.name not in registry.models:
         return []
     plugin = registry.models.get(spec.name)
@@ -176,7 +177,7 @@ def _shaped_input(
     return errors
 
 
-def _outputs_phrase(splits: DataSplits) -> str:
+def _outputs_phrase(splits: DataSplits | Any) -> str:
     if splits.task == "classification":
         return f"data has {splits.num_classes} classes"
     if splits.task == "binary":
@@ -184,7 +185,8 @@ def _outputs_phrase(splits: DataSplits) -> str:
     return f"data has {splits.num_outputs} regression target{'s' if splits.num_outputs != 1 else ''}"
 
 
-def _loss_vs_data(spec: PluginSpec, splits: DataSplits) -> list[FieldError]:
+def loss_vs_data(spec: PluginSpec, splits: DataSplits | Any) -> list[FieldError]:
+    """The loss's task and class weights against the data's."""
     if spec.name not in registry.losses:
         return []
     plugin = registry.losses.get(spec.name)

@@ -78,3 +78,11 @@ class ParamsError(GradloopError, ValueError):
 
 class TrainingError(GradloopError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss with on_nonfinite=fail)."""
+
+
+class PluginLoadError(PluginNotFoundError):
+    """A plugin name whose entry point exists but failed to load; the message gives its error."""
+
+    def __init__(self, kind: str, name: str, error: str):
+        self.kind, self.name, self.known, self.suggestion = kind, name, [], None
+        GradloopError.__init__(self, f"{singular(kind)} {name!r} failed to load: {error}")

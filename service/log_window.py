@@ -80,6 +80,8 @@ class LogWindow:
             # Each step's mean loss weighted by its samples: the mean over the logging window.
             self.train_loss = (torch.stack(self._losses).float() @ self._counts_tensor()) / samples
             metrics["train/loss"] = self.train_loss
+        if not samples and self._steps:  # every step of the window was skipped: no loss, not an older one
+            self.train_loss = torch.tensor(float("nan"))
         if self._grad_norm is not None:
             metrics["train/grad_norm"] = self._grad_norm
         for i, group in enumerate(optimizer.param_groups):

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from gradloop.errors import PluginNotFoundError, singular
+from gradloop.errors import PluginLoadError, PluginNotFoundError, singular
 
 KINDS = ("optimizers", "schedulers", "models", "datasets", "losses")
 
@@ -158,6 +158,7 @@ class Registry:
         self._loading = False
         self._lock = threading.RLock()
         self.load_warnings: list[str] = []
+        self._failed: dict[str, str] = {}  # entry-point name -> why it failed to load
 
     # -- registration -------------------------------------------------------------------
     def register(
@@ -201,6 +202,8 @@ class Registry:
         try:
             return self._plugins[name]
         except KeyError:
+            if name in self._failed:
+                raise PluginLoadError(self.kind, name, self._failed[name]) from None
             known = sorted(self._plugins)
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
             raise PluginNotFoundError(self.kind, name, known, close[0] if close else None) from None
@@ -256,10 +259,14 @@ class Registry:
                 if plugin is not None:
                     self.add(plugin)
             except Exception as exc:  # a broken plugin must not take gradloop down
+                dist = getattr(ep, "dist", None)
+                package = f"package {dist.name}, " if dist is not None else ""
+                error = f"{type(exc).__name__}: {_one_line(exc)}"
                 msg = (
-                    f"gradloop: skipped {singular(self.kind)} plugin {ep.name!r} "
-                    f"(entry point {ep.value} in group {self.group}): {type(exc).__name__}: {exc}"
+                    f"{singular(self.kind)} plugin {ep.name!r} ({package}entry point {ep.value}) "
+                    f"failed to load: {error}"
                 )
+                self._failed[ep.name] = error
                 self.load_warnings.append(msg)
                 warnings.warn(msg, PluginLoadWarning, stacklevel=2)
 
@@ -269,6 +276,7 @@ class Registry:
         with self._lock:
             self._plugins = {n: p for n, p in self._plugins.items() if not p.source.startswith("entry point")}
             self.load_warnings = []
+            self._failed = {}
             self._loaded = False
         self._ensure_loaded()
 
@@ -289,6 +297,11 @@ def _import_package_modules(package: str) -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def _first_line(doc: str | None) -> str:

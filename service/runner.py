@@ -36,6 +36,7 @@ from gradloop.checkpoint import LAST, CheckpointError, load_checkpoint, resolve_
 from gradloop.config import RunConfig, load_config
 from gradloop.devices import resolve_device
 from gradloop.errors import GradloopError
+from gradloop.fitcheck import load_checked
 from gradloop.observer import Observer
 from gradloop.seeding import seed_everything
 from gradloop.trainer import Components, Trainer
@@ -86,7 +87,7 @@ def train(
     Raises GradloopError subclasses for problems the user can fix; a failing run tells its
     observers finish("FAILED") before the error propagates.
     """
-    cfg = load_config(config, overrides)
+    cfg = load_checked(config, overrides, fit="on_error")  # the fit itself is checked once the data is built
     if cfg.sweep:
         from gradloop.sweep import run_sweep  # written alongside; a sweep is many train() calls
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradloop.config import RunConfig, get_dotted, set_dotted, validate_config
+from gradloop.config import RunConfig, get_dotted, set_dotted, sweep_grid, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.runner import RunResult
 
@@ -62,7 +62,8 @@ class SweepResult(RunResult):
 
 def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """[(label, child raw config)] for every combination of the grid, in key order."""
-    grid = raw_config.get("sweep") or {}
+    block = raw_config.get("sweep") or {}
+    grid = sweep_grid(block) if isinstance(block, Mapping) else block
     if not isinstance(grid, Mapping) or not grid:
         raise ConfigError.single(
             "sweep", "give a mapping of dotted keys to lists of values, e.g. {optimizer.options.lr: [0.1, 0.01]}"
@@ -85,7 +86,7 @@ def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
                 raise ConfigError.single(
                     f"sweep.{key}", f"this key cannot be set in the config: {exc.args[0]}"
                 ) from None
-        label = ",".join(f"{k}={_short(v)}" for k, v in zip(keys, combo))
+        label = ",".join(f"{k}={_label_value(v)}" for k, v in zip(keys, combo))
         children.append((label, child))
     return children
 
@@ -103,16 +104,17 @@ def run_sweep(
     """Train every child of `config`'s sweep; see the module docstring.
 
     train_one(child_config, parent_run_id) trains one child (default: `service.train` with the
-    child nested under the parent run). metric: what "best" means (default val/loss, else
-    train/loss; lower is better, except for names containing "accuracy").
+    child nested under the parent run). metric: what "best" means (default: the config's
+    sweep.metric, else val/loss, else train/loss), with sweep.goal (default: maximize for names
+    containing "accuracy", else minimize).
     """
     if resume is not None:
         raise GradloopError("--resume cannot resume a whole sweep; resume one child run by its run directory")
-    children = _validated_children(config)
+    sweep_dir = Path(config.output_dir) / config.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    children = _validated_children(config, sweep_dir)
     train_one = train_one or _default_train_one(observers, job_id, stop_event)
     started = time.perf_counter()
     parent = _Parent.open(config, children)
-    sweep_dir = Path(config.output_dir) / config.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     status = "FINISHED"
@@ -132,8 +134,12 @@ def run_sweep(
             status = "KILLED"
             break
 
-    key = metric or _pick_metric(children)
-    best = _best(children, key)
+    settings = config.sweep or {}
+    key = metric or settings.get("metric") or _pick_metric(children)
+    goal = settings.get("goal") or ("maximize" if "accuracy" in key else "minimize")
+    best = _best(children, key, goal)
+    if best is None and any(c.status == "FINISHED" for c in children):
+        log.warning("sweep %s: no finished child has the metric %r; no best child is chosen", config.name, key)
     if status != "KILLED" and not any(c.status == "FINISHED" for c in children):
         status = "FAILED"
     summary = _write_summary(sweep_dir / "sweep_summary.csv", children)
@@ -155,13 +161,15 @@ def run_sweep(
     )
 
 
-def _validated_children(config: RunConfig) -> list[SweepChild]:
-    """Every child config, validated before any of them trains: a bad grid value fails at once."""
+def _validated_children(config: RunConfig, sweep_dir: Path) -> list[SweepChild]:
+    """Every child config, validated before any of them trains: a bad grid value fails at once.
+    A child's run directory goes under the sweep's: sweep_dir/<name>-NN/<run id>."""
     children: list[SweepChild] = []
     errors: list[FieldError] = []
-    grid_keys = list((config.sweep or {}).keys())
+    grid_keys = list(sweep_grid(config.sweep))
     for i, (label, raw) in enumerate(expand_sweep(config.to_dict())):
         raw["name"] = f"{config.name}-{i:02d}"[:100]
+        raw["output_dir"] = str(sweep_dir)
         _fit_options_to_swapped_plugins(raw, grid_keys)
         try:
             cfg = validate_config(raw)
@@ -263,8 +271,8 @@ def _pick_metric(children: list[SweepChild]) -> str:
     return "val/loss" if "val/loss" in have else "train/loss"
 
 
-def _best(children: list[SweepChild], key: str) -> SweepChild | None:
-    sign = -1.0 if "accuracy" in key else 1.0
+def _best(children: list[SweepChild], key: str, goal: str = "minimize") -> SweepChild | None:
+    sign = -1.0 if goal == "maximize" else 1.0
     scored = [
         (sign * c.result.metrics[key], i, c)
         for i, c in enumerate(children)
@@ -302,6 +310,6 @@ def _write_summary(path: Path, children: list[SweepChild]) -> Path:
     return path
 
 
-def _short(value: Any) -> str:
+def _label_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text  # never cut: two labels that differ only at the end must stay told apart

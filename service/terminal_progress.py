@@ -6,6 +6,7 @@ cadence and never forces a host sync of its own between logging steps.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -17,6 +18,13 @@ from gradloop.observer import NullObserver, RunContext, RunStatus
 
 def _as_float(value: Any) -> float:
     return float(value.item()) if hasattr(value, "item") else float(value)
+
+
+def _fmt_value(value: float, digits: int) -> str:
+    """A metric for a person: never a NaN or infinity that reads like a number."""
+    if not math.isfinite(value):
+        return f"{value} (not finite)"
+    return f"{value:.{digits}f}"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -34,12 +42,28 @@ class _ProgressBase(NullObserver):
         self.t0 = time.perf_counter()
         self.loss: float | None = None
         self.val: dict[str, float] = {}
+        self.skipped = 0
+        self.max_skipped = 0.5
 
     def start(self, ctx: RunContext) -> None:
         self.total = ctx.total_steps
         self.epochs = ctx.config.trainer.epochs
+        self.max_skipped = ctx.config.trainer.max_skipped_fraction
         self.start_step = ctx.start_step
         self.t0 = time.perf_counter()
+
+    def _skip_warning(self, step: int, metrics: Mapping[str, Any]) -> str | None:
+        """A warning when steps were skipped since the last logging window, else None."""
+        if "train/skipped_steps" not in metrics:
+            return None
+        skipped = int(_as_float(metrics["train/skipped_steps"]))
+        if skipped <= self.skipped:
+            return None
+        self.skipped = skipped
+        return (
+            f"warning: {skipped} of {step} steps skipped so far (non-finite loss or gradient); "
+            f"the run fails if more than {self.max_skipped:.0%} of its steps are skipped"
+        )
 
     def _rate_and_eta(self, step: int) -> tuple[float, float]:
         elapsed = time.perf_counter() - self.t0
@@ -66,19 +90,22 @@ class LineProgress(_ProgressBase):
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         if "train/loss" in metrics:
             self.loss = _as_float(metrics["train/loss"])
+        warning = self._skip_warning(step, metrics)
+        if warning:
+            self._print(warning)
         now = time.perf_counter()
         if metrics and (now - self._last_print >= self.every_s or step >= self.total):
             self._last_print = now
             rate, eta = self._rate_and_eta(step)
             epoch = int(_as_float(metrics.get("epoch", 0))) + 1 if "epoch" in metrics else "?"
-            loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+            loss = _fmt_value(self.loss, 4) if self.loss is not None else "-"
             eta_s = _fmt_duration(eta) if eta == eta else "?"
             self._print(
                 f"epoch {epoch}/{self.epochs} step {step}/{self.total} loss {loss} {rate:.1f} steps/s eta {eta_s}"
             )
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        shown = " ".join(f"{k} {_as_float(v):.4f}" for k, v in metrics.items() if k.startswith("val/"))
+        shown = " ".join(f"{k} {_fmt_value(_as_float(v), 4)}" for k, v in metrics.items() if k.startswith("val/"))
         if shown:
             self._print(f"step {step}: {shown}")
 
@@ -97,20 +124,29 @@ class BarProgress(_ProgressBase):
         super().__init__()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # Every column but the bar has a bounded width, and the bar shrinks first: at 80
+        # columns the step count, loss, validation loss and ETA all stay on the line.
         self._progress = Progress(
-            TextColumn("[bold]{task.fields[name]}[/] epoch {task.fields[epoch]}"),
-            BarColumn(),
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]} steps/s"),
             TextColumn("{task.fields[val]}"),
+            TextColumn("{task.fields[rate]}/s"),
             TimeRemainingColumn(),
             transient=False,
+            expand=False,
         )
         self._task: Any = None
 
     def start(self, ctx: RunContext) -> None:
         super().start(ctx)
+        resumed = f", resuming at step {ctx.start_step}" if ctx.start_step else ""
+        self._progress.console.print(
+            f"training {ctx.config.name}: {self.total} steps, {self.epochs} epoch(s) on {ctx.device}{resumed}",
+            markup=False,
+            highlight=False,
+        )
         self._progress.start()
         self._task = self._progress.add_task(
             "train",
@@ -128,20 +164,24 @@ class BarProgress(_ProgressBase):
             return
         if "train/loss" in metrics:
             self.loss = _as_float(metrics["train/loss"])
+        warning = self._skip_warning(step, metrics)
+        if warning:
+            self._progress.console.print(warning, style="yellow", markup=False, highlight=False)
         rate, _ = self._rate_and_eta(step)
         epoch = int(_as_float(metrics["epoch"])) + 1 if "epoch" in metrics else 1
         self._progress.update(
             self._task,
             completed=step,
             epoch=f"{min(epoch, self.epochs)}/{self.epochs}",
-            loss=f"{self.loss:.4f}" if self.loss is not None else "-",
+            loss=_fmt_value(self.loss, 4) if self.loss is not None else "-",
             rate=f"{rate:.0f}",
         )
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        shown = " ".join(f"{k} {_as_float(v):.3f}" for k, v in metrics.items() if k.startswith("val/"))
-        if shown and self._task is not None:
-            self._progress.update(self._task, val=shown)
+        # The bar has room for one validation number: the loss (every val/ metric goes to MLflow
+        # and to the summary at the end).
+        if "val/loss" in metrics and self._task is not None:
+            self._progress.update(self._task, val=f"val {_fmt_value(_as_float(metrics['val/loss']), 3)}")
 
     def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
         self._progress.stop()

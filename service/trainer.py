@@ -204,6 +204,8 @@ class Trainer:
             self._start_observers()
             self._loop()
             completed = self.step >= self.total_steps or self.epoch >= self.tc.epochs
+            if completed:
+                self._check_skipped_share()
             status = "KILLED" if self._stopping() and not completed else "FINISHED"
             if status == "FINISHED" and self.parts.val is not None and self.last_val_step != self.step:
                 self._validate(step_scheduler=False)  # final metrics; training is over, so no scheduler step
@@ -230,6 +232,16 @@ class Trainer:
             if step_hook is not None:
                 step_hook.remove()  # the optimizer may outlive this trainer (and must not keep it alive)
             self._finish_observers(status, error)
+
+    def _check_skipped_share(self) -> None:
+        """A run that skipped most of its steps did not train: it ends FAILED, saying so."""
+        limit = self.tc.max_skipped_fraction
+        if self.step and self.skipped_steps / self.step > limit:
+            raise TrainingError(
+                f"{self.skipped_steps} of {self.step} optimizer steps were skipped (non-finite loss or gradient), "
+                f"more than trainer.max_skipped_fraction = {limit:g} of them; lower optimizer.options.lr or set "
+                "trainer.grad_clip_norm (or raise trainer.max_skipped_fraction to accept such a run)"
+            )
 
     def _loop(self) -> None:
         tc, model, opt, log_window = self.tc, self.model, self.optimizer, self.log_window

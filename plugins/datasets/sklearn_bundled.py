@@ -13,12 +13,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gradloop.data import DataContext, DataSplits, TensorData, make_splits
+from gradloop.fitcheck import DataShape, shape_from_options
 from gradloop.registry import datasets
 
 _REGRESSION = {"diabetes"}
 _BINARY_OK = {"breast_cancer"}
 # The full datasets' class counts, so a small max_samples subset cannot shrink the output layer.
 _NUM_CLASSES = {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}
+_NUM_FEATURES = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30, "diabetes": 10}
 
 
 class SklearnOptions(BaseModel):
@@ -102,3 +104,15 @@ def sklearn_dataset(*, options: SklearnOptions, ctx: DataContext) -> DataSplits:
         standardize_dims=dims,
         description=desc,
     )
+
+
+@shape_from_options("sklearn")
+def _shape(options: SklearnOptions) -> DataShape:
+    """What sklearn_dataset returns, known without loading scikit-learn (tested against it)."""
+    features: int | tuple[int, ...] = (1, 8, 8) if options.as_images else _NUM_FEATURES[options.dataset]
+    if options.dataset in _REGRESSION:
+        return DataShape("regression", features, 1, None)
+    if options.binary:
+        return DataShape("binary", features, 1, None)
+    classes = _NUM_CLASSES[options.dataset]
+    return DataShape("classification", features, classes, classes)

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gradloop.data import DataContext, DataSplits, TensorData, make_splits
+from gradloop.fitcheck import DataShape, shape_from_options
 from gradloop.registry import datasets
 
 
@@ -74,3 +75,15 @@ def synthetic_classification(*, options: ClassificationOptions, ctx: DataContext
     if options.binary:
         return make_splits(TensorData(x, y.float().unsqueeze(1)), ctx, "binary", description=desc)
     return make_splits(TensorData(x, y), ctx, "classification", num_classes=options.n_classes, description=desc)
+
+
+@shape_from_options("synthetic_regression")
+def _regression_shape(options: RegressionOptions) -> DataShape:
+    return DataShape("regression", options.n_features, options.n_targets, None)
+
+
+@shape_from_options("synthetic_classification")
+def _classification_shape(options: ClassificationOptions) -> DataShape:
+    if options.binary:
+        return DataShape("binary", options.n_features, 1, None)
+    return DataShape("classification", options.n_features, options.n_classes, options.n_classes)

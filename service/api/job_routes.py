@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from gradloop.api.submit import (
     validate_http_config,
 )
 from gradloop.config import RunConfig
+from gradloop.fitcheck import checked
 from gradloop.jobs.events import job_events
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import job_dir, log_path
@@ -50,12 +52,26 @@ def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _uuid(job_id: str) -> str:
-    """Job ids are UUIDs; anything else cannot name a job (and never reaches a file path)."""
+_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
+
+
+def _uuid(job_id: str, store: JobStore | None = None) -> str:
+    """Job ids are UUIDs, or a unique prefix of one (as `gradloop jobs` shows it, like git's
+    short hashes); anything else cannot name a job (and never reaches a file path)."""
     try:
         return str(uuid.UUID(job_id))
     except ValueError:
+        pass
+    prefix = job_id.lower()
+    if store is None or not _PREFIX.match(prefix):
         raise HTTPException(404, f"no job has id {job_id!r}; job ids are UUIDs from POST /v1/jobs") from None
+    found = store.ids_starting_with(prefix, limit=10)
+    if not found:
+        raise HTTPException(404, f"no job has an id starting with {job_id!r}; list jobs with GET /v1/jobs")
+    if len(found) > 1:
+        listed = ", ".join(found[:9]) + (", ..." if len(found) > 9 else "")
+        raise HTTPException(409, f"{job_id!r} is the start of several job ids ({listed}); give more of the id")
+    return found[0]
 
 
 _YAML_BODY = {
@@ -141,10 +157,22 @@ def _validated(body: bytes, content_type: str, settings: Any) -> tuple[dict[str,
         raw, lines = parse_body(body, content_type)
     except UnsupportedMediaTypeError as exc:
         raise HTTPException(415, str(exc)) from None
-    config = validate_http_config(
-        raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits
+    return raw, _with_fit_check(raw, lines, settings)
+
+
+def _with_fit_check(raw: dict[str, Any], lines: dict[str, int], settings: Any) -> RunConfig:
+    """validate_http_config, and the model/data/loss fit in the same 422, so that a job that would
+    fail on it is refused now rather than FAILED later. The fit check reads no data here: the
+    dataset's shape comes from its options (built-in datasets say how) or from an earlier check;
+    a dataset that cannot say is checked when its job starts, before its first step."""
+    return checked(
+        lambda: validate_http_config(
+            raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits
+        ),
+        raw,
+        lines=lines,
+        probe=False,
     )
-    return raw, config
 
 
 @router.get(
@@ -170,7 +198,7 @@ def list_jobs(
     responses={404: PROBLEM_RESPONSES[404]},
 )
 def get_job(request: Request, job_id: str) -> Response:
-    job = _store(request).require(_uuid(job_id))
+    job = _store(request).require(_uuid(job_id, _store(request)))
     return json_response(job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui, with_config=True))
 
 
@@ -182,7 +210,7 @@ def get_job(request: Request, job_id: str) -> Response:
     responses={404: PROBLEM_RESPONSES[404], 409: PROBLEM_RESPONSES[409]},
 )
 def cancel_job(request: Request, job_id: str) -> JobOut:
-    job = _store(request).cancel(_uuid(job_id))
+    job = _store(request).cancel(_uuid(job_id, _store(request)))
     if request.app.state.pool is not None:
         request.app.state.pool.wake()
     return job_out(job, mlflow_ui=request.app.state.settings.mlflow_ui)
@@ -199,7 +227,7 @@ def job_event_stream(
     job_id: str,
     last_event_id: Annotated[str | None, Header(max_length=20, description="resume after this event id")] = None,
 ) -> Response:
-    job_id = _uuid(job_id)
+    job_id = _uuid(job_id, _store(request))
     store = _store(request)
     store.require(job_id)
     after = 0
@@ -223,7 +251,7 @@ def job_logs(
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 256 * 1024,
 ) -> Response:
-    job_id = _uuid(job_id)
+    job_id = _uuid(job_id, _store(request))
     job = _store(request).require(job_id)
     jobs_dir = request.app.state.settings.jobs_dir
     # The log is opened without following links: a job.log that points elsewhere reads as 404.
@@ -250,7 +278,7 @@ class JobFiles(BaseModel):
     responses={404: PROBLEM_RESPONSES[404]},
 )
 def job_artifacts(request: Request, job_id: str) -> JobFiles:
-    job_id = _uuid(job_id)
+    job_id = _uuid(job_id, _store(request))
     _store(request).require(job_id)
     files, truncated = list_files(job_dir(request.app.state.settings.jobs_dir, job_id))
     return JobFiles(files=[JobFile.model_validate(f) for f in files], truncated=truncated)
@@ -273,7 +301,7 @@ def job_artifact(
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_FILE_CHUNK)] = MAX_FILE_CHUNK,
 ) -> Response:
-    job_id = _uuid(job_id)
+    job_id = _uuid(job_id, _store(request))
     _store(request).require(job_id)
     resolved = safe_path(job_dir(request.app.state.settings.jobs_dir, job_id), path)
     try:

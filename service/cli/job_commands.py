@@ -9,6 +9,7 @@ follows the job's event stream with a progress bar and exits with the job's outc
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -111,6 +112,7 @@ def serve(
         ),
         **({"data_root": data_root} if data_root is not None else {}),
     )
+    _print_banner(settings, host=host, port=port, workers=workers)
     if workers > 1:
         _serve_workers(settings, workers, host=host, port=port, log_level=log_level)
         return
@@ -118,6 +120,45 @@ def serve(
     # Open event streams must not hold a stopping service past its grace period.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     _draining_server(config, app, cancel_grace).run()
+
+
+def _print_banner(settings: Any, *, host: str, port: int, workers: int) -> None:
+    """Where the service listens and keeps its state, and what start-up waits for."""
+    resolved = settings.resolved()
+    shown_host = f"[{host}]" if ":" in host else host
+    rows = [
+        ("url", f"http://{shown_host}:{port}"),
+        ("state dir", str(resolved.state_dir)),
+        ("job store", _hide_password(resolved.db)),
+        (
+            "MLflow store",
+            _hide_password(resolved.tracking_uri) + " (runs of jobs go here; MLFLOW_TRACKING_URI is not used)",
+        ),
+        ("data root", str(resolved.data_root)),
+        ("API processes", str(workers)),
+        (
+            "jobs at once",
+            "one per visible GPU, else 1" if settings.max_concurrent is None else str(settings.max_concurrent),
+        ),
+    ]
+    err.print("gradloop serve", style="bold", highlight=False)
+    for k, v in rows:
+        err.print(f"  {k:<13}  {v}", soft_wrap=True, markup=False, highlight=False)
+    err.print(
+        "starting: migrating the job store, loading the plugins (imports torch), starting the job workers; "
+        "GET /readyz answers 200 once they are done",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True) if "://" in url and "@" in url else url
+    except Exception:
+        return url
 
 
 def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_level: str) -> None:
@@ -287,36 +328,76 @@ def submit(
     job = client.call("POST", "/v1/jobs", content=body, headers=headers, params={"priority": priority}).json()
     print(job["id"])
     if wait:
-        raise typer.Exit(_follow(client, job["id"]))
+        try:
+            code = _follow(client, job["id"])
+        except KeyboardInterrupt:
+            # Ctrl-C stops the watching, not the job: say so, and how to stop the job too.
+            err.print(
+                f"detached; the job goes on: gradloop cancel {job['id']} to stop it", highlight=False, soft_wrap=True
+            )
+            code = 0
+        raise typer.Exit(code)
+
+
+def _steps_text(total: Any, done: Any, status: str) -> str:
+    """`12/560 steps` once the job knows its length; its state until then (never `0/None`)."""
+    if isinstance(total, int) and total > 0:
+        return f"{done or 0}/{total} steps"
+    return status
 
 
 def _follow(client: Client, job_id: str) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     status = "queued"
+    # Bounded text columns and a bar that shrinks first: readable at 80 columns.
     with Progress(
         TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         console=err,
         transient=False,
+        expand=False,
     ) as bar:
-        task = bar.add_task(f"job {job_id[:8]}", total=None, info="queued")
+        task = bar.add_task(f"job {job_id[:8]}", total=None, steps=status, info="")
         for _, event, data in client.events(job_id):
             if event == "progress":
                 loss = data.get("metrics", {}).get("train/loss")
                 info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (
-                    f" loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+                    f" loss {_fmt_metric(loss)}" if isinstance(loss, (int, float)) else ""
                 )
-                bar.update(task, total=data.get("total_steps") or None, completed=data.get("step") or 0, info=info)
+                total = data.get("total_steps") or None
+                steps = _steps_text(total, data.get("step"), status)
+                bar.update(task, total=total, completed=data.get("step") or 0, steps=steps, info=info)
             elif event == "state":
                 status = data.get("status", status)
-                bar.update(task, info=status)
+                if bar.tasks[0].total is None:
+                    bar.update(task, steps=status)
+                else:
+                    bar.update(task, info=status)
     job = client.call("GET", f"/v1/jobs/{job_id}").json()
     _print_job(job)
     return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job["status"], EXIT_FAILED)
+
+
+def _fmt_metric(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} (not finite)"
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+OutputOption = typer.Option("table", "--output", "-o", help="table (for people) or json (for scripts)")
+JsonOption = typer.Option(False, "--json", help="the same as --output json")
+
+
+def _output(output: str, as_json: bool) -> str:
+    if as_json:
+        return "json"
+    if output not in ("table", "json"):
+        _fail(f"--output {output!r} is not known; use table or json", EXIT_USAGE)
+    return output
 
 
 @app.command()
@@ -325,21 +406,23 @@ def jobs(
     token: str | None = TokenOption,
     status: list[str] | None = typer.Option(None, "--status", help="only jobs in this state (repeatable)"),
     limit: int = typer.Option(20, "--limit", min=1, max=200),
-    as_json: bool = typer.Option(False, "--json"),
+    output: str = OutputOption,
+    as_json: bool = JsonOption,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (ids shortened: any unique start of an id names the job)."""
     page = Client(server, token).call("GET", "/v1/jobs", params={"status": status or [], "limit": limit}).json()
-    if as_json:
+    if _output(output, as_json) == "json":
         print(json.dumps(page, indent=2))
         return
-    table = Table(title="jobs")
-    for col in ("id", "name", "status", "attempt", "step", "created", "mlflow run"):
-        table.add_column(col)
+    table = Table(title="jobs", title_justify="left")
+    for col in ("id", "name", "status", "attempt", "step", "created"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("mlflow run", overflow="fold")
     for j in page["jobs"]:
         p = j.get("progress") or {}
-        step = f"{p.get('step')}/{p.get('total_steps')}" if p.get("total_steps") else "-"
+        step = f"{p.get('step') or 0}/{p.get('total_steps')}" if p.get("total_steps") else "-"
         table.add_row(
-            j["id"],
+            j["id"][:SHORT_ID],
             j["name"],
             j["status"],
             str(j["attempt"]),
@@ -350,10 +433,10 @@ def jobs(
     out.print(table)
 
 
+SHORT_ID = 8  # as `gradloop jobs` shows ids; status, cancel and logs take any unique prefix
+
+
 def _print_job(job: dict[str, Any]) -> None:
-    table = Table(title=f"job {job['id']}: {job['status']}", show_header=False, title_justify="left")
-    table.add_column("", style="bold")
-    table.add_column("")
     p = job.get("progress") or {}
     rows = [
         ("name", job["name"]),
@@ -363,36 +446,43 @@ def _print_job(job: dict[str, Any]) -> None:
         ("finished", job.get("finished_at") or "-"),
         (
             "progress",
-            f"epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('total_steps')}"
+            f"epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step') or 0}/{p.get('total_steps')}"
             if p.get("total_steps")
             else "-",
         ),
     ]
     rows += [
-        (k, f"{v:.4g}") for k, v in sorted((job.get("metrics") or {}).items()) if k.startswith(("train/loss", "val/"))
+        (k, _fmt_metric(v))
+        for k, v in sorted((job.get("metrics") or {}).items())
+        if k.startswith(("train/loss", "train/skipped", "val/"))
     ]
     if job.get("error"):
         e = job["error"]
         rows.append(("error", f"{e['type']}: {e['message']}" + (f" (step {e['step']})" if e.get("step") else "")))
     m = job.get("mlflow") or {}
     if m.get("run_id"):
-        rows.append(("mlflow run", m.get("url") or m["run_id"]))
+        rows.append(("mlflow run", m["run_id"]))
+        if m.get("url"):
+            rows.append(("mlflow url", m["url"]))
     rows.append(("checkpoint", job.get("checkpoint_path") or "-"))
+    # Plain lines, not a table: URLs and paths are copied from here, so never cut or wrapped.
+    out.print(f"job {job['id']}: {job['status']}", style="bold", soft_wrap=True, markup=False, highlight=False)
+    width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        table.add_row(k, str(v))
-    out.print(table)
+        out.print(f"  {k:<{width}}  {v}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
 def status(
-    job_id: str = typer.Argument(...),
+    job_id: str = typer.Argument(..., help="a job id, or any unique start of one"),
     server: str | None = ServerOption,
     token: str | None = TokenOption,
-    as_json: bool = typer.Option(False, "--json"),
+    output: str = OutputOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Show one job: state, progress, metrics, error, MLflow run."""
     job = Client(server, token).call("GET", f"/v1/jobs/{job_id}").json()
-    if as_json:
+    if _output(output, as_json) == "json":
         print(json.dumps(job, indent=2))
     else:
         _print_job(job)
@@ -404,7 +494,7 @@ def cancel(
 ) -> None:
     """Cancel a job: a queued one at once, a running one at its next step (with a checkpoint)."""
     job = Client(server, token).call("POST", f"/v1/jobs/{job_id}/cancel").json()
-    out.print(f"job {job['id']}: {job['status']}")
+    out.print(f"job {job['id']}: {job['status']}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -8,8 +8,11 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (config, arguments), 130 stop
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,7 @@ def run(
     A config with `distributed.strategy: ddp` (or fsdp) starts its ranks here through torch's
     elastic launcher; on several machines, run the same command on each with --nnodes,
     --node-rank and --rdzv-endpoint, as with torchrun."""
+    from gradloop.checkpoint import CheckpointError
     from gradloop.runner import train
 
     if resume and len(configs) > 1:
@@ -81,10 +85,17 @@ def run(
     for path in configs:
         try:
             result = train(path, overrides=overrides, resume=resume)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped without waiting for the step's checkpoint
+            command = shlex.join(["gradloop", "run", str(path), *_set_args(overrides), "--resume", "latest"])
+            err.print(
+                f"interrupted; continue from its last checkpoint (if it wrote one) with: {command}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
             outcomes.append((str(path), "KILLED", "interrupted"))
             break
-        except ConfigError as exc:
+        except (ConfigError, CheckpointError) as exc:  # a bad config or --resume: bad input, exit 2
             _report_error(exc, str(path))
             outcomes.append((str(path), "INVALID", exc))
             continue
@@ -92,7 +103,7 @@ def run(
             _report_error(exc, str(path))
             outcomes.append((str(path), "FAILED", exc))
             continue
-        _print_result(result)
+        _print_result(result, path, overrides)
         outcomes.append((str(path), getattr(result, "status", "FINISHED"), result))
     if len(configs) > 1:
         _print_outcomes(outcomes)
@@ -107,62 +118,70 @@ def run(
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
+        if not math.isfinite(value):  # a NaN or infinity must not read as a number
+            return f"{value} (not finite)"
         return f"{value:.4g}"
     return "-" if value is None else str(value)
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Any, config: Path | None = None, overrides: list[str] | None = None) -> None:
     children = getattr(result, "children", None)
-    if children is not None:  # a sweep: one row per child run
-        table = Table(title=f"sweep {getattr(result, 'name', '')}: {len(children)} runs")
-        for col in ("run", "status", "train/loss", "val/loss", "val/accuracy", "steps"):
-            table.add_column(col)
-        for child in children:
-            m = child.result.metrics if child.result is not None else {}
-            steps = child.result.steps if child.result is not None else None
-            table.add_row(
-                child.label,
-                child.status,
-                _fmt(m.get("train/loss")),
-                _fmt(m.get("val/loss")),
-                _fmt(m.get("val/accuracy")),
-                _fmt(steps),
-            )
-        out.print(table)
-        if result.best is not None:
-            out.print(f"best: {result.best.label}  (summary: {result.summary_path})")
-        if result.mlflow_run_id:
-            out.print(f"mlflow parent run: {result.mlflow_run_id}")
+    if children is not None:
+        _print_sweep(result)
         return
     m = result.metrics or {}
-    table = Table(title=f"{result.name}: {result.status.lower()}", show_header=False, title_justify="left")
-    table.add_column("", style="bold", no_wrap=True)
-    table.add_column("", overflow="fold")  # paths are copied from here: wrap them, never cut them
-    for key in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
-        if key in m:
-            table.add_row(key, _fmt(m[key]))
-    table.add_row("steps", f"{result.steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'})")
+    # Plain `key  value` lines, not a table: paths and ids are copied from here, so they are
+    # never cut or wrapped, whatever the terminal's width (soft_wrap leaves that to the terminal).
+    rows: list[tuple[str, str]] = [
+        (k, _fmt(m[k])) for k in ("train/loss", "train/accuracy", "val/loss", "val/accuracy") if k in m
+    ]
+    steps = f"{result.steps} ({result.epochs} epoch{'' if result.epochs == 1 else 's'})"
+    if result.skipped_steps:
+        steps += f", {result.skipped_steps} skipped"
+    rows.append(("steps", steps))
     if getattr(result, "world_size", 1) > 1:
-        table.add_row("processes", f"{result.world_size} (global batch {result.global_batch_size})")
-    table.add_row("time", f"{result.duration_s:.2f} s")
-    table.add_row("checkpoint", str(result.checkpoint_path or "-"))
-    table.add_row("run dir", str(result.run_dir))
+        rows.append(("processes", f"{result.world_size} (global batch {result.global_batch_size})"))
+    rows.append(("time", f"{result.duration_s:.2f} s"))
+    rows += [("checkpoint", str(result.checkpoint_path or "-")), ("run dir", str(result.run_dir))]
     if result.mlflow_run_id:
-        table.add_row("mlflow run", result.mlflow_run_id)
+        rows.append(("mlflow run", result.mlflow_run_id))
+    out.print(f"{result.name}: {result.status.lower()}", style="bold", soft_wrap=True, markup=False, highlight=False)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"  {key:<{width}}  {value}", soft_wrap=True, markup=False, highlight=False)
+    if result.status == "KILLED" and result.checkpoint_path is not None and config is not None:
+        command = ["gradloop", "run", str(config), *_set_args(overrides), "--resume", str(result.checkpoint_path)]
+        out.print(f"stopped; continue it with: {shlex.join(command)}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _set_args(overrides: list[str] | None) -> list[str]:
+    return [arg for item in overrides or [] for arg in ("--set", item)]
+
+
+def _print_sweep(result: Any) -> None:
+    table = Table(title=f"sweep {getattr(result, 'name', '')}: {len(result.children)} runs", title_justify="left")
+    for col in ("status", "train/loss", "val/loss", "val/accuracy", "steps"):
+        table.add_column(col, no_wrap=True)
+    # The run's label (its sweep values) goes last and folds rather than being cut: two labels
+    # that differ only at the end must stay told apart.
+    table.add_column("run", overflow="fold")
+    for child in result.children:
+        m = child.result.metrics if child.result is not None else {}
+        steps = child.result.steps if child.result is not None else None
+        table.add_row(
+            child.status,
+            _fmt(m.get("train/loss")),
+            _fmt(m.get("val/loss")),
+            _fmt(m.get("val/accuracy")),
+            _fmt(steps),
+            child.label,
+        )
     out.print(table)
-    _print_dashboard(result)
-
-
-def _print_dashboard(result: Any) -> None:
-    """The link to the run's charts, on a line of its own (a terminal must not cut or wrap it)."""
-    from gradloop.tracking import dashboard  # (no MLflow import: tracking.json says where)
-
-    link = dashboard(result.run_dir) if result.mlflow_run_id else None
-    if link is None:
-        return
-    out.print(f"charts: {link.url}", soft_wrap=True, highlight=False, markup=False)
-    if link.command:
-        out.print(f"  (serve them first: {link.command})", soft_wrap=True, highlight=False, markup=False)
+    if result.best is not None:
+        out.print(f"best: {result.best.label}", soft_wrap=True, markup=False, highlight=False)
+        out.print(f"summary: {result.summary_path}", soft_wrap=True, markup=False, highlight=False)
+    if result.mlflow_run_id:
+        out.print(f"mlflow parent run: {result.mlflow_run_id}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _print_outcomes(outcomes: list[tuple[str, str, Any]]) -> None:
@@ -184,13 +203,13 @@ def validate(
     set_: list[str] | None = SetOption,
     as_json: bool = typer.Option(False, "--json", help="print the resolved config as JSON"),
 ) -> None:
-    """Print each CONFIG fully resolved (defaults filled in), or every error in it."""
-    from gradloop.config import load_config
+    """Print each CONFIG fully resolved (defaults filled in), or every error a run would meet before its first step."""
+    from gradloop.fitcheck import load_checked
 
     failed = False
     for path in configs:
         try:
-            cfg = load_config(path, set_ or [])
+            cfg = load_checked(path, set_ or [])
         except ConfigError as exc:
             _report_error(exc, str(path))
             failed = True
@@ -233,9 +252,7 @@ def plugins(
                 d["name"], d["description"] + ("" if d["source"] == "builtin" else f"\n[dim]{d['source']}[/]"), opts
             )
         out.print(table)
-    for k in kinds:
-        for w in registry.registry(k).load_warnings:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    # Plugins that failed to load were reported as they loaded, once (see _one_line_warnings).
 
 
 def _describe_option(o: dict) -> str:
@@ -256,17 +273,22 @@ def sync(
     """Send what a run could not send to MLflow (idempotent: nothing is sent twice)."""
     from gradloop.tracking.sync import sync_run_dir
 
-    failed = False
+    code = 0
     for run_dir in run_dirs:
+        if not (run_dir / "tracking.json").is_file():  # not a run directory: bad input, not a failed sync
+            what = "does not exist" if not run_dir.exists() else "is not a gradloop run directory (no tracking.json)"
+            _report_error(GradloopError(f"{run_dir} {what}; give a run directory such as runs/<name>/<run id>"))
+            code = max(code, EXIT_USAGE)
+            continue
         try:
             report = sync_run_dir(run_dir)
         except GradloopError as exc:
             _report_error(exc, str(run_dir))
-            failed = True
+            code = max(code, EXIT_FAILED)
             continue
-        out.print(f"{run_dir}: {report}")
-    if failed:
-        raise typer.Exit(EXIT_FAILED)
+        out.print(f"{run_dir}: {report}", soft_wrap=True)
+    if code:
+        raise typer.Exit(code)
 
 
 def _mount_job_commands() -> None:
@@ -283,10 +305,29 @@ def _mount_job_commands() -> None:
 _mount_job_commands()
 
 
+def _one_line_warnings() -> None:
+    """A plugin that failed to load is one line naming it, its package and its error, printed
+    once; Python's default would add the source line of the warnings.warn call."""
+    from gradloop.registry import PluginLoadWarning
+
+    previous = warnings.showwarning
+    shown: set[str] = set()
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, PluginLoadWarning):
+            previous(message, category, *args, **kwargs)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            err.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     # MLflow logs at INFO by default (database migrations, system-metrics threads starting and
     # stopping): noise around the progress bar. A user's own MLFLOW_LOGGING_LEVEL still wins.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    _one_line_warnings()
     try:
         app(args=argv, prog_name="gradloop")
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ is worded) and yaml_source.py (safe YAML that remembers each key's line).
 
 from gradloop.config.loading import apply_overrides, get_dotted, load_config, load_raw_text, read_raw, set_dotted
 from gradloop.config.schema import (
+    SWEEP_SETTINGS,
     DataConfig,
     DistributedConfig,
     ModelConfig,
@@ -15,11 +16,13 @@ from gradloop.config.schema import (
     SchedulerConfig,
     TrackingConfig,
     TrainerConfig,
+    sweep_grid,
 )
 from gradloop.config.validation import PLUGIN_FIELDS, is_import_path, validate_config
 
 __all__ = [
     "PLUGIN_FIELDS",
+    "SWEEP_SETTINGS",
     "DataConfig",
     "DistributedConfig",
     "ModelConfig",
@@ -37,5 +40,6 @@ __all__ = [
     "load_raw_text",
     "read_raw",
     "set_dotted",
+    "sweep_grid",
     "validate_config",
 ]

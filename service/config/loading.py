@@ -25,10 +25,26 @@ def load_config(
 ) -> RunConfig:
     """Load, override and fully validate a run config; raise ConfigError listing every problem."""
     raw, lines, source = read_raw(config)
+    overrides = list(overrides)
     raw = apply_overrides(raw, overrides, source)
     return validate_config(
-        raw, lines=lines, source=source, allow_import_paths=allow_import_paths, check_runtime=check_runtime
+        raw,
+        lines=lines,
+        source=source,
+        allow_import_paths=allow_import_paths,
+        check_runtime=check_runtime,
+        overridden=overridden_keys(overrides),
     )
+
+
+def overridden_keys(overrides: Iterable[str]) -> dict[str, str]:
+    """Dotted key -> the `--set` text that set it: an error there names the override, not a file line."""
+    found = {}
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if m:
+            found[m.group(1)] = item.strip()
+    return found
 
 
 def read_raw(config: Any) -> tuple[dict[str, Any], dict[str, int], str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gradloop.config.yaml_source import dump_yaml
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+
+
+# Keys of a `sweep:` block that are settings of the sweep rather than dotted config keys to vary.
+SWEEP_SETTINGS = ("metric", "goal")
+
+
+def sweep_grid(sweep: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+    """The grid of a `sweep:` block: its dotted keys and their values, without metric and goal."""
+    return {k: v for k, v in (sweep or {}).items() if k not in SWEEP_SETTINGS}
 
 
 class Strict(BaseModel):
@@ -70,6 +80,12 @@ class TrainerConfig(Strict):
     grad_clip_value: float | None = Field(None, gt=0, description="clip each gradient element to [-v, v]")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     on_nonfinite: Literal["fail", "skip_step"] = "fail"
+    max_skipped_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a run that skips more than this share of its optimizer steps (non-finite, fp16 overflow) fails",
+    )
     val_every_epochs: int = Field(1, ge=0, description="validate every N epochs (0: only when val_every_steps says)")
     val_every_steps: int | None = Field(None, ge=1)
     checkpoint_every_steps: int | None = Field(None, ge=1)
@@ -164,15 +180,28 @@ class RunConfig(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    sweep: dict[str, list[Any]] | None = Field(None, description="grid over dotted keys; each combination is one run")
+    sweep: dict[str, list[Any] | str] | None = Field(
+        None,
+        description="grid over dotted keys (each combination is one run), plus `metric` and `goal` "
+        "(minimize | maximize) that choose the best run",
+    )
 
     @field_validator("sweep")
     @classmethod
-    def _sweep_non_empty(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+    def _sweep_non_empty(cls, v: dict[str, list[Any] | str] | None) -> dict[str, list[Any] | str] | None:
         if v is not None:
             for key, values in v.items():
-                if not values:
+                if key in SWEEP_SETTINGS:
+                    if not isinstance(values, str):
+                        raise ValueError(f"sweep.{key} is a setting of the sweep, not a grid key; give one string")
+                    if key == "goal" and values not in ("minimize", "maximize"):
+                        raise ValueError(f"sweep.goal must be minimize or maximize, not {values!r}")
+                elif not isinstance(values, list):
+                    raise ValueError(f"sweep.{key} must be a list of values to try")
+                elif not values:
                     raise ValueError(f"sweep.{key} has no values; give at least one")
+            if not sweep_grid(v):
+                raise ValueError("the sweep has no grid keys; add e.g. optimizer.options.lr: [0.1, 0.01]")
         return v
 
     def to_dict(self) -> dict[str, Any]:

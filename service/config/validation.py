@@ -8,13 +8,23 @@ is allowed and, for YAML files, the line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from gradloop.config.messages import did_you_mean, pydantic_message
-from gradloop.config.schema import RunConfig
+from gradloop.config.schema import (
+    DEVICE_PATTERN,
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    PluginSpec,
+    RunConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
 from gradloop.errors import ConfigError, FieldError, PluginNotFoundError
 
 PLUGIN_FIELDS = (
@@ -38,14 +48,24 @@ def validate_config(
     source: str | None = None,
     allow_import_paths: bool = True,
     check_runtime: bool = True,
+    overridden: Mapping[str, str] | None = None,
 ) -> RunConfig:
+    """The validated config, or one ConfigError with every problem found.
+
+    overridden: dotted key -> `--set` text; an error at or under such a key names the override
+    instead of the file's line, which no longer holds the value.
+    """
     from gradloop import registry  # late: plugins register on first registry use
 
     lines = lines or {}
     errors: list[FieldError] = []
 
     def err(path: str, message: str) -> None:
-        errors.append(FieldError(path, message, _line_for(path, lines)))
+        origin = override_of(path, overridden or {})
+        if origin is not None:
+            errors.append(FieldError(path, f"{message} (set by --set {origin})"))
+        else:
+            errors.append(FieldError(path, message, line_for(path, lines)))
 
     try:
         cfg: RunConfig | None = RunConfig.model_validate(raw)
@@ -85,19 +105,51 @@ def validate_config(
             _check_param_group_options(plugin, spec, err)
 
     if cfg is None:
-        raise ConfigError(errors, source)
-    # `cfg` is new: validation built its own containers, so it is resolved in place (a deep
-    # copy here was a fifth of a submission's validation time).
-    resolved = cfg
-    for field_name, options in resolved_options.items():
-        getattr(resolved, field_name).options = options
-
-    _cross_field_checks(resolved, err)
+        # The checks between fields still run on the sections that are valid on their own, so
+        # that fixing the errors above does not reveal a second round of them.
+        sections = _valid_sections(raw)
+    else:
+        # `cfg` is new: validation built its own containers, so it is resolved in place (a deep
+        # copy here was a fifth of a submission's validation time).
+        for field_name, options in resolved_options.items():
+            getattr(cfg, field_name).options = options
+        sections = {name: getattr(cfg, name) for name in _SECTIONS}
+        sections["device"] = cfg.device
+    _cross_field_checks(sections, err)
     if check_runtime:
-        _runtime_checks(resolved, err)
-    if errors:
+        _runtime_checks(sections, err)
+    if errors or cfg is None:
         raise ConfigError(errors, source)
-    return resolved
+    return cfg
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": PluginSpec,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
+    "trainer": TrainerConfig,
+}
+
+
+def _valid_sections(raw: Any) -> dict[str, Any]:
+    """Each top-level section that validates on its own (defaults where it is left out); None for the others."""
+    found: dict[str, Any] = {name: None for name in _SECTIONS}
+    if not isinstance(raw, Mapping):
+        return found
+    for name, model in _SECTIONS.items():
+        value = raw.get(name)
+        if value is None and name in ("trainer", "scheduler"):
+            found[name] = TrainerConfig() if name == "trainer" else None
+            continue
+        try:
+            found[name] = model.model_validate(value)
+        except ValidationError:
+            pass
+    device = raw.get("device", "auto")
+    found["device"] = device if isinstance(device, str) and re.match(DEVICE_PATTERN, device) else None
+    return found
 
 
 def _check_import_path(name: str, allowed: bool, err: Any) -> None:
@@ -143,39 +195,52 @@ def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -
                     err(".".join(["optimizer", "param_groups", str(i), *loc]), pydantic_message(e, plugin.options))
 
 
-def _cross_field_checks(cfg: RunConfig, err: Any) -> None:
+def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
+    """Rules between fields; each runs when the sections it reads are valid (see _valid_sections)."""
     from gradloop import registry
 
-    if cfg.optimizer.name in registry.optimizers:
-        caps = registry.optimizers.get(cfg.optimizer.name).capabilities
-        if caps.get("closure") and cfg.trainer.grad_accum_steps > 1:
+    optimizer, trainer, scheduler, data = (sections.get(k) for k in ("optimizer", "trainer", "scheduler", "data"))
+    if optimizer is not None and trainer is not None and optimizer.name in registry.optimizers:
+        caps = registry.optimizers.get(optimizer.name).capabilities
+        if caps.get("closure") and trainer.grad_accum_steps > 1:
             err(
                 "trainer.grad_accum_steps",
-                f"{cfg.optimizer.name} re-evaluates the loss through a closure and cannot accumulate gradients; set grad_accum_steps to 1",
+                f"{optimizer.name} re-evaluates the loss through a closure and cannot accumulate gradients; set grad_accum_steps to 1",
             )
-        if caps.get("closure") and cfg.trainer.precision == "fp16":
-            err("trainer.precision", f"{cfg.optimizer.name} cannot run with fp16 gradient scaling; use fp32 or bf16")
-    if cfg.scheduler is not None and cfg.scheduler.name in registry.schedulers:
-        caps = registry.schedulers.get(cfg.scheduler.name).capabilities
-        if caps.get("monitor") and cfg.data.val_fraction == 0:
+        if caps.get("closure") and trainer.precision == "fp16":
+            err("trainer.precision", f"{optimizer.name} cannot run with fp16 gradient scaling; use fp32 or bf16")
+    if scheduler is not None and data is not None and scheduler.name in registry.schedulers:
+        caps = registry.schedulers.get(scheduler.name).capabilities
+        if caps.get("monitor") and data.val_fraction == 0:
             err(
                 "scheduler.name",
-                f"{cfg.scheduler.name} watches a validation metric but data.val_fraction is 0; hold out some data (e.g. 0.2)",
+                f"{scheduler.name} watches a validation metric but data.val_fraction is 0; hold out some data (e.g. 0.2)",
             )
-    if cfg.trainer.grad_clip_norm is not None and cfg.trainer.grad_clip_value is not None:
+        elif (
+            caps.get("monitor") and trainer is not None and not trainer.val_every_epochs and not trainer.val_every_steps
+        ):
+            err(
+                "trainer.val_every_epochs",
+                f"{scheduler.name} steps after each validation but validation is off; "
+                "set trainer.val_every_epochs or trainer.val_every_steps",
+            )
+    if trainer is not None and trainer.grad_clip_norm is not None and trainer.grad_clip_value is not None:
         err("trainer.grad_clip_value", "set grad_clip_norm or grad_clip_value, not both")
 
 
-def _runtime_checks(cfg: RunConfig, err: Any) -> None:
-    """Checks that depend on this machine: is the asked-for device here?"""
+def _runtime_checks(sections: Mapping[str, Any], err: Any) -> None:
+    """Checks that depend on this machine: is the asked-for device here, and its precision?"""
     from gradloop.devices import DeviceError, resolve_device
 
+    if sections.get("device") is None:
+        return  # the structural pass has reported it
     try:
-        device = resolve_device(cfg.device)
+        device = resolve_device(sections["device"])
     except DeviceError as exc:
         err("device", str(exc))
         return
-    if cfg.trainer.precision == "fp16" and device.type != "cuda":
+    trainer = sections.get("trainer")
+    if trainer is not None and trainer.precision == "fp16" and device.type != "cuda":
         err("trainer.precision", f"fp16 needs a CUDA device (this run uses {device}); use bf16 or fp32 on CPU")
     if cfg.distributed.enabled:
         from gradloop.distributed.checks import check_distributed  # torch.distributed only when asked for
@@ -183,7 +248,19 @@ def _runtime_checks(cfg: RunConfig, err: Any) -> None:
         check_distributed(cfg, err)
 
 
-def _line_for(path: str, lines: Mapping[str, int]) -> int | None:
+def override_of(path: str, overridden: Mapping[str, str]) -> str | None:
+    """The `--set` text that set `path` or a key above it, if any."""
+    parts = path.split(".")
+    while parts:
+        found = overridden.get(".".join(parts))
+        if found is not None:
+            return found
+        parts.pop()
+    return None
+
+
+def line_for(path: str, lines: Mapping[str, int]) -> int | None:
+    """The line of `path` in the file, else of the nearest enclosing key written there."""
     parts = path.split(".")
     while parts:
         line = lines.get(".".join(parts))

@@ -23,6 +23,7 @@ from typing import Any
 from gradloop.jobs.records import Fence, StaleAttemptError
 from gradloop.jobs.store import JobStore
 from gradloop.observer import NullObserver, RunContext, RunStatus
+from gradloop.tracking.gradstats import metric_safe
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
 
@@ -90,7 +91,7 @@ class JobProgressObserver(NullObserver):
         for key, value in metrics.items():
             number = _number(value)
             if number is not None:
-                self.metrics[key] = number
+                self.metrics[metric_safe(key)] = number  # the name MLflow has (train/lr/layers.0._)
         if "epoch" in self.metrics:
             self.epoch = int(self.metrics["epoch"]) + 1  # the trainer counts from 0; people from 1
         first = step == self.start_step + 1
@@ -101,7 +102,7 @@ class JobProgressObserver(NullObserver):
         for key, value in metrics.items():
             number = _number(value)
             if number is not None:
-                self.metrics[key] = number
+                self.metrics[metric_safe(key)] = number
         self._write(event=True)
 
     def log_checkpoint(self, path: Path, step: int) -> None:

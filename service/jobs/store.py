@@ -234,6 +234,12 @@ class JobStore:
             raise JobNotFoundError(job_id)
         return job
 
+    def ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids of the jobs whose id starts with `prefix` (lowercase hex and dashes), at most `limit`."""
+        query = select(jobs.c.id).where(jobs.c.id.startswith(prefix, autoescape=True)).order_by(jobs.c.id).limit(limit)
+        with self.read() as conn:
+            return [r.id for r in conn.execute(query)]
+
     def list(
         self, *, statuses: Sequence[str] = (), limit: int = 50, cursor: str | None = None
     ) -> tuple[list[JobRecord], str | None]:

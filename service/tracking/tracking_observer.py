@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import time
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,9 +106,9 @@ class MlflowObserver:
         # had created it, the run tracking.json names).
         resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and ctx.start_step else None)
         resumed = resume_id is not None
-        run_name = (
-            previous.run_name if resumed and previous is not None else f"{self.config.name}-{uuid.uuid4().hex[:6]}"
-        )
+        # A new run is named after the config and the run directory's short id (`<time>-<6 hex>`).
+        short_id = self.run_dir.name.rsplit("-", 1)[-1]
+        run_name = previous.run_name if resumed and previous is not None else f"{self.config.name}-{short_id}"
         if resumed:
             # Steps the earlier process already journaled (and sent, or left for sync) are not
             # logged twice: the journal in this directory is the run's record.

@@ -193,3 +193,71 @@ def test_cli_submit_wait_status_jobs_logs(service: Service, tmp_path) -> None:
     bad.write_text(IRIS_YAML.replace("epochs: 2", "epochs: 0"))
     refused = cli("submit", str(bad))
     assert refused.returncode == 2 and "trainer.epochs" in refused.stderr
+
+
+def test_submit_refuses_a_model_that_does_not_fit_the_data_up_front(service: Service) -> None:
+    """The model/data fit is checked before the job is queued: a 422 now, not a FAILED job later,
+    together with the config's other errors."""
+    from tests.support.api_service import problem
+
+    cfg = iris_config("misfit", tracking=False)
+    cfg["model"]["options"]["in_features"] = 32
+    body = problem(service.submit(cfg), 422)
+    assert [e["path"] for e in body["errors"]] == ["model.options.in_features"]
+    assert "4 features" in body["errors"][0]["message"]
+    before = service.http.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
+    assert "misfit" not in {j["name"] for j in before}
+
+
+def test_ids_by_unique_prefix_and_json_output(service: Service, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    job = service.submit(iris_config("prefixed", tracking=False)).json()
+    service.wait_for(job["id"])
+    assert service.http.get(f"/v1/jobs/{job['id'][:8]}").json()["id"] == job["id"]
+    env = {**os.environ, "GRADLOOP_SERVER": service.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gradloop.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    shown = cli("status", job["id"][:8], "--output", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == job["id"]
+    listed = cli("jobs", "-o", "json")
+    assert job["id"] in {j["id"] for j in json.loads(listed.stdout)["jobs"]}
+    table = cli("jobs")
+    assert job["id"][:8] in table.stdout and job["id"] not in table.stdout  # short ids, copyable
+
+
+def test_submit_wait_at_80_columns_then_ctrl_c_detaches(service: Service, tmp_path) -> None:
+    """On a terminal of 80 columns the job's bar shows its state, then n/N steps (never 0/None);
+    Ctrl-C detaches, says how to cancel, exits 0, and the job goes on."""
+    import re
+    import sys
+
+    import yaml
+
+    from tests.support.terminal import Terminal
+
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(iris_config("detach-me", epochs=2000, tracking=False)))
+    term = Terminal(
+        [sys.executable, "-m", "gradloop.cli.main", "submit", str(config), "--wait"],
+        columns=80,
+        env={"GRADLOOP_SERVER": service.url},
+    )
+    assert term.read_until(lambda s: re.search(r"\d+/16000 steps", s) is not None, timeout=120), term.screen[-2000:]
+    term.interrupt()
+    code = term.finish()
+    screen = term.screen
+    job_id = screen.split()[0]
+    assert code == 0, screen[-2000:]
+    assert f"detached; the job goes on: gradloop cancel {job_id} to stop it" in screen
+    assert "None" not in screen
+    assert all(len(line) <= 80 for line in term.lines() if "━" in line)
+    assert service.job(job_id)["status"] == "running"
+    service.http.post(f"/v1/jobs/{job_id}/cancel")
+    assert service.wait_for(job_id)["status"] == "cancelled"

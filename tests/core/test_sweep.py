@@ -116,3 +116,21 @@ def test_train_runs_a_sweep_from_a_config(tmp_path: Path, sqlite_uri: str) -> No
         [client.get_run(result.mlflow_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'"
     )
     assert sorted(k.data.params["optimizer.options.lr"] for k in kids) == ["0.05", "0.1"]
+
+
+def test_sweep_metric_and_goal_choose_the_best_and_children_live_in_the_sweep_dir(tmp_path: Path) -> None:
+    """sweep.metric / sweep.goal say what "best" is (issue 18, item 10); here the worst val/loss
+    wins because the goal says maximize, which the default (minimize val/loss) never picks."""
+    cfg = base(tmp_path, "unused")
+    cfg["tracking"] = {"enabled": False}
+    cfg["trainer"]["epochs"] = 1
+    cfg["sweep"] = {"optimizer.options.lr": [0.3, 0.0001], "metric": "val/loss", "goal": "maximize"}
+    result = train(cfg)
+    assert isinstance(result, SweepResult) and [c.status for c in result.children] == ["FINISHED", "FINISHED"]
+    losses = {c.label: c.result.metrics["val/loss"] for c in result.children}
+    assert result.best is not None and losses[result.best.label] == max(losses.values())
+    for child in result.children:  # sweep_dir/<name>-NN/<run id>
+        assert child.result.run_dir.parent.parent == result.run_dir
+    cfg["sweep"]["goal"] = "sideways"
+    with pytest.raises(ConfigError, match="sweep.goal must be minimize or maximize"):
+        load_config(cfg)

@@ -116,7 +116,13 @@ def test_skip_step_skips_the_update_and_keeps_going(tmp_path):
 def test_skipped_step_leaves_weights_untouched(tmp_path):
     # Step 1 is poisoned; with lr on plain SGD the weights after step 1 equal the initial ones.
     h.FAULTS["nan_at"] = 1
-    cfg = h.base_config(tmp_path, trainer__on_nonfinite="skip_step", trainer__max_steps=1, trainer__val_every_epochs=0)
+    cfg = h.base_config(
+        tmp_path,
+        trainer__on_nonfinite="skip_step",
+        trainer__max_steps=1,
+        trainer__val_every_epochs=0,
+        trainer__max_skipped_fraction=1.0,  # its one step is skipped on purpose
+    )
     result = train(cfg)
     h.reset()
     init = h.base_config(

@@ -292,3 +292,26 @@ def test_a_session_stalled_inside_a_transaction_does_not_keep_its_job_from_other
             stalled.invalidate()  # (should the assertion fail, its lock must not hold up the clean-up)
         store.close()
         drop_pg_schema(schema)
+
+
+def test_a_unique_id_prefix_names_a_job_and_an_ambiguous_one_lists_candidates(store: JobStore) -> None:
+    """`gradloop jobs` shows short ids; every /v1/jobs/{id} route takes a unique prefix (issue 18)."""
+    from starlette.exceptions import HTTPException
+
+    from gradloop.api.job_routes import _uuid
+
+    ids = ["abcd0000-0000-4000-8000-000000000001", "abcd1111-0000-4000-8000-000000000002"]
+    for i, job_id in enumerate(ids):
+        store.submit({"name": "x"}, request_hash=f"h{i}", name="x", device="cpu", job_id=job_id)
+    assert store.ids_starting_with("abcd") == ids
+    assert _uuid("abcd1", store) == ids[1]
+    assert _uuid("ABCD0000", store) == ids[0]  # as a person may type it
+    with pytest.raises(HTTPException) as ambiguous:
+        _uuid("abcd", store)
+    assert ambiguous.value.status_code == 409 and ids[0] in ambiguous.value.detail and ids[1] in ambiguous.value.detail
+    with pytest.raises(HTTPException) as missing:
+        _uuid("ffff", store)
+    assert missing.value.status_code == 404
+    with pytest.raises(HTTPException) as odd:
+        _uuid("ab%_", store)  # not hex: never a query pattern
+    assert odd.value.status_code == 404
