@@ -213,9 +213,13 @@ def test_ids_by_unique_prefix_and_json_output(service: Service, tmp_path) -> Non
     import subprocess
     import sys
 
-    job = service.submit(iris_config("prefixed", tracking=False)).json()
-    service.wait_for(job["id"])
+    cfg = iris_config("prefixed", tracking=False)
+    cfg["optimizer"]["param_groups"] = [{"match": "layers.0.*", "lr": 0.05}]
+    job = service.submit(cfg).json()
+    done = service.wait_for(job["id"])
     assert service.http.get(f"/v1/jobs/{job['id'][:8]}").json()["id"] == job["id"]
+    # A glob group's learning rate has the name MLflow gives it, here as there (issue 18, item 11).
+    assert done["metrics"]["train/lr/layers.0._"] == 0.05 and "train/lr/layers.0.*" not in done["metrics"]
     env = {**os.environ, "GRADLOOP_SERVER": service.url}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -261,3 +265,10 @@ def test_submit_wait_at_80_columns_then_ctrl_c_detaches(service: Service, tmp_pa
     assert service.job(job_id)["status"] == "running"
     service.http.post(f"/v1/jobs/{job_id}/cancel")
     assert service.wait_for(job_id)["status"] == "cancelled"
+
+
+def test_serve_prints_where_it_keeps_things_and_what_it_waits_for(service: Service) -> None:
+    text = service.log_file.read_text()
+    assert f"http://127.0.0.1:{service.port}" in text and str(service.state_dir.resolve()) in text
+    assert service.tracking_uri in text and "MLFLOW_TRACKING_URI is not used" in text
+    assert "loading the plugins" in text and "GET /readyz answers 200" in text
