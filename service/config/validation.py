@@ -115,6 +115,7 @@ def validate_config(
             getattr(cfg, field_name).options = options
         sections = {name: getattr(cfg, name) for name in _SECTIONS}
         sections["device"] = cfg.device
+        sections["config"] = cfg
     _cross_field_checks(sections, err)
     if check_runtime:
         _runtime_checks(sections, err)
@@ -242,7 +243,8 @@ def _runtime_checks(sections: Mapping[str, Any], err: Any) -> None:
     trainer = sections.get("trainer")
     if trainer is not None and trainer.precision == "fp16" and device.type != "cuda":
         err("trainer.precision", f"fp16 needs a CUDA device (this run uses {device}); use bf16 or fp32 on CPU")
-    if cfg.distributed.enabled:
+    cfg = sections.get("config")  # the whole config, when it is valid: the distributed checks read all of it
+    if cfg is not None and cfg.distributed.enabled:
         from gradloop.distributed.checks import check_distributed  # torch.distributed only when asked for
 
         check_distributed(cfg, err)
