@@ -19,7 +19,8 @@ then holds this rank's sizes and the windows' sample counts over all ranks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -215,6 +216,8 @@ class LoaderBatches:
         self.pin = device.type == "cuda"
         self.shard = shard
         self.plan = shard_plan(n, batch_size, drop_last, accum, shard, what=what)
+        self._loader: DataLoader | None = None
+        self._sampler = _EpochBatches()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(self.n, self.seed, epoch, self.shuffle)
@@ -229,24 +232,71 @@ class LoaderBatches:
             index_batches = [flat[i * b : (i + 1) * b] for i in range(start, len(self.plan))]
         if not index_batches:
             return
-        # The loader's generator seeds its workers; taking it from (seed, epoch) rather than the
-        # global RNG keeps worker-side randomness reproducible and leaves dropout's RNG alone.
-        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "workers"))
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=index_batches,
-            num_workers=self.num_workers,
-            pin_memory=self.pin,
-            generator=g,
-            persistent_workers=False,
-        )
+        if self.num_workers:
+            loader = self._worker_loader()
+            # Items are (epoch, index): each sample's randomness (augmentations) comes from a
+            # generator seeded by (seed, epoch, index), whichever worker decodes it, so a resumed
+            # run sees the same crops as an uninterrupted one, with workers kept across epochs.
+            self._sampler.batches = [[(epoch, i) for i in batch] for batch in index_batches]
+        else:
+            # In-process: the loader's generator, from (seed, epoch) rather than the global RNG.
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "workers"))
+            loader = DataLoader(self.dataset, batch_sampler=index_batches, num_workers=0, generator=g)
         for batch in loader:
             x, y = _split_batch(batch)
-            yield _to_device(x, self.device), y.to(self.device, non_blocking=self.pin)
+            yield to_device(x, self.device), y.to(self.device, non_blocking=self.pin)
+
+    def _worker_loader(self) -> DataLoader:
+        """One DataLoader for the whole run: its workers start once (persistent_workers) and
+        decode in the background; each epoch hands its batches to the same sampler."""
+        if self._loader is None:
+            self._sampler = _EpochBatches()
+            self._loader = DataLoader(
+                _SeededItems(self.dataset, self.seed),
+                batch_sampler=self._sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.pin,
+                persistent_workers=True,
+                generator=torch.Generator().manual_seed(derive_seed(self.seed, "workers")),
+            )
+        return self._loader
 
     def example_input(self) -> Any:
         x, _ = _split_batch(self.dataset[0])
+        if isinstance(x, Mapping):
+            return {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
         return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
+
+
+class _EpochBatches:
+    """The batch sampler of a persistent DataLoader: the current epoch's batches, set before each."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _SeededItems(Dataset):
+    """dataset[index] for the key (epoch, index), drawn with torch's and Python's RNGs seeded from
+    (seed, epoch, index). Only used in DataLoader workers, whose RNG nothing else relies on."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        sample_seed = derive_seed(self.seed, epoch, index)
+        torch.manual_seed(sample_seed)
+        random.seed(sample_seed)
+        return self.dataset[index]
 
 
 def make_batches(
@@ -301,11 +351,15 @@ def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     )
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
+def to_device(x: Any, device: torch.device) -> Any:
+    """A batch's inputs on `device`: a tensor, or tensors in a mapping (e.g. input_ids and
+    attention_mask) or a sequence."""
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=device.type == "cuda")
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, Sequence) and not isinstance(x, str):
-        return type(x)(_to_device(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x
 
 
@@ -319,4 +373,5 @@ __all__ = [
     "epoch_order",
     "plan_sizes",
     "shard_plan",
+    "to_device",
 ]

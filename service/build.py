@@ -16,7 +16,6 @@ dataset's per-sample shape (the cnn says ("in_channels", "image_size", "image_si
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,11 +24,12 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from gradloop import registry
+from gradloop.batching import to_device
 from gradloop.config import DataConfig, ModelConfig, PluginSpec, RunConfig, is_import_path
 from gradloop.data import DataContext, DataSplits, TensorData, default_data_root
-from gradloop.errors import ConfigError, FieldError
-
-AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from gradloop.errors import ConfigError, FieldError, TrainingError
+from gradloop.outputs import logits_of
+from gradloop.plugin_files import resolve_model_paths
 
 _TASK_WORDS = {"classification": "a classification", "regression": "a regression", "binary": "a binary"}
 
@@ -37,10 +37,11 @@ _TASK_WORDS = {"classification": "a classification", "regression": "a regression
 # -- building -----------------------------------------------------------------------------
 
 
-def build_model(spec: ModelConfig) -> nn.Module:
-    """A registered model by name, or `package.module:fn` called as fn(**options)."""
+def build_model(spec: ModelConfig, data_root: str | None = None) -> nn.Module:
+    """A registered model by name, or `package.module:fn` called as fn(**options). Path options
+    (weights, a model folder) resolve under the data root, like a dataset's."""
     if not is_import_path(spec.name):
-        return registry.models.build(spec.name, spec.options)
+        return registry.models.build(spec.name, resolve_model_paths(spec.name, spec.options, data_root))
     from gradloop.import_paths import resolve_import_path
 
     factory = resolve_import_path(spec.name)
@@ -222,36 +223,50 @@ def _trial_forward(cfg: RunConfig, splits: DataSplits, model: nn.Module) -> list
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x.to(device))
+            out = model(to_device(x, device))
     except Exception as exc:
         return [
             FieldError(
                 "model.name",
-                f"{cfg.model.name} fails on a batch of data samples of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}; make the model take this input",
+                f"{cfg.model.name} fails on a batch of data samples {_input_phrase(x)}: {type(exc).__name__}: {exc}; "
+                f"make the model take this input",
             )
         ]
     finally:
         model.train(was_training)
-    want = (len(x), splits.num_outputs)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    try:
+        logits = logits_of(out)
+    except TrainingError as exc:
+        return [FieldError("model.name", f"{cfg.model.name}: {exc}")]
+    # Per sample (N, outputs), or per token (N, T, outputs) against targets (N, T).
+    want = (len(y), *tuple(y.shape[1:-1] if splits.task != "classification" else y.shape[1:]), splits.num_outputs)
+    if tuple(logits.shape) != want:
         return [
             FieldError(
                 "model.name",
-                f"{cfg.model.name} returns {got} for a batch of {len(x)}, but {_outputs_phrase(splits)}, so it must return {want}; make its output (N, {splits.num_outputs})",
+                f"{cfg.model.name} returns {tuple(logits.shape)} for a batch of {len(y)}, but {_outputs_phrase(splits)}, so it must return {want}; "
+                f"make its output {want}",
             )
         ]
     try:
         loss = build_loss(cfg.loss).to(device)
-        loss(out, y.to(device))
+        loss(logits, y.to(device))
     except Exception as exc:
         return [
             FieldError(
                 "loss.name",
-                f"{cfg.loss.name} fails on the model's output {tuple(out.shape)} and targets {tuple(y.shape)} of {y.dtype}: {type(exc).__name__}: {exc}",
+                f"{cfg.loss.name} fails on the model's output {tuple(logits.shape)} and targets {tuple(y.shape)} of {y.dtype}: {type(exc).__name__}: {exc}",
             )
         ]
     return []
+
+
+def _input_phrase(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"of shape {tuple(x.shape[1:])}"
+    if isinstance(x, dict):
+        return "with " + ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in x.items() if isinstance(v, torch.Tensor))
+    return f"of type {type(x).__name__}"
 
 
 def _first_samples(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -265,18 +280,3 @@ def _first_samples(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | Non
     except Exception:
         return None  # an unusual Dataset: leave it to the trainer's first step
     return x, y
-
-
-# -- metrics ------------------------------------------------------------------------------
-
-
-def accuracy_fn(task: str) -> AccuracyFn | None:
-    """How to count correct predictions: argmax for classification, logit > 0 for binary.
-
-    The returned function gives the count as a 0-d tensor (no host sync); None for regression.
-    """
-    if task == "classification":
-        return lambda output, target: (output.argmax(dim=-1) == target).sum()
-    if task == "binary":
-        return lambda output, target: ((output > 0) == (target > 0.5)).sum()
-    return None

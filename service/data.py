@@ -58,6 +58,8 @@ class DataSplits:
     num_outputs: int  # what the model's last layer must produce
     num_classes: int | None = None  # classification only
     description: str = ""
+    class_names: tuple[str, ...] | None = None  # for the confusion matrix's axes
+    default_metrics: tuple[str, ...] | None = None  # when the config names none (default: the task's)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradloop.config import RunConfig
-from gradloop.errors import FieldError
+from gradloop.errors import ConfigError, FieldError
+from gradloop.plugin_files import dataset_bytes, resolve_model_paths
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ServiceLimits(BaseModel):
         10_000_000, ge=1, description="samples a generated dataset may have (options n_samples / max_samples)"
     )
     max_dataset_bytes: int = Field(
-        10 * 1024**3, ge=1, description="size of a dataset file (options.path under the data root)"
+        10 * 1024**3, ge=1, description="bytes of the files a dataset reads (its files under the data root)"
     )
     max_model_params: int = Field(
         1_000_000_000, ge=1, description="parameters of the model, counted on the meta device"
@@ -85,12 +86,12 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
                 )
             )
 
-    size = _file_bytes(config.data.options, config.data.root, data_root)
+    size = dataset_bytes(config, data_root)
     if size is not None and size > limits.max_dataset_bytes:
         errors.append(
             FieldError(
                 "data.options.path",
-                f"the file is {size} bytes, over this service's limit of {limits.max_dataset_bytes}; use a smaller file",
+                f"the dataset's files are {size} bytes, over this service's limit of {limits.max_dataset_bytes}; use a smaller dataset",
             )
         )
 
@@ -104,7 +105,11 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
             )
         )
 
-    params = model_parameters(config.model.name, json.dumps(config.model.options, sort_keys=True))
+    try:
+        options = resolve_model_paths(config.model.name, config.model.options, config.data.root or str(data_root))
+    except ConfigError:
+        options = None  # a path outside the root or missing: reported by the path check or the build
+    params = model_parameters(config.model.name, json.dumps(options, sort_keys=True)) if options is not None else None
     if params is not None and params > limits.max_model_params:
         errors.append(
             FieldError(
@@ -129,17 +134,6 @@ def _declared_samples(options: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
-
-
-def _file_bytes(options: dict[str, Any], configured_root: str | None, data_root: Path) -> int | None:
-    path = options.get("path")
-    if not isinstance(path, str):
-        return None
-    root = Path(configured_root) if configured_root else data_root
-    try:
-        return (root / path).stat().st_size
-    except (OSError, ValueError):
-        return None  # a missing file is the dataset plugin's error to report, with its own words
 
 
 @lru_cache(maxsize=256)

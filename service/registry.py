@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gradloop.errors import PluginLoadError, PluginNotFoundError, singular
 
-KINDS = ("optimizers", "schedulers", "models", "datasets", "losses")
+KINDS = ("optimizers", "schedulers", "models", "datasets", "losses", "metrics")
 
 
 class NoOptions(BaseModel):
@@ -318,6 +318,7 @@ schedulers = Registry("schedulers")
 models = Registry("models")
 datasets = Registry("datasets")
 losses = Registry("losses")
+metrics = Registry("metrics")
 
 REGISTRIES: dict[str, Registry] = {
     "optimizers": optimizers,
@@ -325,6 +326,7 @@ REGISTRIES: dict[str, Registry] = {
     "models": models,
     "datasets": datasets,
     "losses": losses,
+    "metrics": metrics,
 }
 
 

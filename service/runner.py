@@ -241,14 +241,30 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
 
     On several ranks, each rank's batches are its part of every global batch, and the model is
     wrapped in DDP (after SyncBatchNorm conversion, before which the optimizer must not be built)."""
-    from gradloop.build import accuracy_fn, build_data, build_loss, build_model, check_compatible
+    from gradloop.build import build_data, build_loss, build_model, check_compatible
     from gradloop.distributed.sampler import Shard
     from gradloop.optim import build_optimizer_from_config
+    from gradloop.outputs import IGNORE_INDEX
+    from gradloop.val_metrics import build_metric_set
 
     splits = build_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.root)
     check_compatible(cfg, splits, model)
     loss_fn = build_loss(cfg.loss)
+    has_val = splits.val is not None and len(splits.val) > 0
+    # Without validation data no metric is computed: torchmetrics (seconds to import) stays unloaded.
+    metrics = (
+        build_metric_set(
+            cfg.metrics,
+            splits.task,
+            splits.num_classes,
+            splits.num_outputs,
+            ignore_index=getattr(loss_fn, "ignore_index", IGNORE_INDEX),
+            defaults=splits.default_metrics,
+        ).to(device)
+        if has_val
+        else None
+    )
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn = loss_fn.to(device)
     model = model.to(device)  # before the optimizer, so its state is created on the device
@@ -275,7 +291,7 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
         shard=shard,
     )
     val_batches = None
-    if splits.val is not None and len(splits.val) > 0:
+    if has_val:
         val_batches = make_batches(
             splits.val,
             cfg.data.eval_batch_size or cfg.data.batch_size,
@@ -311,7 +327,8 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
         scheduler=scheduler,
         scheduler_capabilities=caps,
         closure=closure,
-        accuracy=accuracy_fn(splits.task),
+        metrics=metrics,
+        class_names=list(splits.class_names) if splits.class_names else None,
         parallel=parallel,
     )
 

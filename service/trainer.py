@@ -37,12 +37,12 @@ from gradloop.devices import autocast_dtype
 from gradloop.errors import ConfigError, TrainingError
 from gradloop.log_window import LogWindow
 from gradloop.observer import Observer, RunContext, RunStatus
+from gradloop.outputs import logits_of
 from gradloop.seeding import capture_rng_state, restore_rng_state
+from gradloop.val_metrics import MetricSet
 
 if TYPE_CHECKING:
     from gradloop.distributed.wrap import Parallel
-
-AccuracyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -57,7 +57,8 @@ class Components:
     scheduler: Any = None
     scheduler_capabilities: Mapping[str, Any] = field(default_factory=dict)
     closure: bool = False  # optimizer re-evaluates the loss (L-BFGS)
-    accuracy: AccuracyFn | None = None  # counts correct predictions as a 0-d tensor
+    metrics: MetricSet | None = None  # validation metrics (torchmetrics), updated batch by batch
+    class_names: list[str] | None = None  # for the confusion matrix's axes
     parallel: Parallel | None = None  # DDP and the process group, on several ranks
 
 
@@ -209,6 +210,8 @@ class Trainer:
             status = "KILLED" if self._stopping() and not completed else "FINISHED"
             if status == "FINISHED" and self.parts.val is not None and self.last_val_step != self.step:
                 self._validate(step_scheduler=False)  # final metrics; training is over, so no scheduler step
+            if status == "FINISHED":
+                self._log_figures()
             if status == "KILLED" or self.tc.checkpoint_at_end:
                 self.save_checkpoint()
             return FitOutcome(
@@ -261,21 +264,23 @@ class Trainer:
                 self._step_grad_norms = None
 
                 # 1. Gradients of the window. Each micro-batch's mean loss is weighted by its
-                #    share of the window's samples, so the accumulated gradient is the gradient
-                #    of the mean loss over the whole window -- also for a short last window, and
+                #    share of the window (of its samples, or of its real tokens for a loss that
+                #    counts them), so the accumulated gradient is the gradient of the mean loss
+                #    over the whole window -- also for a short last window or uneven padding, and
                 #    on several ranks (times the world size, since DDP averages over the ranks).
                 #    Gradients are synced across ranks at the window's last backward only.
                 if self.parts.closure:
                     window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
                 else:
                     window_loss = None  # the window's mean loss, summed on the device (no sync)
-                    for i, size in enumerate(window.sizes):
-                        x, y = next(batches)
+                    micro_batches = [next(batches) for _ in window.sizes]
+                    shares = self._shares(window, micro_batches)
+                    for i, ((x, y), share) in enumerate(zip(micro_batches, shares)):
                         with self._grad_sync(i == len(window.sizes) - 1):
                             with self._autocast():
-                                loss = self.loss_fn(self.forward(x), y)
-                            if len(window.sizes) > 1 or self.world_size > 1:
-                                loss = loss * (size * self.world_size / window.samples)
+                                loss = self.loss_fn(logits_of(self.forward(x)), y)
+                            if share is not None:
+                                loss = loss * share
                             self.scaler.scale(loss).backward()
                         window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
 
@@ -326,6 +331,20 @@ class Trainer:
                 self._end_of_epoch()
             _close(batches)
 
+    def _shares(self, window: Window, micro_batches: list[Batch]) -> list[Any]:
+        """Each micro-batch's weight in its window's loss: None for a window of one in one process;
+        else its part of the window's samples (times the world size: DDP averages over the ranks)
+        or, for a loss with `units(target)` (e.g. real tokens), its part of this rank's units --
+        exact in one process; on several ranks, DDP then averages the ranks' token means."""
+        if len(window.sizes) == 1 and self.world_size == 1:
+            return [None]
+        units = getattr(self.loss_fn, "units", None)
+        if units is None:
+            return [size * self.world_size / window.samples for size in window.sizes]
+        counts = [units(y) for _, y in micro_batches]
+        total = torch.stack(counts).sum().clamp(min=torch.finfo(torch.float32).tiny)
+        return [c / total for c in counts]
+
     def _end_of_epoch(self) -> None:
         epoch_done = self.epoch + 1
         if (
@@ -353,7 +372,7 @@ class Trainer:
             # optimizer would follow their sum instead of the gradient at the current weights.
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                loss = self.loss_fn(self.forward(x), y)
+                loss = self.loss_fn(logits_of(self.forward(x)), y)
             loss.backward()
             if not first:  # the first evaluation is at the step's starting weights: check it and show it
                 first["loss"], first["norm"] = loss.detach(), self._total_grad_norm()
@@ -473,43 +492,60 @@ class Trainer:
         return metrics
 
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """val/loss (sample-weighted mean) and, for classification, val/accuracy; back to train mode after."""
+        """val/loss (the mean over samples, or over real tokens for a loss that counts them) and
+        the run's metrics over the whole validation set; back to train mode after."""
         val = self.parts.val
         if val is None:
             return {}
+        metrics_set = self.parts.metrics
+        units = getattr(self.loss_fn, "units", None)
+        if metrics_set is not None:
+            metrics_set.reset()
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                loss_sum, correct, n = self._zero, self._zero, 0
+                loss_sum, n = self._zero, self._zero
                 for x, y in val.epoch(0):
                     with self._autocast():
                         out = self._eval_forward(x)
-                        loss = self.loss_fn(out, y)
-                    size = len(y)
-                    loss_sum = loss_sum + loss.float() * size
-                    if self.parts.accuracy is not None:
-                        correct = correct + self.parts.accuracy(out, y)
-                    n += size
+                        loss = self.loss_fn(logits_of(out), y)
+                    weight = units(y) if units is not None else len(y)
+                    loss_sum = loss_sum + loss.float() * weight
+                    n = n + weight
+                    if metrics_set is not None:
+                        metrics_set.update(out, y)
         finally:
             self.model.train(was_training)
         if self.dist is not None:  # sums over every rank's part of the validation set
-            totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=self.device)])
+            totals = torch.stack([loss_sum.float(), torch.as_tensor(n, dtype=torch.float32, device=self.device)])
             self.dist.reduce_sum(totals)
-            loss_sum, correct, n = totals[0], totals[1], int(totals[2].item())
-        if n == 0:
+            loss_sum, n = totals[0], totals[1]
+        if (float(n) == 0) if self.dist is not None else not len(val.plan):
             return {}
-        metrics = {"val/loss": loss_sum / n}
-        if self.parts.accuracy is not None:
-            metrics["val/accuracy"] = correct.float() / n
+        metrics = {"val/loss": loss_sum / n.clamp(min=torch.finfo(torch.float32).tiny)}
+        if metrics_set is not None:
+            metrics.update(metrics_set.compute())
         return metrics
+
+    def _log_figures(self) -> None:
+        """The last validation's matrices (confusion matrix) as PNGs, handed to observers that take files."""
+        if self.parts.metrics is None:
+            return
+        for path in self.parts.metrics.save_figures(self.run_dir / "figures", self.parts.class_names):
+            for obs in self.observers:
+                log_artifact = getattr(obs, "log_artifact", None)  # optional in the Observer protocol
+                if log_artifact is not None:
+                    log_artifact(path, "plots")
 
     def _plateau_monitor(self) -> str | None:
         """The metric a monitoring scheduler (reduce-on-plateau) steps on, checked upfront."""
         if self.scheduler is None or not self.parts.scheduler_capabilities.get("monitor"):
             return None
         monitor = str((self.config.scheduler.options if self.config.scheduler else {}).get("monitor", "val/loss"))
-        available = ["val/loss"] + (["val/accuracy"] if self.parts.accuracy is not None else [])
+        available = ["val/loss"] + [
+            f"val/{k}" for k in (self.parts.metrics.scalar_keys() if self.parts.metrics else [])
+        ]
         if monitor not in available:
             raise ConfigError.single(
                 "scheduler.options.monitor",

@@ -18,6 +18,7 @@ from gradloop.config import RunConfig, load_raw_text, validate_config
 from gradloop.config.yaml_source import MAX_DEPTH
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.limits import ServiceLimits, check_limits
+from gradloop.plugin_files import paths_outside
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JSON_TYPES = ("application/json", "")
@@ -154,6 +155,7 @@ def validate_http_config(
         config = validate_config(raw, lines=lines, allow_import_paths=False)
     except ConfigError as exc:
         raise ConfigError(errors + exc.errors) from None
+    errors += [FieldError(e.path, e.message, _line(e.path, lines)) for e in paths_outside(config, data_root)]
     if errors:
         raise ConfigError(errors)
     over = check_limits(config, limits or ServiceLimits(), data_root)

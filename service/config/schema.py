@@ -95,6 +95,16 @@ class TrainerConfig(Strict):
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
 
+class MetricConfig(PluginSpec):
+    key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="logged as val/<key> (default: the name); needed to use one metric twice",
+    )
+
+
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = Field(
@@ -180,6 +190,11 @@ class RunConfig(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    metrics: list[str | MetricConfig] | None = Field(
+        None,
+        max_length=64,
+        description="validation metrics: names or {name, options, key}; default: the task's (e.g. accuracy)",
+    )
     sweep: dict[str, list[Any] | str] | None = Field(
         None,
         description="grid over dotted keys (each combination is one run), plus `metric` and `goal` "
@@ -202,6 +217,17 @@ class RunConfig(Strict):
                     raise ValueError(f"sweep.{key} has no values; give at least one")
             if not sweep_grid(v):
                 raise ValueError("the sweep has no grid keys; add e.g. optimizer.options.lr: [0.1, 0.01]")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_keys_unique(cls, v: list[str | MetricConfig] | None) -> list[str | MetricConfig] | None:
+        seen: set[str] = set()
+        for item in v or []:
+            key = item if isinstance(item, str) else (item.key or item.name)
+            if key in seen:
+                raise ValueError(f"metric {key!r} is listed twice; give one of them a different key")
+            seen.add(key)
         return v
 
     def to_dict(self) -> dict[str, Any]:

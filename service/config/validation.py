@@ -25,7 +25,8 @@ from gradloop.config.schema import (
     SchedulerConfig,
     TrainerConfig,
 )
-from gradloop.errors import ConfigError, FieldError, PluginNotFoundError
+from gradloop.errors import ConfigError, FieldError, PluginNotFoundError, singular
+from gradloop.extras import missing_message
 
 PLUGIN_FIELDS = (
     ("model", "models"),
@@ -93,6 +94,11 @@ def validate_config(
         except PluginNotFoundError as exc:
             err(f"{field_name}.name", str(exc))
             continue
+        extra = plugin.capabilities.get("extra")
+        missing = missing_message(f"{singular(kind)} {name!r}", extra) if extra else None
+        if missing:
+            err(f"{field_name}.name", missing)
+            continue
         try:
             parsed = plugin.parse_options(dict(options))
         except ValidationError as exc:
@@ -103,6 +109,10 @@ def validate_config(
         resolved_options[field_name] = parsed.model_dump(mode="json")
         if field_name == "optimizer":
             _check_param_group_options(plugin, spec, err)
+
+    metrics = raw.get("metrics") if isinstance(raw, Mapping) else None
+    if isinstance(metrics, list):
+        _check_metric_options(metrics, registry, err)
 
     if cfg is None:
         # The checks between fields still run on the sections that are valid on their own, so
@@ -167,6 +177,29 @@ def _check_import_path(name: str, allowed: bool, err: Any) -> None:
         resolve_import_path(name)
     except ConfigError as exc:
         err("model.name", exc.errors[0].message)
+
+
+def _check_metric_options(metrics: list[Any], registry: Any, err: Any) -> None:
+    """Each metric's name and options, by its plugin (its fit to the data is checked once the data is built)."""
+    for i, item in enumerate(metrics):
+        name = item if isinstance(item, str) else item.get("name") if isinstance(item, Mapping) else None
+        options = {} if isinstance(item, str) else item.get("options") or {}
+        if not isinstance(name, str) or not isinstance(options, Mapping):
+            continue  # the structural pass has reported it
+        field = f"metrics.{i}" if isinstance(item, str) else f"metrics.{i}.name"
+        try:
+            plugin = registry.metrics.get(name)
+        except PluginNotFoundError as exc:
+            err(field, str(exc))
+            continue
+        try:
+            plugin.parse_options(dict(options))
+        except ValidationError as exc:
+            for e in exc.errors():
+                err(
+                    ".".join([f"metrics.{i}", "options", *(str(p) for p in e["loc"])]),
+                    pydantic_message(e, plugin.options),
+                )
 
 
 def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -> None:

@@ -1,4 +1,5 @@
-"""End-of-run PNGs for the MLflow artifact view: loss curves and a gradient-norm heatmap.
+"""End-of-run PNGs for the MLflow artifact view: loss curves, a gradient-norm heatmap, and the
+validation confusion matrix (drawn from the matrix the metric computed).
 
 Both are drawn from the run's metrics.jsonl (every point the run computed, sent or not), with
 matplotlib's Agg backend so that no display is needed, by the store's process at the end of a
@@ -10,8 +11,9 @@ band, exploding ones a bright one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -110,6 +112,34 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
     ax.set_xlabel("optimizer step")
     ax.set_title(title or "gradient norm per layer")
     fig.colorbar(image, ax=ax, label="log10 ||grad||")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix_png(matrix: Any, path: Path, title: str = "", class_names: Sequence[str] | None = None) -> Path:
+    """Rows are true classes, columns predicted ones; each cell shows its value when they fit."""
+    values = [[float(v) for v in row] for row in matrix.tolist()]
+    n = len(values)
+    names = list(class_names) if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    side = max(4.0, min(16.0, 0.45 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(values, interpolation="nearest", cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(names, fontsize=8)
+    if n <= 20:
+        top = max((v for row in values for v in row), default=0.0)
+        integral = all(v == int(v) for row in values for v in row)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                text = f"{int(v)}" if integral else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix")
+    fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return _save(fig, path)
 

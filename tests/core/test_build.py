@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradloop.build import accuracy_fn, build_data, build_loss, build_model, check_compatible
+from gradloop.build import build_data, build_loss, build_model, check_compatible
 from gradloop.config import ModelConfig, RunConfig
 from gradloop.errors import ConfigError
+from gradloop.val_metrics import build_metric_set
 
 
 def run_config(model: dict, data: dict, loss: str = "cross_entropy", loss_options: dict | None = None) -> RunConfig:
@@ -202,10 +203,11 @@ def test_registered_model_and_loss_building():
 # -- accuracy -----------------------------------------------------------------------------
 
 
-def test_accuracy_fn_counts_correct_predictions():
-    count = accuracy_fn("classification")
-    logits = torch.tensor([[0.1, 2.0], [3.0, 0.0], [0.0, 1.0]])
-    assert int(count(logits, torch.tensor([1, 1, 1]))) == 2
-    binary = accuracy_fn("binary")
-    assert int(binary(torch.tensor([[0.5], [-1.0], [2.0]]), torch.tensor([[1.0], [1.0], [0.0]]))) == 1
-    assert accuracy_fn("regression") is None
+def test_default_accuracy_counts_correct_predictions():
+    count = build_metric_set(None, "classification", 2, 2)
+    count.update(torch.tensor([[0.1, 2.0], [3.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1, 1]))
+    assert count.compute()["val/accuracy"].item() == pytest.approx(2 / 3)
+    binary = build_metric_set(None, "binary", None, 1)
+    binary.update(torch.tensor([[0.5], [-1.0], [2.0]]), torch.tensor([[1.0], [1.0], [0.0]]))
+    assert binary.compute()["val/accuracy"].item() == pytest.approx(1 / 3)
+    assert "accuracy" not in build_metric_set(None, "regression", None, 1).scalar_keys()

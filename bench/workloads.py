@@ -1,0 +1,225 @@
+"""Real workloads: gradloop's loop against a hand-written PyTorch loop on the same data, model
+and batch, in optimizer steps per second, and where the time goes.
+
+Three workloads (configs/workloads/, data made by configs/workloads/make_data.py in a temp dir):
+  resnet18  torchvision ResNet-18, 32x32 PNGs from an image folder, batch 32, 2 DataLoader workers
+  gpt       the built-in char-GPT (4 layers, width 128) on the shipped Shakespeare, batch 32 x 64 tokens
+  bert      a 2-layer BERT (transformers) on short jsonl texts, byte tokenizer, batch 16 x 64 tokens
+
+Each run is a fresh process doing STEPS optimizer steps (no validation, no checkpoint; gradloop
+with its default MLflow tracking, log_every 10). Runs alternate hand / gradloop, PAIRS times.
+Reported per variant: median steps/s of the loop (first step to last; the hand loop times the
+same span), its spread (min-max), the median wall time of the whole process and its CPU time
+(process + children, e.g. DataLoader workers), and the ratio of medians. Then one hand-loop
+run split into data wait, forward+backward and optimizer step, and gradloop's tracking cost as
+tracking on vs off.
+
+    python bench/workloads.py [--pairs 5] [--steps 40] [--only resnet18,gpt,bert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "workloads"
+WORKLOADS = {
+    "resnet18": ("resnet18_images.yaml", ["data.batch_size=32", "data.num_workers=2"]),
+    "gpt": ("char_gpt.yaml", []),
+    "bert": ("bert_texts.yaml", []),
+}
+
+
+def config(workload: str, steps: int, root: str, out: str, tracking: bool = True):
+    from gradloop import load_config
+
+    name, extra = WORKLOADS[workload]
+    return load_config(
+        CONFIGS / name,
+        [
+            *extra,
+            f"data.root={root}",
+            "data.val_fraction=0",
+            f"output_dir={out}",
+            "trainer.epochs=1000",
+            f"trainer.max_steps={steps}",
+            "trainer.val_every_epochs=0",
+            "trainer.val_every_steps=null",
+            "trainer.checkpoint_at_end=false",
+            "trainer.progress=none",
+            "tracking.log_every=10",
+            "tracking.log_model=false",
+            f"tracking.enabled={'true' if tracking else 'false'}",
+            "scheduler=null",
+        ],
+    )
+
+
+def run_gradloop(workload: str, steps: int, root: str, tracking: bool) -> dict:
+    from gradloop import train
+
+    with tempfile.TemporaryDirectory() as out:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
+        result = train(config(workload, steps, root, out, tracking))
+    return {"steps": result.steps, "loop_s": result.duration_s}
+
+
+def run_hand(workload: str, steps: int, root: str, split: bool) -> dict:
+    """The loop a user writes: same data (gradloop's dataset plugin), model, optimizer, batches."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from gradloop.build import build_data, build_model
+    from gradloop.data import TensorData
+    from gradloop.optim import build_optimizer_from_config
+    from gradloop.outputs import logits_of
+    from gradloop.seeding import seed_everything
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config(workload, steps, root, out, tracking=False)
+    seed_everything(cfg.seed)
+    splits = build_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, cfg.data.root)
+    opt = build_optimizer_from_config(cfg.optimizer, model)
+    b = cfg.data.batch_size
+    if isinstance(splits.train, TensorData):
+        x_all, y_all = splits.train.x, splits.train.y
+
+        def batches():
+            while True:
+                order = torch.randperm(len(y_all))
+                xs, ys = x_all[order], y_all[order]
+                for i in range(0, len(ys) - b + 1, b):
+                    yield xs[i : i + b], ys[i : i + b]
+    else:
+        loader = DataLoader(
+            splits.train,
+            batch_size=b,
+            shuffle=True,
+            num_workers=cfg.data.num_workers,
+            persistent_workers=cfg.data.num_workers > 0,
+            drop_last=True,
+        )
+
+        def batches():
+            while True:
+                yield from loader
+
+    clip = cfg.trainer.grad_clip_norm
+    model.train()
+    it = batches()
+    parts = {"data_s": 0.0, "fwd_bwd_s": 0.0, "opt_s": 0.0}
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x, y = next(it)
+        t1 = time.perf_counter()
+        loss = F.cross_entropy(logits_of(model(x)).flatten(0, -2), y.flatten())
+        loss.backward()
+        t2 = time.perf_counter()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss)  # a user's loop looks at its loss; gradloop syncs once a step as well
+        t3 = time.perf_counter()
+        parts["data_s"] += t1 - t0
+        parts["fwd_bwd_s"] += t2 - t1
+        parts["opt_s"] += t3 - t2
+    out = {"steps": steps, "loop_s": time.perf_counter() - start}
+    return {**out, **parts} if split else out
+
+
+def child(variant: str, workload: str, steps: int, root: str) -> dict:
+    """One whole run in a fresh process: its result, wall time and CPU time (with its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", variant, workload, "--steps", str(steps), "--root", root],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} {workload} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**result, "wall_s": wall, "cpu_s": cpu, "steps_per_s": result["steps"] / result["loop_s"]}
+
+
+def summary(runs: list[dict]) -> str:
+    rates = [r["steps_per_s"] for r in runs]
+    return (
+        f"{statistics.median(rates):7.2f} steps/s (min {min(rates):.2f}, max {max(rates):.2f}); "
+        f"whole run {statistics.median(r['wall_s'] for r in runs):5.1f} s wall, "
+        f"{statistics.median(r['cpu_s'] for r in runs):5.1f} s CPU"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "WORKLOAD"))
+    parser.add_argument("--root")
+    args = parser.parse_args()
+    if args.child:
+        variant, workload = args.child
+        if variant.startswith("gradloop"):
+            result = run_gradloop(workload, args.steps, args.root, tracking=variant == "gradloop")
+        else:
+            result = run_hand(workload, args.steps, args.root, split=variant == "hand-split")
+        print(json.dumps(result))
+        return
+
+    sys.path.insert(0, str(CONFIGS))
+    from make_data import make_images, make_texts  # configs/workloads/make_data.py
+
+    with tempfile.TemporaryDirectory() as root:
+        make_images(Path(root), per_class=64)
+        make_texts(Path(root), n=512)
+        shipped = Path(root) / "configs" / "data"
+        shipped.mkdir(parents=True)
+        (shipped / "shakespeare.txt").write_bytes((ROOT / "configs" / "data" / "shakespeare.txt").read_bytes())
+        print(f"# {args.pairs} pairs of whole runs, {args.steps} steps each, alternating; torch threads: default")
+        for workload in args.only.split(","):
+            runs: dict[str, list[dict]] = {"hand": [], "gradloop": []}
+            for _ in range(args.pairs):
+                for variant in runs:
+                    runs[variant].append(child(variant, workload, args.steps, root))
+            hand, ours = (statistics.median(r["steps_per_s"] for r in runs[v]) for v in ("hand", "gradloop"))
+            print(f"\n{workload}")
+            for variant, results in runs.items():
+                print(f"  {variant:9s} {summary(results)}")
+            print(f"  gradloop / hand: {ours / hand:.3f}")
+            split = child("hand-split", workload, args.steps, root)
+            total = split["loop_s"]
+            print(
+                "  where a hand step's time goes: "
+                + ", ".join(f"{k[:-2]} {100 * split[k] / total:.0f}%" for k in ("data_s", "fwd_bwd_s", "opt_s"))
+            )
+            on, off = [], []
+            for _ in range(max(2, args.pairs // 2)):
+                on.append(child("gradloop", workload, args.steps, root)["steps_per_s"])
+                off.append(child("gradloop-notrack", workload, args.steps, root)["steps_per_s"])
+            print(
+                f"  tracking: {statistics.median(on):.2f} steps/s on vs {statistics.median(off):.2f} off "
+                f"({len(on)} pairs; ratio {statistics.median(on) / statistics.median(off):.3f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

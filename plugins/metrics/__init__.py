@@ -1,0 +1,1 @@
+"""Built-in validation metrics (torchmetrics): one module per plugin; each registers itself on import."""

@@ -1,0 +1,20 @@
+"""The `f1` metric: harmonic mean of precision and recall, averaged over classes (options.average)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradloop.plugins.metrics._common import CLASSIFICATION, AveragedOptions
+from gradloop.registry import metrics
+from gradloop.val_metrics import MetricContext
+
+
+@metrics.register("f1", options=AveragedOptions, tasks=CLASSIFICATION)
+def build_f1(*, options: AveragedOptions, ctx: MetricContext) -> Any:
+    """Harmonic mean of precision and recall; classes averaged by options.average (binary: the positive class)."""
+    # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
+    from torchmetrics.classification import BinaryF1Score, MulticlassF1Score
+
+    if ctx.task == "binary":
+        return BinaryF1Score(validate_args=False)
+    return MulticlassF1Score(ctx.num_classes, average=options.average, validate_args=False)

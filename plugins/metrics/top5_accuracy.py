@@ -1,0 +1,17 @@
+"""The `top5_accuracy` metric: the target is among the five highest-scoring classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradloop.registry import metrics
+from gradloop.val_metrics import MetricContext
+
+
+@metrics.register("top5_accuracy", tasks=("classification",), min_classes=6)
+def build_top5_accuracy(*, options: object, ctx: MetricContext) -> Any:
+    """Fraction of samples whose target is among the 5 best-scoring classes (needs more than 5 classes)."""
+    # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
+    from torchmetrics.classification import MulticlassAccuracy
+
+    return MulticlassAccuracy(ctx.num_classes, top_k=5, average="micro", validate_args=False)
