@@ -333,13 +333,13 @@ class Trainer:
 
     def _shares(self, window: Window, micro_batches: list[Batch]) -> list[Any]:
         """Each micro-batch's weight in its window's loss: None for a window of one in one process;
-        else its part of the window's samples (times the world size: DDP averages over the ranks)
-        or, for a loss with `units(target)` (e.g. real tokens), its part of this rank's units --
-        exact in one process; on several ranks, DDP then averages the ranks' token means."""
+        for a loss with `units(target)` (e.g. real tokens) in one process, its part of the window's
+        units; else its part of the window's samples (times the world size: DDP averages over the
+        ranks). Weighing ranks by tokens would need a collective before the backward passes."""
         if len(window.sizes) == 1 and self.world_size == 1:
             return [None]
         units = getattr(self.loss_fn, "units", None)
-        if units is None:
+        if units is None or self.world_size > 1:
             return [size * self.world_size / window.samples for size in window.sizes]
         counts = [units(y) for _, y in micro_batches]
         total = torch.stack(counts).sum().clamp(min=torch.finfo(torch.float32).tiny)
