@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from gradloop.errors import ConfigError, FieldError
 
@@ -24,51 +27,75 @@ _PLAIN_SCALAR_TAGS = frozenset(
 )
 
 
-class _Limits:
-    def __init__(self) -> None:
+if yaml.__with_libyaml__:
+    from yaml.cyaml import CParser
+
+    class _Composing(Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+        """libyaml's parser (C) for the events, PyYAML's composer (Python, before CParser in the
+        MRO) for the nodes, so that composing can be counted: scanning is most of a parse's
+        cost, and in C it is several times faster."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+else:  # a PyYAML built without libyaml: the same, all in Python
+    _Composing = yaml.SafeLoader  # type: ignore[misc,assignment]
+
+
+class _CountingLoader(_Composing):
+    """Counts values while the document is composed and stops at MAX_NODES there, so a large or
+    alias-heavy document costs no more than the limit allows. An alias counts as the values it
+    stands for (a few hundred bytes of aliases can stand for billions), without expanding it.
+    PyYAML composes nested nodes recursively: depth is refused before Python's stack runs out."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
         self.nodes = 0
-        self.loader = yaml.SafeLoader("")  # one per document: building one per scalar is slow
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML composes nested nodes recursively: refuse depth before Python's stack runs out."""
-
-    depth = 0
+        self.anchored_sizes: dict[int, int] = {}  # id(anchored node) -> values it expands to
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            # A recursive alias (its node not finished yet) counts once; _construct names it.
+            self._count(self.anchored_sizes.get(id(target), 1), event.start_mark)
+            return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise ConfigError(
+                [
+                    FieldError(
+                        "", f"the document nests deeper than {MAX_DEPTH} levels; flatten it", event.start_mark.line + 1
+                    )
+                ]
+            )
+        before = self.nodes
+        self._count(1, event.start_mark)
         self.depth += 1
         try:
-            if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise ConfigError(
-                    [FieldError("", f"the document nests deeper than {MAX_DEPTH} levels; flatten it", mark.line + 1)]
-                )
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self.depth -= 1
+        if getattr(event, "anchor", None) is not None:
+            self.anchored_sizes[id(node)] = self.nodes - before
+        return node
 
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
-    """Values the document would hold once every alias is expanded, without expanding them
-    (a few hundred bytes of aliases can stand for billions of values)."""
-    if id(node) in memo:
-        return memo[id(node)]
-    if id(node) in active:
-        return 0  # a recursive alias: _construct names it
-    active.add(id(node))
-    children: list[yaml.Node] = []
-    if isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = list(node.value)
-    size = 1
-    for child in children:
-        size += _expanded_size(child, memo, active)
-        if size > MAX_NODES:
-            break
-    active.discard(id(node))
-    memo[id(node)] = size
-    return size
+    def _count(self, n: int, mark: Any) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise ConfigError(
+                [
+                    FieldError(
+                        "",
+                        f"the document has more than {MAX_NODES} values (aliases count each time they are used); "
+                        "send a smaller config",
+                        mark.line + 1,
+                    )
+                ]
+            )
 
 
 def load_yaml(text: str | bytes, source: str | None = None) -> tuple[Any, dict[str, int]]:
@@ -81,41 +108,40 @@ def load_yaml(text: str | bytes, source: str | None = None) -> tuple[Any, dict[s
                 "", f"the config is not valid UTF-8 (byte {exc.start}); save it as UTF-8", source
             ) from None
     try:
-        node = yaml.compose(text, Loader=_BoundedLoader)
+        node = yaml.compose(text, Loader=_CountingLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = exc.problem or exc.context or "syntax error"
-        raise ConfigError(
-            [FieldError("", f"YAML syntax error at {where}: {problem}", mark.line + 1 if mark else None)], source
-        ) from None
+        message = f"YAML syntax error at {where}: {problem}"
+        if "maximum nesting depth" in problem:  # libyaml's own bound (1000), met before ours when scanning ahead
+            message = f"the document nests deeper than {MAX_DEPTH} levels; flatten it"
+        raise ConfigError([FieldError("", message, mark.line + 1 if mark else None)], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError.single("", f"YAML error: {exc}", source) from None
     except ConfigError as exc:
         raise ConfigError(exc.errors, source) from None
     if node is None:
         return None, {}
-    if _expanded_size(node, {}, set()) > MAX_NODES:
-        raise ConfigError.single(
-            "",
-            f"the document has more than {MAX_NODES} values (aliases count each time they are used); send the values themselves",
-            source,
-        )
     lines: dict[str, int] = {}
-    data = _construct(node, "", lines, 0, _Limits(), source, set())
+    # One constructor per document for the scalars: building one per scalar is slow.
+    data = _construct(node, "", lines, 0, yaml.SafeLoader(""), source, set())
     return data, lines
 
 
 def _construct(
-    node: yaml.Node, path: str, lines: dict[str, int], depth: int, limits: _Limits, source: str | None, active: set[int]
+    node: yaml.Node,
+    path: str,
+    lines: dict[str, int],
+    depth: int,
+    loader: yaml.SafeLoader,
+    source: str | None,
+    active: set[int],
 ) -> Any:
+    # Composing counted every value (aliases expanded); depth is checked again because aliases
+    # nest what they stand for deeper than the text that names them.
     if depth > MAX_DEPTH:
         raise ConfigError.single(path, f"the document nests deeper than {MAX_DEPTH} levels; flatten it", source)
-    limits.nodes += 1
-    if limits.nodes > MAX_NODES:
-        raise ConfigError.single(
-            path, f"the document has more than {MAX_NODES} values (aliases count each time they are used)", source
-        )
     if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
         raise ConfigError(
             [
@@ -134,10 +160,9 @@ def _construct(
     if isinstance(node, yaml.MappingNode):
         active.add(id(node))
         out: dict[str, Any] = {}
-        if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
-            yaml.SafeLoader("").flatten_mapping(node)  # resolve `<<: *anchor` merge keys in place
+        _merge(node, path, loader, source)
         for key_node, value_node in node.value:
-            key = _scalar(key_node, path, source, limits.loader)
+            key = _scalar(key_node, path, source, loader)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise ConfigError.single(
                     path, f"mapping keys must be plain scalars (line {key_node.start_mark.line + 1})", source
@@ -150,7 +175,7 @@ def _construct(
                     source,
                 )
             lines[sub] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, sub, lines, depth + 1, limits, source, active)
+            out[key] = _construct(value_node, sub, lines, depth + 1, loader, source, active)
         active.discard(id(node))
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -159,10 +184,33 @@ def _construct(
         for i, item in enumerate(node.value):
             sub = f"{path}.{i}" if path else str(i)
             lines.setdefault(sub, item.start_mark.line + 1)
-            items.append(_construct(item, sub, lines, depth + 1, limits, source, active))
+            items.append(_construct(item, sub, lines, depth + 1, loader, source, active))
         active.discard(id(node))
         return items
-    return _scalar(node, path, source, limits.loader)
+    return _scalar(node, path, source, loader)
+
+
+def _merge(node: yaml.MappingNode, path: str, loader: yaml.SafeLoader, source: str | None) -> None:
+    """Resolve `<<: *anchor` merge keys in place; a merge of something other than mappings is
+    the user's error, named by its key."""
+    merges = [k for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
+    if not merges:
+        return
+    try:
+        loader.flatten_mapping(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or merges[0].start_mark
+        raise ConfigError(
+            [
+                FieldError(
+                    f"{path}.<<" if path else "<<",
+                    "the merge key << takes a mapping or a list of mappings (<<: *defaults); "
+                    f"{exc.problem or 'it got something else'}",
+                    mark.line + 1,
+                )
+            ],
+            source,
+        ) from None
 
 
 def _scalar(node: yaml.Node, path: str, source: str | None, loader: yaml.SafeLoader | None = None) -> Any:
