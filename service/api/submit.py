@@ -47,7 +47,7 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise ConfigError.single("", f"{name} is not a number JSON allows; give a finite value")
 
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant, object_pairs_hook=_object)
     except UnicodeDecodeError as exc:
         raise ConfigError.single("", f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -62,22 +62,56 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError.single("", "the top level must be an object of fields (name, model, data, ...)")
-    _check_depth(data)
+    _check_structure(data)
     return data
 
 
-def _check_depth(data: Any) -> None:
-    """The YAML reader's nesting bound for JSON too: deeper documents would reach recursive
-    code further on (validation, hashing, the store) and fail there without a useful message."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
+class _RepeatedKeys(dict):  # type: ignore[type-arg]
+    """A JSON object whose text gives some key twice: json keeps the last silently, where YAML
+    refuses; kept aside so that the 422 can name each repeated key by its path."""
+
+    repeated: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    repeated = _RepeatedKeys(obj)
+    repeated.repeated = []
+    for key, _ in pairs:
+        if key in seen and key not in repeated.repeated:
+            repeated.repeated.append(key)
+        seen.add(key)
+    return repeated
+
+
+def _check_structure(data: Any) -> None:
+    """The YAML reader's nesting bound for JSON too (deeper documents would reach recursive code
+    further on, validation, hashing, the store, and fail there without a useful message), and
+    no key given twice in one object."""
+    errors: list[FieldError] = []
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
     while stack:
-        value, depth = stack.pop()
+        value, depth, path = stack.pop()
         if depth > MAX_DEPTH:
             raise ConfigError.single("", f"the JSON nests deeper than {MAX_DEPTH} levels; flatten it")
+        if isinstance(value, _RepeatedKeys):
+            errors += [
+                FieldError(_join(path, k), "this key appears twice in one JSON object; keep one")
+                for k in value.repeated
+            ]
         if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((v, depth + 1, _join(path, k)) for k, v in value.items())
         elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+            stack.extend((v, depth + 1, _join(path, str(i))) for i, v in enumerate(value))
+    if errors:
+        raise ConfigError(errors)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def request_hash(raw: dict[str, Any], priority: int) -> str:
