@@ -28,6 +28,8 @@ from gradloop.jobs.pool import PoolSettings, WorkerPool
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import WorkerSettings
 
+PARSE_THREADS = 4
+
 
 def default_slots() -> tuple[int, list[str]]:
     """One job per visible GPU, else one; the GPUs as CUDA_VISIBLE_DEVICES values."""
@@ -121,6 +123,9 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     app.state.pool = None
     app.state.pool_elsewhere = False
     app.state.draining = False
+    # Config parsing's own worker threads: a burst of large bodies queues here instead of
+    # taking every thread of the pool that the plain `def` routes (health, reads) run in.
+    app.state.parse_limiter = anyio.CapacityLimiter(PARSE_THREADS)
     install_problem_handlers(app)
     app.include_router(jobs_router)
     app.include_router(plugins_router)

@@ -35,7 +35,6 @@ from gradloop.jobs.events import job_events
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import job_dir, log_path
 
-INLINE_BODY_BYTES = 64 * 1024  # configs up to this size are validated on the event loop
 MAX_LOG_CHUNK = 1024 * 1024
 MAX_FILE_CHUNK = 16 * 1024 * 1024  # a checkpoint is read in chunks of this (X-Next-Offset)
 
@@ -105,6 +104,9 @@ async def submit_job(
         str | None, Header(max_length=200, description="retry-safe submission: one key makes one job")
     ] = None,
 ) -> Response:
+    if idempotency_key is not None and not idempotency_key.strip():
+        # A blank key would be one key shared by every client that sends it blank.
+        raise HTTPException(422, "the Idempotency-Key header is empty; send a unique key (e.g. a UUID) or leave it out")
     body = await request.body()  # the body limit middleware has already bounded it
     app = request.app
     pool = app.state.pool
@@ -116,15 +118,11 @@ async def submit_job(
         )
     settings = app.state.settings
     content_type = request.headers.get("content-type", "")
-    # Parsing and validating an ordinary config is under a millisecond of CPU (a model's size,
-    # counted on the meta device, is cached per model config): done on the event loop, it does
-    # not pass the GIL back and forth with the loop as a worker thread would, which made every
-    # request slower under load. A large body (a slow YAML parse) still goes to a thread, so
-    # it cannot hold up other requests.
-    if len(body) <= INLINE_BODY_BYTES:
-        raw, config = _validated(body, content_type, settings)
-    else:
-        raw, config = await anyio.to_thread.run_sync(_validated, body, content_type, settings)
+    # Parsing and validating run in a worker thread, whatever the body's size: a large YAML
+    # is CPU work that would otherwise hold up every other request on the event loop.
+    raw, config = await anyio.to_thread.run_sync(
+        _validated, body, content_type, settings, limiter=app.state.parse_limiter
+    )
     store = _store(request)
     job_args = {
         "request_hash": request_hash(raw, priority),

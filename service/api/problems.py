@@ -1,7 +1,8 @@
 """Problem details (RFC 9457): every error the API answers is application/problem+json.
 
 A config error is 422 and lists each problem with its dotted field path, the same message the
-CLI prints, and the line when the body was YAML.
+CLI prints, and the line when the body was YAML. A body is bounded whatever the input: at most
+MAX_PROBLEM_ERRORS field errors (the detail says how many more there were), each text cut short.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ _TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+# A hostile config can make thousands of errors, each echoing a long key or value back.
+MAX_PROBLEM_ERRORS = 50
+MAX_PROBLEM_TEXT = 500  # characters of one message or path
+MAX_PROBLEM_DETAIL = 2000
 
 
 class FieldProblem(BaseModel):
@@ -56,12 +61,27 @@ def problem_response(
     headers: dict[str, str] | None = None,
     type_: str = "about:blank",
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": _TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if errors is not None and len(errors) > MAX_PROBLEM_ERRORS:
+        detail += f" (the first {MAX_PROBLEM_ERRORS} of {len(errors)} errors; fix these and submit again)"
+        errors = errors[:MAX_PROBLEM_ERRORS]
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": _cut(detail, MAX_PROBLEM_DETAIL),
+    }
     if instance:
-        body["instance"] = instance
+        body["instance"] = _cut(instance, MAX_PROBLEM_TEXT)
     if errors is not None:
-        body["errors"] = [e.to_dict() for e in errors]
+        body["errors"] = [
+            {"path": _cut(e.path, MAX_PROBLEM_TEXT), "message": _cut(e.message, MAX_PROBLEM_TEXT), "line": e.line}
+            for e in errors
+        ]
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
