@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -21,9 +22,10 @@ from gradloop import __version__
 from gradloop.api.guard import BodyLimitMiddleware
 from gradloop.api.job_routes import router as jobs_router
 from gradloop.api.metrics import MetricsMiddleware, ServiceMetrics
-from gradloop.api.ops_routes import ops_router, plugins_router
+from gradloop.api.ops_routes import docs_router, ops_router, plugins_router
 from gradloop.api.problems import install_problem_handlers
 from gradloop.api.settings import ServiceSettings
+from gradloop.api.timeouts import CLIENT_LEFT_HOOK, install_disconnect_handler
 from gradloop.jobs.pool import PoolSettings, WorkerPool
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import WorkerSettings
@@ -60,7 +62,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         assert settings.db and settings.jobs_dir
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,8 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
             await anyio.to_thread.run_sync(pool.start)
         app.state.pool = pool
         try:
-            yield
+            # Lifespan state reaches the server: its protocol counts slow clients it cuts off.
+            yield {CLIENT_LEFT_HOOK: metrics.client_left}
         finally:
             app.state.draining = True
             if pool is not None:
@@ -116,6 +119,9 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         version=__version__,
         description="Submit, watch, cancel and inspect PyTorch training jobs; every run logs to MLflow.",
         lifespan=lifespan,
+        openapi_url=None,  # served by docs_router, behind the operator's guard
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -127,9 +133,11 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     # taking every thread of the pool that the plain `def` routes (health, reads) run in.
     app.state.parse_limiter = anyio.CapacityLimiter(PARSE_THREADS)
     install_problem_handlers(app)
+    install_disconnect_handler(app, metrics.client_left)
     app.include_router(jobs_router)
     app.include_router(plugins_router)
     app.include_router(ops_router)
+    app.include_router(docs_router)
     # The last added is outermost: metrics see every answer, 413s included; the body limit
     # answers before any route reads the body.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

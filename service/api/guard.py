@@ -1,8 +1,11 @@
 """What stands in front of every /v1 route: bearer-token auth and the request body limit.
 
-Auth runs as a router dependency (with the check that refuses unknown query parameters), before any path or body is looked at, so a request without a
-valid token learns nothing about jobs. Tokens are compared in constant time, and every accepted
-token is compared (no early exit that would tell which one was close).
+Auth runs as a router dependency (with the check that refuses unknown query parameters), before
+any path or body is looked at, so a request without a valid token learns nothing about jobs. The
+operator's routes (/metrics, /readyz, the API docs) ask for the token too, unless the service
+runs with --public-metrics; /healthz is always open, for liveness probes. Tokens are compared in
+constant time, and every accepted token is compared (no early exit that would tell which one was
+close).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ async def guard(request: Request, credentials: Annotated[HTTPAuthorizationCreden
     first, so a client without one learns nothing else), then no unknown query parameters."""
     require_token(request, credentials)
     reject_unknown_query(request)
+
+
+async def operator_guard(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """/metrics, /readyz and the API docs: they tell a stranger what runs here and how busy it
+    is, so they take the token as well unless the operator made them public."""
+    if not request.app.state.settings.public_metrics:
+        require_token(request, credentials)
 
 
 def require_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:

@@ -59,6 +59,12 @@ class ServiceMetrics:
             registry=self.registry,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
         )
+        self.client_disconnects = Counter(
+            "gradloop_http_client_disconnects",
+            "Requests cut short by the client: gone mid-body (disconnect), or too slow (header_timeout, body_timeout)",
+            ["reason"],
+            registry=self.registry,
+        )
         self._jobs = _JobStateCollector(store_of)
         self.registry.register(self._jobs)  # type: ignore[arg-type]
 
@@ -70,6 +76,9 @@ class ServiceMetrics:
             registry.register(self._jobs)  # type: ignore[arg-type]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def client_left(self, reason: str) -> None:
+        self.client_disconnects.labels(reason).inc()
 
     def job_ended(self, job: JobRecord) -> None:
         if job.started_at is not None and job.finished_at is not None:

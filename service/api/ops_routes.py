@@ -1,4 +1,6 @@
-"""Plugins, health and metrics: /v1/plugins..., /healthz, /readyz, /metrics."""
+"""Plugins, health, metrics and the API's docs: /v1/plugins..., /healthz, /readyz, /metrics,
+/openapi.json, /docs, /redoc. All but /healthz take the token when the service has one (the
+operator's routes unless --public-metrics)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gradloop import registry
-from gradloop.api.guard import guard
+from gradloop.api.guard import guard, operator_guard
 from gradloop.api.problems import PROBLEM_RESPONSES, problem_response
 
 plugins_router = APIRouter(
@@ -20,6 +23,10 @@ plugins_router = APIRouter(
     responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)},
 )
 ops_router = APIRouter(tags=["operations"])
+_OPERATOR = {"dependencies": [Depends(operator_guard)], "responses": {401: PROBLEM_RESPONSES[401]}}
+# FastAPI's own /openapi.json, /docs and /redoc take no dependencies (create_app turns them
+# off); these are the same pages behind the operator's guard.
+docs_router = APIRouter(dependencies=[Depends(operator_guard)], include_in_schema=False)
 
 
 @plugins_router.get("", summary="Every registered plugin, by kind")
@@ -47,7 +54,10 @@ def healthz() -> dict[str, str]:
 
 
 @ops_router.get(
-    "/readyz", summary="The database answers and the workers are alive", responses={503: {"description": "not ready"}}
+    "/readyz",
+    summary="The database answers and the workers are alive",
+    dependencies=_OPERATOR["dependencies"],
+    responses={503: {"description": "not ready"}, **_OPERATOR["responses"]},
 )
 async def readyz(request: Request) -> Response:
     store = request.app.state.store
@@ -66,8 +76,29 @@ async def readyz(request: Request) -> Response:
 
 
 @ops_router.get(
-    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=_OPERATOR["dependencies"],
+    responses={200: {"content": {"text/plain": {}}}, **_OPERATOR["responses"]},
 )
 async def metrics(request: Request) -> Response:
     data = await anyio.to_thread.run_sync(request.app.state.metrics.exposition)
     return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+
+@docs_router.get("/openapi.json")
+def openapi_schema(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@docs_router.get("/docs")
+def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - Swagger UI")
+
+
+@docs_router.get("/redoc")
+def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - ReDoc")

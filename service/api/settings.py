@@ -40,6 +40,12 @@ class ServiceSettings(BaseModel):
     limits: ServiceLimits = Field(
         default_factory=ServiceLimits, description="ceilings on what one submitted job may ask for"
     )
+    public_metrics: bool = Field(
+        False, description="with tokens set, still answer /metrics, /readyz and the API docs without one"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this after its headers")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection is closed after this")
 
     def resolved(self) -> ServiceSettings:
         state = self.state_dir.resolve()

@@ -82,6 +82,18 @@ def serve(
     max_model_params: int = typer.Option(
         1_000_000_000, "--max-model-params", min=1, help="limit: parameters of a job's model"
     ),
+    public_metrics: bool = typer.Option(
+        False, "--public-metrics", help="with a token set, still serve /metrics, /readyz and /docs without one"
+    ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", min=0.001, help="seconds a client has to send a request's headers"
+    ),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", min=0.001, help="seconds a client has to send a request's body after its headers"
+    ),
+    keep_alive_timeout: float = typer.Option(
+        5.0, "--keep-alive-timeout", min=0.001, help="seconds an idle connection stays open"
+    ),
 ) -> None:
     """Run the HTTP job service (FastAPI under uvicorn)."""
     import uvicorn
@@ -111,6 +123,10 @@ def serve(
             max_model_params=max_model_params,
         ),
         **({"data_root": data_root} if data_root is not None else {}),
+        public_metrics=public_metrics,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
     )
     _print_banner(settings, host=host, port=port, workers=workers)
     if workers > 1:
@@ -118,7 +134,9 @@ def serve(
         return
     app = create_app(settings)
     # Open event streams must not hold a stopping service past its grace period.
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, **_connection_limits(settings)
+    )
     _draining_server(config, app, cancel_grace).run()
 
 
@@ -195,7 +213,18 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
         workers=workers,
         log_level=log_level,
         timeout_graceful_shutdown=5,
+        **_connection_limits(settings),
     )
+
+
+def _connection_limits(settings: Any) -> dict[str, Any]:
+    """uvicorn's settings for slow clients: its own keep-alive bound, our header and body deadlines."""
+    from gradloop.api.timeouts import http_protocol
+
+    return {
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "http": http_protocol(header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s),
+    }
 
 
 def _draining_server(config: Any, app: Any, grace_s: float) -> Any:

@@ -70,7 +70,9 @@ def _fuzz(operation: Any, mode: GenerationMode, failures: list[str]) -> None:
 def test_api_answers_every_generated_request_within_its_schema(fuzz_service: Service) -> None:
     # schemathesis.pytest.from_fixture does not run under pytest 9 (it reads a removed private
     # attribute), so the operations are fuzzed through their hypothesis strategies directly.
-    schema = schemathesis.openapi.from_url(f"{fuzz_service.url}/openapi.json")
+    schema = schemathesis.openapi.from_url(
+        f"{fuzz_service.url}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:

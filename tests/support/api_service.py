@@ -77,7 +77,7 @@ class Service:
                     f"gradloop serve exited with {self.proc.returncode}:\n{self.log_file.read_text()[-3000:]}"
                 )
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if self.http.get("/readyz", timeout=2).status_code == 200:  # with the token, if any
                     return self
             except httpx.HTTPError:
                 pass
