@@ -23,10 +23,11 @@ plugins_router = APIRouter(
     responses={k: PROBLEM_RESPONSES[k] for k in (401, 422)},
 )
 ops_router = APIRouter(tags=["operations"])
-_OPERATOR = {"dependencies": [Depends(operator_guard)], "responses": {401: PROBLEM_RESPONSES[401]}}
+_OPERATOR_ONLY = [Depends(operator_guard)]
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: PROBLEM_RESPONSES[401]}
 # FastAPI's own /openapi.json, /docs and /redoc take no dependencies (create_app turns them
 # off); these are the same pages behind the operator's guard.
-docs_router = APIRouter(dependencies=[Depends(operator_guard)], include_in_schema=False)
+docs_router = APIRouter(dependencies=_OPERATOR_ONLY, include_in_schema=False)
 
 
 @plugins_router.get("", summary="Every registered plugin, by kind")
@@ -56,8 +57,8 @@ def healthz() -> dict[str, str]:
 @ops_router.get(
     "/readyz",
     summary="The database answers and the workers are alive",
-    dependencies=_OPERATOR["dependencies"],
-    responses={503: {"description": "not ready"}, **_OPERATOR["responses"]},
+    dependencies=_OPERATOR_ONLY,
+    responses={503: {"description": "not ready"}, **_UNAUTHORIZED},
 )
 async def readyz(request: Request) -> Response:
     store = request.app.state.store
@@ -79,8 +80,8 @@ async def readyz(request: Request) -> Response:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    dependencies=_OPERATOR["dependencies"],
-    responses={200: {"content": {"text/plain": {}}}, **_OPERATOR["responses"]},
+    dependencies=_OPERATOR_ONLY,
+    responses={200: {"content": {"text/plain": {}}}, **_UNAUTHORIZED},
 )
 async def metrics(request: Request) -> Response:
     data = await anyio.to_thread.run_sync(request.app.state.metrics.exposition)

@@ -66,7 +66,7 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-class _RepeatedKeys(dict):  # type: ignore[type-arg]
+class _RepeatedKeys(dict[str, Any]):
     """A JSON object whose text gives some key twice: json keeps the last silently, where YAML
     refuses; kept aside so that the 422 can name each repeated key by its path."""
 

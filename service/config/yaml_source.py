@@ -28,9 +28,9 @@ _PLAIN_SCALAR_TAGS = frozenset(
 
 
 if yaml.__with_libyaml__:
-    from yaml.cyaml import CParser
+    from yaml.cyaml import CParser  # type: ignore[attr-defined]
 
-    class _Composing(Composer, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+    class _Composing(Composer, CParser, SafeConstructor, Resolver):
         """libyaml's parser (C) for the events, PyYAML's composer (Python, before CParser in the
         MRO) for the nodes, so that composing can be counted: scanning is most of a parse's
         cost, and in C it is several times faster."""
@@ -62,18 +62,14 @@ class _CountingLoader(_Composing):
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
             # A recursive alias (its node not finished yet) counts once; _construct names it.
-            self._count(self.anchored_sizes.get(id(target), 1), event.start_mark)
+            self._count(self.anchored_sizes.get(id(target), 1), event)
             return super().compose_node(parent, index)
         if self.depth >= MAX_DEPTH:
             raise ConfigError(
-                [
-                    FieldError(
-                        "", f"the document nests deeper than {MAX_DEPTH} levels; flatten it", event.start_mark.line + 1
-                    )
-                ]
+                [FieldError("", f"the document nests deeper than {MAX_DEPTH} levels; flatten it", _line(event))]
             )
         before = self.nodes
-        self._count(1, event.start_mark)
+        self._count(1, event)
         self.depth += 1
         try:
             node = super().compose_node(parent, index)
@@ -83,7 +79,7 @@ class _CountingLoader(_Composing):
             self.anchored_sizes[id(node)] = self.nodes - before
         return node
 
-    def _count(self, n: int, mark: Any) -> None:
+    def _count(self, n: int, event: Any) -> None:
         self.nodes += n
         if self.nodes > MAX_NODES:
             raise ConfigError(
@@ -92,10 +88,15 @@ class _CountingLoader(_Composing):
                         "",
                         f"the document has more than {MAX_NODES} values (aliases count each time they are used); "
                         "send a smaller config",
-                        mark.line + 1,
+                        _line(event),
                     )
                 ]
             )
+
+
+def _line(event: Any) -> int | None:
+    mark = getattr(event, "start_mark", None)
+    return mark.line + 1 if mark is not None else None
 
 
 def load_yaml(text: str | bytes, source: str | None = None) -> tuple[Any, dict[str, int]]:
@@ -108,7 +109,11 @@ def load_yaml(text: str | bytes, source: str | None = None) -> tuple[Any, dict[s
                 "", f"the config is not valid UTF-8 (byte {exc.start}); save it as UTF-8", source
             ) from None
     try:
-        node = yaml.compose(text, Loader=_CountingLoader)
+        loader = _CountingLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -191,11 +196,14 @@ def _construct(
 
 
 def _merge(node: yaml.MappingNode, path: str, loader: yaml.SafeLoader, source: str | None) -> None:
-    """Resolve `<<: *anchor` merge keys in place; a merge of something other than mappings is
-    the user's error, named by its key."""
+    """Resolve `<<: *anchor` merge keys in place, by YAML's rules: the mapping's own keys win
+    over merged ones, and of several merged mappings the first listed wins (only a key the
+    mapping itself gives twice is an error). A merge of something other than mappings is the
+    user's error, named by its key."""
     merges = [k for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
     if not merges:
         return
+    own = len(node.value) - len(merges)
     try:
         loader.flatten_mapping(node)
     except yaml.MarkedYAMLError as exc:
@@ -211,6 +219,16 @@ def _merge(node: yaml.MappingNode, path: str, loader: yaml.SafeLoader, source: s
             ],
             source,
         ) from None
+    # flatten_mapping puts the merged pairs first, later-listed mappings before earlier ones.
+    merged, own_pairs = node.value[: len(node.value) - own], node.value[len(node.value) - own :]
+    taken = {k.value for k, _ in own_pairs if isinstance(k, yaml.ScalarNode)}
+    kept: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, value in reversed(merged):
+        name = key.value if isinstance(key, yaml.ScalarNode) else None  # other keys are refused later
+        if name is None or name not in taken:
+            kept.append((key, value))
+            taken.add(name)
+    node.value = kept[::-1] + own_pairs
 
 
 def _scalar(node: yaml.Node, path: str, source: str | None, loader: yaml.SafeLoader | None = None) -> Any:

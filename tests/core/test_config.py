@@ -166,6 +166,23 @@ def test_yaml_tags_aliases_and_depth_are_bounded():
         load_raw_text("name: a\nname: b\n")
 
 
+def test_yaml_merge_keys_follow_yaml_rules_and_refuse_non_mappings():
+    data, _ = load_raw_text("a: &a {x: 1, y: 1}\nb: &b {x: 2, z: 2}\nc:\n  <<: [*a, *b]\n  y: 3\n")
+    assert data["c"] == {"x": 1, "y": 3, "z": 2}  # own keys win, then the first mapping listed
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_raw_text("a: &a {x: 1}\nc:\n  <<: *a\n  k: 1\n  k: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_raw_text("name: x\na:\n  <<: 5\n")
+    assert info.value.errors[0].path == "a.<<" and info.value.errors[0].line == 3
+
+
+def test_yaml_values_are_counted_while_parsing():
+    """Over the limit is refused at the value that passes it (its line), not after reading it all."""
+    with pytest.raises(ConfigError, match="more than 100000 values") as info:
+        load_raw_text("".join(f"k{i}: 1\n" for i in range(100_000)))
+    assert info.value.errors[0].line == 50_000
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
