@@ -91,7 +91,8 @@ class Plugin:
             "name": self.name,
             "description": self.description,
             "source": self.source,
-            "capabilities": dict(self.capabilities),
+            # Hooks (a dataset's `files` callable) are code for the policy, not facts for a client.
+            "capabilities": {k: _jsonable(v) for k, v in self.capabilities.items() if not callable(v)},
             "options": opts,
             "schema": schema,
         }

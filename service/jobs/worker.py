@@ -121,7 +121,8 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
         "checkpoint_path": str(result.checkpoint_path) if result.checkpoint_path else None,
         "mlflow_run_id": result.mlflow_run_id,
         "mlflow_experiment_id": _experiment_of(result.run_dir, result.mlflow_run_id),
-        "metrics": {k: v for k, v in _finite(result.metrics).items()},
+        # The last value of every metric the job reported (train/lr/<group>...), then the final ones.
+        "metrics": _finite({**observer.metrics, **result.metrics}),
         "progress": {
             **observer.progress(),
             "step": result.steps,

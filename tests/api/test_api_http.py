@@ -126,7 +126,10 @@ def test_queued_job_cancel_and_409(service: Service) -> None:
 
 def test_plugins_health_and_openapi(service: Service) -> None:
     every = service.http.get("/v1/plugins").json()
-    assert set(every) == {"optimizers", "schedulers", "models", "datasets", "losses"}
+    assert set(every) == {"optimizers", "schedulers", "models", "datasets", "losses", "metrics"}
+    # Capabilities are data for a client; a plugin's hooks (image_folder's `files`) stay out.
+    folder = next(p for p in every["datasets"] if p["name"] == "image_folder")
+    assert folder["capabilities"]["path_options"] == ["path", "val_path"] and "files" not in folder["capabilities"]
     sgd = service.http.get("/v1/plugins/optimizers/sgd").json()
     lr = next(o for o in sgd["options"] if o["name"] == "lr")
     assert sgd["schema"]["type"] == "object" and lr["type"] in ("number", "float")

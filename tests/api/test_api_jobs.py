@@ -179,7 +179,7 @@ def test_cli_submit_wait_status_jobs_logs(service: Service, tmp_path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "gradloop.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "gradloop", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
     submitted = cli("submit", str(config), "--wait")
@@ -224,7 +224,7 @@ def test_ids_by_unique_prefix_and_json_output(service: Service, tmp_path) -> Non
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "gradloop.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "gradloop", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
     shown = cli("status", job["id"][:8], "--output", "json")
@@ -249,7 +249,7 @@ def test_submit_wait_at_80_columns_then_ctrl_c_detaches(service: Service, tmp_pa
     config = tmp_path / "long.yaml"
     config.write_text(yaml.safe_dump(iris_config("detach-me", epochs=2000, tracking=False)))
     term = Terminal(
-        [sys.executable, "-m", "gradloop.cli.main", "submit", str(config), "--wait"],
+        [sys.executable, "-m", "gradloop", "submit", str(config), "--wait"],
         columns=80,
         env={"GRADLOOP_SERVER": service.url},
     )
@@ -257,7 +257,7 @@ def test_submit_wait_at_80_columns_then_ctrl_c_detaches(service: Service, tmp_pa
     term.interrupt()
     code = term.finish()
     screen = term.screen
-    job_id = screen.split()[0]
+    job_id = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", screen).group(0)  # type: ignore[union-attr]
     assert code == 0, screen[-2000:]
     assert f"detached; the job goes on: gradloop cancel {job_id} to stop it" in screen
     assert "None" not in screen
