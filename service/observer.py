@@ -11,8 +11,10 @@ the window, train/lr/<group>, train/grad_norm when known, epoch, samples_per_s, 
 Independently, an observer whose `wants_step_stats(step)` is True gets `before_optimizer_step`
 (gradients present, pre-clip) and then `after_optimizer_step` with that snapshot, even between
 logging steps (then `metrics` may be empty). Validation results go through `log_metrics`.
-An observer may also have `log_artifact(path, artifact_path)`: files the run made for people to
-look at (the confusion matrix PNG), handed over at the end of a finished run; it is optional.
+An observer may also have `log_figure(data, png, artifact_path)`: a figure the run made for people
+to look at (the confusion matrix, saved as JSON at `data`), handed over at the end of a finished
+run for the observer to draw to `png` and keep; it is optional, and when no observer has it the
+trainer draws the PNG itself.
 """
 
 from __future__ import annotations

@@ -529,14 +529,20 @@ class Trainer:
         return metrics
 
     def _log_figures(self) -> None:
-        """The last validation's matrices (confusion matrix) as PNGs, handed to observers that take files."""
-        if self.parts.metrics is None:
-            return
-        for path in self.parts.metrics.save_figures(self.run_dir / "figures", self.parts.class_names):
-            for obs in self.observers:
-                log_artifact = getattr(obs, "log_artifact", None)  # optional in the Observer protocol
-                if log_artifact is not None:
-                    log_artifact(path, "plots")
+        """The last validation's matrices (confusion matrix), saved as data and drawn to PNGs next
+        to them: by the observers that draw figures (MLflow's, in the store's process, so this
+        process does not import matplotlib), or here when none does (an untracked run)."""
+        if self.parts.metrics is None or (self.dist is not None and not self.dist.is_main):
+            return  # (every rank has the same matrices; the main rank's run directory gets them)
+        drawers = [obs.log_figure for obs in self.observers if hasattr(obs, "log_figure")]  # optional
+        for data in self.parts.metrics.save_matrices(self.run_dir / "figures", self.parts.class_names):
+            png = data.with_suffix(".png")
+            for log_figure in drawers:
+                log_figure(data, png, "plots")
+            if not drawers:
+                from gradloop.tracking.plots import matrix_png  # matplotlib: only an untracked run's
+
+                matrix_png(data, png)
 
     def _plateau_monitor(self) -> str | None:
         """The metric a monitoring scheduler (reduce-on-plateau) steps on, checked upfront."""

@@ -5,11 +5,13 @@ Model outputs are read with gradloop.outputs.logits_of and turned into what ever
 task takes (see plugins/metrics/_common.py): softmax probabilities for classification (per
 token too: (N, T, C) logits flatten to (N*T, C) and targets at the ignore index are dropped),
 sigmoid probabilities for binary data, the raw values for regression. A metric that produces a
-matrix (the confusion matrix) is not a scalar to log: it is drawn to a PNG for the run's artifacts.
+matrix (the confusion matrix) is not a scalar to log: it is saved as data, then drawn to a PNG
+for the run's artifacts.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +90,20 @@ class MetricSet:
                 out[f"val/{key}"] = value.detach().float()
         return out
 
-    def save_figures(self, folder: Path, class_names: Sequence[str] | None = None) -> list[Path]:
-        """The last computed matrices as PNGs in `folder`."""
+    def save_matrices(self, folder: Path, class_names: Sequence[str] | None = None) -> list[Path]:
+        """The last computed matrices as JSON files in `folder`, for gradloop.tracking.plots to
+        draw (in the store's process when the run is tracked: the training process does not
+        import matplotlib)."""
         if not self.matrices:
             return []
-        from gradloop.tracking.plots import confusion_matrix_png  # matplotlib: only when there is one to draw
-
         folder.mkdir(parents=True, exist_ok=True)
-        return [confusion_matrix_png(m, folder / f"{key}.png", key, class_names) for key, m in self.matrices.items()]
+        paths = []
+        for key, matrix in self.matrices.items():
+            path = folder / f"{key}.json"
+            data = {"title": key, "matrix": matrix.tolist(), "class_names": list(class_names or [])}
+            path.write_text(json.dumps(data))
+            paths.append(path)
+        return paths
 
 
 def prepare(

@@ -195,6 +195,12 @@ def run_op(client: MlflowClient, run_id: str, name: str, args: dict[str, Any]) -
         directory = plots.draw(Path(args["journal"]), Path(args["local_dir"]), args.get("title", ""))
         if directory is not None:
             client.log_artifacts(run_id, str(directory), "plots")
+    elif name == "log_figure":
+        from gradloop.tracking import plots  # matplotlib: only at the end of a run
+
+        if Path(args["data"]).exists():
+            png = plots.matrix_png(Path(args["data"]), Path(args["local_path"]))
+            client.log_artifact(run_id, str(png), args.get("artifact_path"))
     elif name == "log_model":
         from gradloop.tracking.modellog import log_model  # torch and mlflow.pytorch: only here
 

@@ -1,15 +1,18 @@
 """End-of-run PNGs for the MLflow artifact view: loss curves, a gradient-norm heatmap, and the
-validation confusion matrix (drawn from the matrix the metric computed).
+validation confusion matrix.
 
-Both are drawn from the run's metrics.jsonl (every point the run computed, sent or not), with
-matplotlib's Agg backend so that no display is needed, by the store's process at the end of a
-run (or by `gradloop sync`): the training process never imports matplotlib. The heatmap shows log10 of each
-layer's gradient norm (rows) over optimizer steps (columns): vanishing gradients are a dark
-band, exploding ones a bright one.
+The curves and the heatmap are drawn from the run's metrics.jsonl (every point the run computed,
+sent or not), the confusion matrix from the JSON file the trainer saved (MetricSet.save_matrices),
+with matplotlib's Agg backend so that no display is needed. A tracked run's are drawn by the
+store's process at the end of the run (or by `gradloop sync`): the training process never imports
+matplotlib for them. Only an untracked run, which has no store's process, draws its confusion
+matrix itself. The heatmap shows log10 of each layer's gradient norm (rows) over optimizer steps
+(columns): vanishing gradients are a dark band, exploding ones a bright one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -118,7 +121,7 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
 
 def confusion_matrix_png(matrix: Any, path: Path, title: str = "", class_names: Sequence[str] | None = None) -> Path:
     """Rows are true classes, columns predicted ones; each cell shows its value when they fit."""
-    values = [[float(v) for v in row] for row in matrix.tolist()]
+    values = [[float(v) for v in row] for row in (matrix.tolist() if hasattr(matrix, "tolist") else matrix)]
     n = len(values)
     names = list(class_names) if class_names and len(class_names) == n else [str(i) for i in range(n)]
     side = max(4.0, min(16.0, 0.45 * n + 2.5))
@@ -142,6 +145,12 @@ def confusion_matrix_png(matrix: Any, path: Path, title: str = "", class_names: 
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def matrix_png(data: Path, path: Path) -> Path:
+    """The matrix MetricSet.save_matrices wrote to `data`, drawn to `path`."""
+    saved = json.loads(Path(data).read_text())
+    return confusion_matrix_png(saved["matrix"], path, saved.get("title", ""), saved.get("class_names") or None)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -160,6 +160,9 @@ class Sender:
             kill = getattr(self.client, "kill", None)
             if kill is not None:
                 kill()  # the next call starts a fresh store process
+        # What the report counts as unsent is read back from the file: the journal's buffered
+        # lines (written within the last second) must be in it.
+        self.journal.flush()
         left = unsent_records(self.journal.path.parent)
         with self._ops_lock:
             pending = list(self._pending_ops)

@@ -75,7 +75,7 @@ class MlflowObserver:
         self._layout: StatLayout | None = None
         self._last_step: dict[str, int] = {}  # resume: per key, the last step the journal has
         self._checkpoint: Path | None = None
-        self._artifacts: list[tuple[Path, str]] = []  # files handed over by log_artifact, logged at the end
+        self._figures: list[tuple[Path, Path, str]] = []  # handed over by log_figure, drawn at the end
         self._guard = SigtermGuard()
         self._finished = False
         self._ctx: RunContext | None = None
@@ -232,9 +232,10 @@ class MlflowObserver:
     def log_checkpoint(self, path: Path, step: int) -> None:
         self._checkpoint = Path(path)
 
-    def log_artifact(self, path: Path, artifact_path: str) -> None:
-        """A file to log with the run's artifacts at the end (e.g. the confusion matrix PNG)."""
-        self._artifacts.append((Path(path), artifact_path))
+    def log_figure(self, data: Path, png: Path, artifact_path: str) -> None:
+        """A figure's data (the confusion matrix) that the store's process draws to `png` and
+        logs under `artifact_path` at the end of the run."""
+        self._figures.append((Path(data), Path(png), artifact_path))
 
     # -- logging windows: held, written once a second ------------------------------------
     # Code that runs once per logging window runs cold: ten training steps in between evict
@@ -351,8 +352,8 @@ class MlflowObserver:
             # Drawn by the store's process (matplotlib is imported there, not here).
             args = {"journal": str(self._journal.path), "local_dir": str(art / "plots"), "title": self.config.name}
             ops.append(Op("log_plots", args))
-        for path, folder in self._artifacts:
-            ops.append(Op("log_artifact", {"local_path": str(path), "artifact_path": folder}))
+        for data, png, folder in self._figures:  # drawn by the store's process too
+            ops.append(Op("log_figure", {"data": str(data), "local_path": str(png), "artifact_path": folder}))
         if (art / "histograms").is_dir():
             ops.append(Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"}))
         if self.tcfg.log_checkpoint and self._checkpoint is not None:
