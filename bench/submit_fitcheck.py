@@ -1,6 +1,6 @@
 """What the model/data/loss fit check adds to validating one HTTP submission (issue 18, item 1).
 
-In one process, the job service's validation of an iris config (validate_http_config) is timed
+In one process, the job service's validation of an iris config (check_http_config) is timed
 without and with the fit check (gradloop.fitcheck.checked with probe=False, as POST /v1/jobs runs
 it: the dataset's shape from its options or a cache, no data read). The two variants alternate,
 PAIRS times, each a batch of CALLS validations; medians, spread and CPU time are printed, and the
@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradloop.api.submit import validate_http_config  # noqa: E402
 from gradloop.fitcheck import checked  # noqa: E402
+from gradloop.http_policy import HttpPolicy, check_http_config  # noqa: E402
 from tests.support.api_service import iris_config  # noqa: E402
 
 
@@ -44,12 +44,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     body = json.dumps(iris_config("bench", tracking=False))
 
+    policy = HttpPolicy(data_root=root)
+
     def plain() -> object:
-        return validate_http_config(json.loads(body), {}, data_root=root, tracking_uri=None)
+        return check_http_config(json.loads(body), policy)
 
     def with_fit() -> object:
         raw = json.loads(body)
-        return checked(lambda: validate_http_config(raw, {}, data_root=root, tracking_uri=None), raw, probe=False)
+        return checked(lambda: check_http_config(raw, policy), raw, probe=False)
 
     with_fit()  # plugins loaded, shape cached: what a running service has after its first submission
     rows: dict[str, list[tuple[float, float]]] = {"validation": [], "validation + fit check": []}

@@ -1,5 +1,6 @@
 """Configured limits on what one job submitted over HTTP may ask for: epochs, optimizer steps,
-dataset size and model parameters.
+dataset size, model parameters, DataLoader workers, checkpoints and histograms kept, and the disk
+a job may fill.
 
 Pydantic's own bounds on the config keep values sane for a person at a terminal; these limits are
 the service operator's, so that one HTTP client cannot queue a job that would hold a worker for
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ from gradloop.plugin_files import dataset_bytes, resolve_model_paths
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + up to two fp32 optimizer states per weight
+HISTOGRAM_BYTES = 1024  # a tensor's gradient and weight rows in a histogram file (30 bins), long names included
+
 
 class ServiceLimits(BaseModel):
     """The operator's ceilings for one job; `gradloop serve --max-epochs ...` sets them."""
@@ -35,7 +40,8 @@ class ServiceLimits(BaseModel):
     max_steps: int = Field(
         10_000_000,
         ge=1,
-        description="optimizer steps a job may run (trainer.max_steps, or epochs x batches when the dataset size is known)",
+        description="optimizer steps a job may run "
+        "(trainer.max_steps, or epochs x batches when the dataset size is known)",
     )
     max_dataset_samples: int = Field(
         10_000_000, ge=1, description="samples a generated dataset may have (options n_samples / max_samples)"
@@ -46,6 +52,17 @@ class ServiceLimits(BaseModel):
     max_model_params: int = Field(
         1_000_000_000, ge=1, description="parameters of the model, counted on the meta device"
     )
+    max_num_workers: int = Field(4, ge=0, description="data.num_workers (DataLoader processes) may not exceed this")
+    max_keep_checkpoints: int = Field(10, ge=1, description="trainer.keep_checkpoints may not exceed this")
+    min_histogram_every: int = Field(
+        10, ge=1, description="tracking.histogram_every may not be below this (0, no histograms, is allowed)"
+    )
+    max_job_disk: int = Field(
+        20 * 1024**3,
+        ge=1,
+        description="bytes a job may write, by an upper estimate (see job_disk_bytes); a sweep counts all its children",
+    )
+    max_sweep_children: int = Field(256, ge=1, description="combinations a sweep's grid may have")
 
 
 def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> list[FieldError]:
@@ -56,14 +73,16 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
         errors.append(
             FieldError(
                 "trainer.epochs",
-                f"{trainer.epochs} epochs is over this service's limit of {limits.max_epochs}; ask for at most {limits.max_epochs}",
+                f"{trainer.epochs} epochs is over this service's limit of {limits.max_epochs}; "
+                f"ask for at most {limits.max_epochs}",
             )
         )
     if trainer.max_steps is not None and trainer.max_steps > limits.max_steps:
         errors.append(
             FieldError(
                 "trainer.max_steps",
-                f"{trainer.max_steps} steps is over this service's limit of {limits.max_steps}; ask for at most {limits.max_steps}",
+                f"{trainer.max_steps} steps is over this service's limit of {limits.max_steps}; "
+                f"ask for at most {limits.max_steps}",
             )
         )
 
@@ -73,16 +92,19 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
         errors.append(
             FieldError(
                 f"data.options.{field}",
-                f"{samples} samples is over this service's limit of {limits.max_dataset_samples}; use at most {limits.max_dataset_samples}",
+                f"{samples} samples is over this service's limit of {limits.max_dataset_samples}; "
+                f"use at most {limits.max_dataset_samples}",
             )
         )
-    elif samples is not None and trainer.max_steps is None and not errors:
+    elif trainer.max_steps is None and not errors and (samples := known_samples(config)) is not None:
         steps = estimated_steps(samples, config)
         if steps > limits.max_steps:
             errors.append(
                 FieldError(
                     "trainer.epochs",
-                    f"{trainer.epochs} epochs of {samples} samples in batches of {config.data.batch_size} is about {steps} steps, over this service's limit of {limits.max_steps}; lower epochs or set trainer.max_steps",
+                    f"{trainer.epochs} epochs of {samples} samples in batches of {config.data.batch_size} "
+                    f"is about {steps} steps, over this service's limit of {limits.max_steps}; "
+                    "lower epochs or set trainer.max_steps",
                 )
             )
 
@@ -91,7 +113,8 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
         errors.append(
             FieldError(
                 "data.options.path",
-                f"the dataset's files are {size} bytes, over this service's limit of {limits.max_dataset_bytes}; use a smaller dataset",
+                f"the dataset's files are {size} bytes, over this service's limit of {limits.max_dataset_bytes}; "
+                "use a smaller dataset",
             )
         )
 
@@ -105,19 +128,162 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
             )
         )
 
-    try:
-        options = resolve_model_paths(config.model.name, config.model.options, config.data.root or str(data_root))
-    except ConfigError:
-        options = None  # a path outside the root or missing: reported by the path check or the build
-    params = model_parameters(config.model.name, json.dumps(options, sort_keys=True)) if options is not None else None
-    if params is not None and params > limits.max_model_params:
+    data, tracking = config.data, config.tracking
+    if data.num_workers > limits.max_num_workers:
+        errors.append(
+            FieldError(
+                "data.num_workers",
+                f"{data.num_workers} DataLoader workers is over this service's limit of {limits.max_num_workers}; "
+                f"use at most {limits.max_num_workers}",
+            )
+        )
+    if trainer.keep_checkpoints > limits.max_keep_checkpoints:
+        errors.append(
+            FieldError(
+                "trainer.keep_checkpoints",
+                f"keeping {trainer.keep_checkpoints} checkpoints is over this service's limit of "
+                f"{limits.max_keep_checkpoints}; keep at most {limits.max_keep_checkpoints}",
+            )
+        )
+    if 0 < tracking.histogram_every < limits.min_histogram_every:
+        errors.append(
+            FieldError(
+                "tracking.histogram_every",
+                f"histograms every {tracking.histogram_every} steps is more often than this service allows "
+                f"(every {limits.min_histogram_every} steps at most); "
+                f"use {limits.min_histogram_every} or more, or 0 for none",
+            )
+        )
+
+    size = model_size_of(config, data_root)
+    if size is not None and size[0] > limits.max_model_params:
         errors.append(
             FieldError(
                 "model.options",
-                f"this model has {params} parameters, over this service's limit of {limits.max_model_params}; make it smaller",
+                f"this model has {size[0]} parameters, over this service's limit of {limits.max_model_params}; "
+                "make it smaller",
+            )
+        )
+    disk = job_disk(config, limits, data_root)
+    if disk is not None and disk.total > limits.max_job_disk:
+        errors.append(
+            FieldError(
+                disk.largest_field,
+                f"{disk.describe()}, over this service's limit of {human_bytes(limits.max_job_disk)}; {disk.fix}",
             )
         )
     return errors
+
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    """An upper estimate of the bytes one run writes, by what writes them."""
+
+    checkpoints: int
+    model: int
+    histograms: int
+
+    @property
+    def total(self) -> int:
+        return self.checkpoints + self.model + self.histograms
+
+    @property
+    def largest_field(self) -> str:
+        parts = {
+            "trainer.keep_checkpoints": self.checkpoints,
+            "tracking.log_model": self.model,
+            "tracking.histogram_every": self.histograms,
+        }
+        return max(parts, key=lambda k: parts[k])
+
+    @property
+    def fix(self) -> str:
+        return {
+            "trainer.keep_checkpoints": "keep fewer checkpoints (trainer.keep_checkpoints) or use a smaller model",
+            "tracking.log_model": "set tracking.log_model: false or use a smaller model",
+            "tracking.histogram_every": "record histograms less often (or set trainer.max_steps)",
+        }[self.largest_field]
+
+    def describe(self) -> str:
+        return (
+            f"this job would write up to {human_bytes(self.total)} (checkpoints {human_bytes(self.checkpoints)}, "
+            f"logged model {human_bytes(self.model)}, histograms {human_bytes(self.histograms)})"
+        )
+
+
+def job_disk(config: RunConfig, limits: ServiceLimits, data_root: Path) -> DiskEstimate | None:
+    """Upper estimate of what one run of `config` writes; None when its model cannot be counted.
+
+    - a checkpoint: 12 bytes per parameter (fp32 weights and up to two fp32 optimizer states per
+      weight, as Adam keeps); keep_checkpoints + 1 of them with checkpoint_every_steps (the
+      retained step files and the newest), else one at the end; one more copy in MLflow with
+      tracking.log_checkpoint;
+    - the logged model: 4 bytes per parameter, written locally and into MLflow (tracking.log_model);
+    - histograms: HISTOGRAM_BYTES per parameter tensor per record, locally and in MLflow, one
+      record every histogram_every steps of trainer.max_steps, else of the steps the dataset's
+      size gives when its options tell it (known_samples), else of this service's --max-steps.
+
+    The metrics journal and the job's log are not counted: log_every and the log's own cap
+    bound them."""
+    size = model_size_of(config, data_root)
+    if size is None:
+        return None
+    params, tensors = size
+    trainer, tracking = config.trainer, config.tracking
+    steps = min(_steps_bound(config, limits), limits.max_steps)
+    files = 0
+    if trainer.checkpoint_every_steps:
+        files = min(trainer.keep_checkpoints, max(1, steps // trainer.checkpoint_every_steps)) + 1
+    elif trainer.checkpoint_at_end:
+        files = 1
+    if tracking.enabled and tracking.log_checkpoint and files:
+        files += 1
+    model = 2 * 4 * params if tracking.enabled and tracking.log_model else 0
+    records = steps // tracking.histogram_every if tracking.enabled and tracking.histogram_every else 0
+    return DiskEstimate(
+        checkpoints=files * CHECKPOINT_BYTES_PER_PARAM * params,
+        model=model,
+        histograms=2 * records * tensors * HISTOGRAM_BYTES,
+    )
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _steps_bound(config: RunConfig, limits: ServiceLimits) -> int:
+    if config.trainer.max_steps is not None:
+        return config.trainer.max_steps
+    samples = known_samples(config)
+    return estimated_steps(samples, config) if samples is not None else limits.max_steps
+
+
+def known_samples(config: RunConfig) -> int | None:
+    """The dataset's size from its options alone: what the plugin says (capability `samples`),
+    else a generated dataset's n_samples / max_samples; None when only reading it would tell."""
+    from gradloop import registry
+
+    data = config.data
+    if data.name in registry.datasets:
+        samples = registry.datasets.get(data.name).capabilities.get("samples")
+        if samples is not None:
+            try:
+                return int(samples(dict(data.options)))
+            except (KeyError, TypeError, ValueError):
+                return None
+    return _declared_samples(data.options)
+
+
+def model_size_of(config: RunConfig, data_root: Path) -> tuple[int, int] | None:
+    """(parameters, parameter tensors) of the config's model, or None when it cannot be counted."""
+    try:
+        options = resolve_model_paths(config.model.name, config.model.options, config.data.root or str(data_root))
+    except ConfigError:
+        return None  # a path outside the root or missing: reported by the path check or the build
+    return model_size(config.model.name, json.dumps(options, sort_keys=True))
 
 
 def estimated_steps(samples: int, config: RunConfig) -> int:
@@ -136,10 +302,17 @@ def _declared_samples(options: dict[str, Any]) -> int | None:
     return None
 
 
-@lru_cache(maxsize=256)
 def model_parameters(name: str, options_json: str) -> int | None:
-    """Parameters of the registered model `name` built with these options on the meta device;
-    None when it cannot be built there (the limit is then not applied, and a warning logged)."""
+    """Parameters of the registered model `name` built with these options on the meta device."""
+    size = model_size(name, options_json)
+    return size[0] if size is not None else None
+
+
+@lru_cache(maxsize=256)
+def model_size(name: str, options_json: str) -> tuple[int, int] | None:
+    """(parameters, parameter tensors) of the registered model `name` built with these options on
+    the meta device; None when it cannot be built there (the limits that need it are then not
+    applied, and a warning logged)."""
     import torch
 
     from gradloop import registry
@@ -147,7 +320,8 @@ def model_parameters(name: str, options_json: str) -> int | None:
     try:
         with torch.device("meta"):
             model = registry.models.build(name, json.loads(options_json))
-        return int(sum(p.numel() for p in model.parameters()))
+        tensors = list(model.parameters())
+        return int(sum(p.numel() for p in tensors)), len(tensors)
     except Exception as exc:  # a plugin that cannot build on meta: the worker will find out
         log.warning("cannot count the parameters of model %r on the meta device: %s", name, exc)
         return None

@@ -3,7 +3,8 @@ check or resolve it without building anything: the HTTP policy (every path under
 --max-dataset-bytes) and the builder (a model's weights or folder resolve under the data root).
 
 - `path_options=("path", "tokenizer_path", ...)`: the options of a dataset or model plugin that
-  name a file or folder, relative to the data root.
+  name a file or folder, relative to the data root. A dataset that declares none but has a
+  `path` option is taken to read that path.
 - `files=callable(options, data_root) -> list[Path]`: the files a dataset will read (an image
   folder's images, a corpus folder's texts). Without it, a dataset's `path` option is the file.
 """
@@ -27,7 +28,11 @@ def path_options(kind: str, name: str) -> tuple[str, ...]:
 
     if is_import_path(name) or name not in registry.registry(kind):
         return ()
-    return tuple(registry.registry(kind).get(name).capabilities.get("path_options", ()))
+    plugin = registry.registry(kind).get(name)
+    declared = plugin.capabilities.get("path_options")
+    if declared is None and kind == "datasets" and "path" in plugin.options.model_fields:
+        return ("path",)  # what dataset_files reads for a dataset that says nothing
+    return tuple(declared or ())
 
 
 def declared_paths(config: RunConfig) -> list[tuple[str, str]]:
@@ -49,28 +54,36 @@ def paths_outside(config: RunConfig, data_root: Path) -> list[FieldError]:
     base = Path(config.data.root).resolve() if config.data.root else root
     errors = []
     for field, value in declared_paths(config):
-        resolved = (base / value).resolve()
-        if resolved != root and root not in resolved.parents:
+        if not _under(base / value, root):
             errors.append(FieldError(field, f"{value!r} is outside the service's data root; give a path under it"))
     return errors
 
 
 def dataset_files(config: RunConfig, data_root: Path) -> list[Path]:
-    """The files the config's dataset will read (those that exist now)."""
+    """The files under `data_root` that the config's dataset will read (those that exist now).
+    A file outside it is left out without a look at it (paths_outside reports it)."""
     from gradloop import registry
 
     data = config.data
-    root = Path(data.root) if data.root else Path(data_root)
+    top = Path(data_root).resolve()
+    root = Path(data.root) if data.root else top
     if data.name not in registry.datasets:
         return []
     files = registry.datasets.get(data.name).capabilities.get("files")
     try:
         if files is not None:
-            return [p for p in files(dict(data.options), root) if p.is_file()]
-        path = data.options.get("path")
-        return [root / path] if isinstance(path, str) and (root / path).is_file() else []
+            candidates = list(files(dict(data.options), root))
+        else:
+            path = data.options.get("path")
+            candidates = [root / path] if isinstance(path, str) else []
+        return [p for p in candidates if _under(p, top) and p.is_file()]
     except (OSError, ValueError):
         return []  # a missing or unreadable path is the dataset plugin's error to report
+
+
+def _under(path: Path, root: Path) -> bool:
+    resolved = path.resolve()
+    return resolved == root or root in resolved.parents
 
 
 def dataset_bytes(config: RunConfig, data_root: Path) -> int | None:

@@ -1,35 +1,36 @@
 """Sweeps: a grid over dotted config keys, each combination one child run under a parent run.
 
-`expand_sweep` turns a raw config with a `sweep:` block into labelled child configs (the
-block removed, one value per swept key set); `run_sweep` validates every child before any
-trains, opens a parent MLflow run, trains the children one after another (a failing child
-does not stop the others), and gives the parent a summary: a table artifact with every
-child's status, swept params and final metrics, and the best child's metrics and params as
-the parent's own. Children are nested under the parent through `tracking.parent_run`.
+`expand_sweep` (gradloop.sweep_expand) turns a raw config with a `sweep:` block into labelled
+child configs (the block removed, one value per swept key set). `run_sweep` validates every
+child before any trains (through the job service's policy when the service runs it), opens a
+parent MLflow run, trains the children one after another (a failing child does not stop the
+others), and gives the parent a summary: a table artifact with every child's status, swept
+params and final metrics, and the best child's metrics and params as the parent's own.
+Children are nested under the parent through `tracking.parent_run`.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradloop.config import RunConfig, get_dotted, set_dotted, sweep_grid, validate_config
+from gradloop.config import RunConfig, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.runner import RunResult
+from gradloop.sweep_expand import expand_sweep, sweep_children
 
 log = logging.getLogger("gradloop.sweep")
 
 TrainOne = Callable[[RunConfig, "str | None"], RunResult]
+CheckChild = Callable[[dict[str, Any]], RunConfig]
 
 
 @dataclass
@@ -60,37 +61,6 @@ class SweepResult(RunResult):
         return [c for c in self.children if c.status == "FAILED"]
 
 
-def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """[(label, child raw config)] for every combination of the grid, in key order."""
-    block = raw_config.get("sweep") or {}
-    grid = sweep_grid(block) if isinstance(block, Mapping) else block
-    if not isinstance(grid, Mapping) or not grid:
-        raise ConfigError.single(
-            "sweep", "give a mapping of dotted keys to lists of values, e.g. {optimizer.options.lr: [0.1, 0.01]}"
-        )
-    errors: list[FieldError] = []
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            errors.append(FieldError(f"sweep.{key}", "give a non-empty list of values to try"))
-    if errors:
-        raise ConfigError(errors)
-    base = {k: copy.deepcopy(v) for k, v in raw_config.items() if k != "sweep"}
-    keys = list(grid)
-    children: list[tuple[str, dict[str, Any]]] = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        child = copy.deepcopy(base)
-        for key, value in zip(keys, combo):
-            try:
-                set_dotted(child, key, copy.deepcopy(value))
-            except (KeyError, IndexError, TypeError) as exc:
-                raise ConfigError.single(
-                    f"sweep.{key}", f"this key cannot be set in the config: {exc.args[0]}"
-                ) from None
-        label = ",".join(f"{k}={_label_value(v)}" for k, v in zip(keys, combo))
-        children.append((label, child))
-    return children
-
-
 def run_sweep(
     config: RunConfig,
     *,
@@ -100,18 +70,20 @@ def run_sweep(
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
     metric: str | None = None,
+    check_child: CheckChild | None = None,
 ) -> SweepResult:
     """Train every child of `config`'s sweep; see the module docstring.
 
     train_one(child_config, parent_run_id) trains one child (default: `service.train` with the
     child nested under the parent run). metric: what "best" means (default: the config's
     sweep.metric, else val/loss, else train/loss), with sweep.goal (default: maximize for names
-    containing "accuracy", else minimize).
+    containing "accuracy", else minimize). check_child(raw) -> RunConfig validates each child's
+    raw config (default: validate_config; the job service passes its HTTP policy).
     """
     if resume is not None:
         raise GradloopError("--resume cannot resume a whole sweep; resume one child run by its run directory")
     sweep_dir = Path(config.output_dir) / config.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    children = _validated_children(config, sweep_dir)
+    children = _validated_children(config, sweep_dir, check_child)
     train_one = train_one or _default_train_one(observers, job_id, stop_event)
     started = time.perf_counter()
     parent = _Parent.open(config, children)
@@ -161,47 +133,23 @@ def run_sweep(
     )
 
 
-def _validated_children(config: RunConfig, sweep_dir: Path) -> list[SweepChild]:
-    """Every child config, validated before any of them trains: a bad grid value fails at once.
+def _validated_children(config: RunConfig, sweep_dir: Path, check_child: CheckChild | None) -> list[SweepChild]:
+    """Every child config, checked before any of them trains: a bad grid value fails at once.
     A child's run directory goes under the sweep's: sweep_dir/<name>-NN/<run id>."""
+    check = check_child or validate_config
     children: list[SweepChild] = []
     errors: list[FieldError] = []
-    grid_keys = list(sweep_grid(config.sweep))
-    for i, (label, raw) in enumerate(expand_sweep(config.to_dict())):
-        raw["name"] = f"{config.name}-{i:02d}"[:100]
-        raw["output_dir"] = str(sweep_dir)
-        _fit_options_to_swapped_plugins(raw, grid_keys)
+    for label, overrides, raw in sweep_children(config):
         try:
-            cfg = validate_config(raw)
+            cfg = check(raw)
         except ConfigError as exc:
             errors += [FieldError(e.path, f"{e.message} (sweep child {label})") for e in exc.errors]
             continue
-        children.append(SweepChild(label, {k: get_dotted(raw, k) for k in grid_keys}, cfg))
+        cfg.output_dir = str(sweep_dir)
+        children.append(SweepChild(label, overrides, cfg))
     if errors:
         raise ConfigError(errors)
     return children
-
-
-def _fit_options_to_swapped_plugins(raw: dict[str, Any], grid_keys: list[str]) -> None:
-    """A sweep over `optimizer.name` starts from the *resolved* base config, whose options hold
-    the first plugin's defaults (sgd's momentum...). Keep only the options the swept-in plugin
-    has, so shared ones (lr, weight_decay) carry over and foreign ones do not fail validation."""
-    from gradloop import registry
-    from gradloop.config import PLUGIN_FIELDS
-
-    kinds = dict(PLUGIN_FIELDS)
-    for key in grid_keys:
-        field_name, _, rest = key.partition(".")
-        spec = raw.get(field_name)
-        if rest != "name" or field_name not in kinds or not isinstance(spec, dict):
-            continue
-        reg = registry.registry(kinds[field_name])
-        if spec.get("name") in reg:
-            allowed = reg.get(spec["name"]).options.model_fields
-            swept_options = {k.split(".", 2)[2] for k in grid_keys if k.startswith(f"{field_name}.options.")}
-            spec["options"] = {
-                k: v for k, v in (spec.get("options") or {}).items() if k in allowed or k in swept_options
-            }
 
 
 def _default_train_one(observers: Sequence[Any], job_id: str | None, stop_event: threading.Event | None) -> TrainOne:
@@ -310,6 +258,4 @@ def _write_summary(path: Path, children: list[SweepChild]) -> Path:
     return path
 
 
-def _label_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text  # never cut: two labels that differ only at the end must stay told apart
+__all__ = ["SweepChild", "SweepResult", "expand_sweep", "run_sweep"]

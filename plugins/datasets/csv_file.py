@@ -30,7 +30,10 @@ class CSVOptions(BaseModel):
 
 
 @datasets.register(
-    "csv", options=CSVOptions, description="A CSV file with a header row; numeric features, target column by name."
+    "csv",
+    options=CSVOptions,
+    description="A CSV file with a header row; numeric features, target column by name.",
+    path_options=("path",),
 )
 def csv_dataset(*, options: CSVOptions, ctx: DataContext) -> DataSplits:
     path = resolve_data_path(ctx, options.path, "data.options.path")
@@ -90,7 +93,8 @@ def _read(path: Path, options: CSVOptions) -> tuple[list[str], list[tuple[int, l
             if len(fields) != len(header):
                 raise ConfigError.single(
                     "data.options.path",
-                    f"line {reader.line_num} of {options.path!r} has {len(fields)} fields but the header has {len(header)}",
+                    f"line {reader.line_num} of {options.path!r} has {len(fields)} fields "
+                    f"but the header has {len(header)}",
                 )
             rows.append((reader.line_num, fields))
     if not rows:

@@ -21,6 +21,7 @@ _BINARY_OK = {"breast_cancer"}
 # The full datasets' class counts, so a small max_samples subset cannot shrink the output layer.
 _NUM_CLASSES = {"digits": 10, "iris": 3, "wine": 3, "breast_cancer": 2}
 _NUM_FEATURES = {"digits": 64, "iris": 4, "wine": 13, "breast_cancer": 30, "diabetes": 10}
+_NUM_SAMPLES = {"digits": 1797, "iris": 150, "wine": 178, "breast_cancer": 569, "diabetes": 442}
 
 
 class SklearnOptions(BaseModel):
@@ -60,10 +61,18 @@ def _load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(bunch.data, dtype=torch.float32), torch.as_tensor(bunch.target)
 
 
+def _samples(options: dict) -> int:
+    """Samples the dataset has with these (validated) options, known without loading it."""
+    total = _NUM_SAMPLES[options["dataset"]]
+    subset = options.get("max_samples")
+    return min(total, subset) if subset else total
+
+
 @datasets.register(
     "sklearn",
     options=SklearnOptions,
     description="scikit-learn's bundled datasets: digits, iris, wine, breast_cancer, diabetes.",
+    samples=_samples,
 )
 def sklearn_dataset(*, options: SklearnOptions, ctx: DataContext) -> DataSplits:
     x, y = _load(options.dataset)

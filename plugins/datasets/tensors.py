@@ -29,7 +29,12 @@ class TensorsOptions(BaseModel):
     standardize: bool = Field(False, description="scale features per position with the training split's mean and std")
 
 
-@datasets.register("tensors", options=TensorsOptions, description="Features and targets from a .pt or .npz file.")
+@datasets.register(
+    "tensors",
+    options=TensorsOptions,
+    description="Features and targets from a .pt or .npz file.",
+    path_options=("path",),
+)
 def tensors_dataset(*, options: TensorsOptions, ctx: DataContext) -> DataSplits:
     path = resolve_data_path(ctx, options.path, "data.options.path")
     arrays = _load(path, options.path)
@@ -40,7 +45,8 @@ def tensors_dataset(*, options: TensorsOptions, ctx: DataContext) -> DataSplits:
     if x.dim() < 2:
         raise ConfigError.single(
             "data.options.x_key",
-            f"features {options.x_key!r} have shape {tuple(x.shape)}; they need a sample axis and a feature axis, (N, features)",
+            f"features {options.x_key!r} have shape {tuple(x.shape)}; "
+            "they need a sample axis and a feature axis, (N, features)",
         )
     if len(x) != len(y):
         raise ConfigError.single(

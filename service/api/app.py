@@ -91,6 +91,8 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
                     jobs_dir=str(settings.jobs_dir),
                     data_root=str(settings.data_root),
                     tracking_uri=settings.tracking_uri,
+                    allowed_tracking_uris=tuple(settings.allowed_tracking_uris),
+                    limits=settings.limits.model_dump(),
                 ),
                 PoolSettings(
                     max_concurrent=max_concurrent,

@@ -27,10 +27,10 @@ from gradloop.api.submit import (
     UnsupportedMediaTypeError,
     parse_body,
     request_hash,
-    validate_http_config,
 )
 from gradloop.config import RunConfig
 from gradloop.fitcheck import checked
+from gradloop.http_policy import check_http_config
 from gradloop.jobs.events import job_events
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import job_dir, log_path
@@ -159,18 +159,13 @@ def _validated(body: bytes, content_type: str, settings: Any) -> tuple[dict[str,
 
 
 def _with_fit_check(raw: dict[str, Any], lines: dict[str, int], settings: Any) -> RunConfig:
-    """validate_http_config, and the model/data/loss fit in the same 422, so that a job that would
-    fail on it is refused now rather than FAILED later. The fit check reads no data here: the
-    dataset's shape comes from its options (built-in datasets say how) or from an earlier check;
-    a dataset that cannot say is checked when its job starts, before its first step."""
-    return checked(
-        lambda: validate_http_config(
-            raw, lines, data_root=settings.data_root, tracking_uri=settings.tracking_uri, limits=settings.limits
-        ),
-        raw,
-        lines=lines,
-        probe=False,
-    )
+    """The service's HTTP policy (gradloop.http_policy), and the model/data/loss fit in the same
+    422, so that a job that would fail on it is refused now rather than FAILED later. The fit
+    check reads no data here: the dataset's shape comes from its options (built-in datasets say
+    how) or from an earlier check; a dataset that cannot say is checked when its job starts,
+    before its first step."""
+    policy = settings.policy()
+    return checked(lambda: check_http_config(raw, policy, lines=lines), raw, lines=lines, probe=False)
 
 
 @router.get(

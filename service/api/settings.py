@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from gradloop.http_policy import HttpPolicy
 from gradloop.limits import ServiceLimits
 
 DEFAULT_PORT = 8000
@@ -26,6 +27,9 @@ class ServiceSettings(BaseModel):
     )
     tracking_uri: str | None = Field(
         None, description="MLflow store for jobs that name none; default: sqlite in the state dir"
+    )
+    allowed_tracking_uris: list[str] = Field(
+        default_factory=list, description="tracking servers a job may name instead of the service's store, exactly"
     )
     mlflow_ui: str | None = Field(None, description="MLflow UI address, for links to a job's run")
     tokens: list[str] = Field(default_factory=list, description="accepted bearer tokens; empty: no auth")
@@ -46,6 +50,15 @@ class ServiceSettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
     body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this after its headers")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection is closed after this")
+
+    def policy(self) -> HttpPolicy:
+        """The rules every config this service accepts goes through (see gradloop.http_policy)."""
+        return HttpPolicy(
+            data_root=self.data_root,
+            tracking_uri=self.tracking_uri,
+            allowed_tracking_uris=tuple(self.allowed_tracking_uris),
+            limits=self.limits,
+        )
 
     def resolved(self) -> ServiceSettings:
         state = self.state_dir.resolve()

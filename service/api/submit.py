@@ -1,24 +1,18 @@
-"""From an HTTP body to a validated run config, under the rules for configs sent over HTTP.
+"""From an HTTP body to a raw config: JSON or YAML, read as `gradloop run` reads a file.
 
-The same loading and validation as `gradloop run` (gradloop.config), plus what a network client
-must not be able to do: name code by import path, read data outside the service's data root,
-or point MLflow at a local path of its choosing. Every problem is a FieldError, so the 422
-lists them all with the same messages the CLI prints.
+What a network client may ask for in it is the HTTP policy's to decide (gradloop.http_policy).
+Every problem is a FieldError, so the 422 lists them all with the same messages the CLI prints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-from pathlib import Path
 from typing import Any
 
-from gradloop.config import RunConfig, load_raw_text, validate_config
+from gradloop.config import load_raw_text
 from gradloop.config.yaml_source import MAX_DEPTH
 from gradloop.errors import ConfigError, FieldError, GradloopError
-from gradloop.limits import ServiceLimits, check_limits
-from gradloop.plugin_files import paths_outside
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 JSON_TYPES = ("application/json", "")
@@ -118,89 +112,3 @@ def request_hash(raw: dict[str, Any], priority: int) -> str:
     """Identity of a request for Idempotency-Key: the parsed config (not its bytes) and priority."""
     blob = json.dumps({"config": raw, "priority": priority}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _non_finite(value: Any, path: str, out: list[FieldError]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        out.append(FieldError(path, f"{value} is not allowed; give a finite number"))
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _non_finite(v, f"{path}.{k}" if path else str(k), out)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _non_finite(v, f"{path}.{i}" if path else str(i), out)
-
-
-def _is_local_store(uri: str) -> bool:
-    return not uri.startswith(("http://", "https://", "databricks"))
-
-
-def validate_http_config(
-    raw: dict[str, Any],
-    lines: dict[str, int],
-    *,
-    data_root: Path,
-    tracking_uri: str | None,
-    limits: ServiceLimits | None = None,
-) -> RunConfig:
-    """Validate `raw` (JSON-native, as parse_body returns it; data.root is filled in place) as
-    the service runs it; raise ConfigError listing every problem."""
-    errors: list[FieldError] = []
-    _non_finite(raw, "", errors)
-
-    data = raw.get("data")
-    if isinstance(data, dict):
-        given = data.get("root")
-        if given is not None:
-            if not isinstance(given, str):
-                errors.append(
-                    FieldError(
-                        "data.root", "must be a path (a string) under the service's data root", lines.get("data.root")
-                    )
-                )
-            else:
-                resolved = (data_root / given).resolve()
-                if resolved != data_root and data_root not in resolved.parents:
-                    errors.append(
-                        FieldError(
-                            "data.root",
-                            f"{given!r} is outside the service's data root {str(data_root)!r}; use a path under it, or leave data.root out",
-                            lines.get("data.root"),
-                        )
-                    )
-                else:
-                    data["root"] = str(resolved)
-        else:
-            data["root"] = str(data_root)
-
-    tracking = raw.get("tracking")
-    if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):
-        uri = tracking["uri"]
-        if _is_local_store(uri) and uri != tracking_uri:
-            errors.append(
-                FieldError(
-                    "tracking.uri",
-                    f"{uri!r} is a local MLflow store; over HTTP the service picks it ({tracking_uri}); leave tracking.uri out or use an http(s) tracking server",
-                    lines.get("tracking.uri"),
-                )
-            )
-
-    try:
-        config = validate_config(raw, lines=lines, allow_import_paths=False)
-    except ConfigError as exc:
-        raise ConfigError(errors + exc.errors) from None
-    errors += [FieldError(e.path, e.message, _line(e.path, lines)) for e in paths_outside(config, data_root)]
-    if errors:
-        raise ConfigError(errors)
-    over = check_limits(config, limits or ServiceLimits(), data_root)
-    if over:
-        raise ConfigError([FieldError(e.path, e.message, _line(e.path, lines)) for e in over])
-    return config
-
-
-def _line(path: str, lines: dict[str, int]) -> int | None:
-    while path:
-        if path in lines:
-            return lines[path]
-        path = path.rpartition(".")[0]
-    return None

@@ -82,6 +82,25 @@ def serve(
     max_model_params: int = typer.Option(
         1_000_000_000, "--max-model-params", min=1, help="limit: parameters of a job's model"
     ),
+    max_num_workers: int = typer.Option(4, "--max-num-workers", min=0, help="limit: a job's data.num_workers"),
+    max_keep_checkpoints: int = typer.Option(
+        10, "--max-keep-checkpoints", min=1, help="limit: a job's trainer.keep_checkpoints"
+    ),
+    min_histogram_every: int = typer.Option(
+        10, "--min-histogram-every", min=1, help="limit: a job's tracking.histogram_every, unless 0 (none)"
+    ),
+    max_job_disk: int = typer.Option(
+        20 * 1024**3, "--max-job-disk", min=1, help="limit: bytes a job may write, by an upper estimate"
+    ),
+    max_sweep_children: int = typer.Option(
+        256, "--max-sweep-children", min=1, help="limit: combinations in a job's sweep grid"
+    ),
+    allow_tracking_uri: list[str] | None = typer.Option(
+        None,
+        "--allow-tracking-uri",
+        metavar="URI",
+        help="a tracking server jobs may name as tracking.uri (repeat for several; default: only the service's store)",
+    ),
     public_metrics: bool = typer.Option(
         False, "--public-metrics", help="with a token set, still serve /metrics, /readyz and /docs without one"
     ),
@@ -121,7 +140,13 @@ def serve(
             max_dataset_samples=max_dataset_samples,
             max_dataset_bytes=max_dataset_bytes,
             max_model_params=max_model_params,
+            max_num_workers=max_num_workers,
+            max_keep_checkpoints=max_keep_checkpoints,
+            min_histogram_every=min_histogram_every,
+            max_job_disk=max_job_disk,
+            max_sweep_children=max_sweep_children,
         ),
+        allowed_tracking_uris=allow_tracking_uri or [],
         **({"data_root": data_root} if data_root is not None else {}),
         public_metrics=public_metrics,
         header_timeout_s=header_timeout,
@@ -277,7 +302,8 @@ class Client:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             _fail(
-                f"cannot reach the service at {self.base} ({type(exc).__name__}); start it with `gradloop serve` or pass --server",
+                f"cannot reach the service at {self.base} ({type(exc).__name__}); "
+                "start it with `gradloop serve` or pass --server",
                 EXIT_FAILED,
             )
         if response.status_code >= 400:

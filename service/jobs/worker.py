@@ -1,13 +1,14 @@
 """What runs inside one job's child process: train the job's config and record the outcome.
 
 The child was forked from the pre-imported fork server (forkserver.py) into its own process
-group, with stdout and stderr going to the job's log. It re-validates the stored config (HTTP
-rules: no import paths), points its outputs at the job's directory, and calls train() with a
-JobProgressObserver. SIGTERM sets the stop event: the trainer stops at the next step boundary,
-writes a checkpoint and ends the MLflow run KILLED. Every write names the job's attempt, so an
-attempt that lost its lease cannot record anything (see store.Fence); the first refused write
-ends the process at once, before it writes another checkpoint or touches the MLflow run that
-its successor now continues.
+group, with stdout and stderr going to the job's log. It checks the stored config again through
+the service's HTTP policy (gradloop.http_policy; a sweep's children too, as they are built),
+points its outputs at the job's directory, and calls train() with a JobProgressObserver.
+SIGTERM sets the stop event: the trainer stops at the next step boundary, writes a checkpoint
+and ends the MLflow run KILLED. Every write names the job's attempt, so an attempt that lost its
+lease cannot record anything (see store.Fence); the first refused write ends the process at
+once, before it writes another checkpoint or touches the MLflow run that its successor now
+continues.
 
 A later attempt resumes from the checkpoint the job record names, in the same run directory and
 the same MLflow run (the checkpoint carries the run id). MLflow runs of the job that no attempt
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from gradloop.errors import GradloopError
+from gradloop.http_policy import HttpPolicy, check_http_config
 from gradloop.jobs.job_progress import JobProgressObserver
 from gradloop.jobs.models import JobState
 from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
 from gradloop.jobs.store import JobStore
+from gradloop.limits import ServiceLimits
 
 LOG_NAME = "job.log"
 
@@ -43,13 +46,26 @@ class WorkerSettings:
     jobs_dir: str  # per-job directories: log, run dirs, checkpoints (a shared volume across hosts)
     data_root: str
     tracking_uri: str | None = None  # the service's MLflow store, used when a config names none
+    allowed_tracking_uris: tuple[str, ...] = ()  # and the others a config may name
+    limits: dict[str, Any] | None = None  # ServiceLimits' fields (default: its defaults)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSettings:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["allowed_tracking_uris"] = tuple(fields.get("allowed_tracking_uris") or ())
+        return cls(**fields)
+
+    def policy(self) -> HttpPolicy:
+        """The service's HTTP policy, which the job's config passes again before it runs."""
+        return HttpPolicy(
+            data_root=Path(self.data_root),
+            tracking_uri=self.tracking_uri,
+            allowed_tracking_uris=self.allowed_tracking_uris,
+            limits=ServiceLimits(**(self.limits or {})),
+        )
 
 
 def job_dir(jobs_dir: str | Path, job_id: str) -> Path:
@@ -61,18 +77,19 @@ def log_path(jobs_dir: str | Path, job_id: str) -> Path:
 
 
 def prepare_config(job: JobRecord, settings: WorkerSettings) -> Any:
-    """The job's RunConfig with the service's paths: outputs under the job's directory, data
-    under the data root, the service's MLflow store unless the config names one."""
-    from gradloop.config import validate_config
-
+    """The job's RunConfig, through the service's HTTP policy again (a job stored by an older
+    version, or edited in the database, gets no more than a new submission would), with the
+    service's paths: outputs under the job's directory, data under the data root, the service's
+    MLflow store unless the config names one the policy allows."""
     raw = json.loads(json.dumps(job.config))
-    raw["output_dir"] = str(job_dir(settings.jobs_dir, job.id) / "runs")
-    raw.setdefault("data", {})["root"] = (raw.get("data") or {}).get("root") or settings.data_root
-    tracking = raw.setdefault("tracking", {}) or {}
-    raw["tracking"] = tracking
-    if not tracking.get("uri") and settings.tracking_uri:
-        tracking["uri"] = settings.tracking_uri
-    return validate_config(raw, allow_import_paths=False, source=f"job {job.id}")
+    # The stored config is the resolved one, output_dir included (the default: a submission may
+    # not name one); the worker picks it, so it is not the policy's to judge here.
+    raw.pop("output_dir", None)
+    config = check_http_config(raw, settings.policy(), source=f"job {job.id}")
+    config.output_dir = str(job_dir(settings.jobs_dir, job.id) / "runs")
+    if not config.tracking.uri and settings.tracking_uri:
+        config.tracking.uri = settings.tracking_uri
+    return config
 
 
 def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
@@ -89,6 +106,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
         from gradloop.runner import train
+        from gradloop.sweep import run_sweep
 
         config = prepare_config(job, settings)
         resume = (
@@ -105,7 +123,19 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
             )
             # A run that this attempt does not continue would otherwise stay RUNNING forever.
             close_job_runs(job, settings, "KILLED", keep=job.mlflow_run_id if resume else None, config=config)
-        result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
+        if config.sweep:
+            # Each child through the policy too, as the runner builds it (see gradloop.sweep).
+            policy = settings.policy()
+            result = run_sweep(
+                config,
+                resume=resume,
+                observers=(observer,),
+                job_id=job_id,
+                stop_event=stop_event,
+                check_child=lambda child: check_http_config(child, policy, source=f"job {job_id}"),
+            )
+        else:
+            result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
     except StaleAttemptError:
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
         return 0
