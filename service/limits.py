@@ -221,7 +221,8 @@ def job_disk(config: RunConfig, limits: ServiceLimits, data_root: Path) -> DiskE
     - the logged model: 4 bytes per parameter, written locally and into MLflow (tracking.log_model);
     - histograms: HISTOGRAM_BYTES per parameter tensor per record, locally and in MLflow, one
       record every histogram_every steps of trainer.max_steps, else of the steps the dataset's
-      size gives when its options tell it (known_samples), else of this service's --max-steps.
+      size gives when its options tell it (known_samples), else of the steps its files allow at
+      one sample per byte, else of this service's --max-steps.
 
     The metrics journal and the job's log are not counted: log_every and the log's own cap
     bound them."""
@@ -230,7 +231,7 @@ def job_disk(config: RunConfig, limits: ServiceLimits, data_root: Path) -> DiskE
         return None
     params, tensors = size
     trainer, tracking = config.trainer, config.tracking
-    steps = min(_steps_bound(config, limits), limits.max_steps)
+    steps = min(_steps_bound(config, limits, data_root), limits.max_steps)
     files = 0
     if trainer.checkpoint_every_steps:
         files = min(trainer.keep_checkpoints, max(1, steps // trainer.checkpoint_every_steps)) + 1
@@ -254,10 +255,12 @@ def human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def _steps_bound(config: RunConfig, limits: ServiceLimits) -> int:
+def _steps_bound(config: RunConfig, limits: ServiceLimits, data_root: Path) -> int:
     if config.trainer.max_steps is not None:
         return config.trainer.max_steps
     samples = known_samples(config)
+    if samples is None:
+        samples = dataset_bytes(config, data_root)  # no sample takes less than a byte of its files
     return estimated_steps(samples, config) if samples is not None else limits.max_steps
 
 

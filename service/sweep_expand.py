@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gradloop import registry
-from gradloop.config import PLUGIN_FIELDS, RunConfig, get_dotted, set_dotted, sweep_grid
+from gradloop.config import PLUGIN_FIELDS, RunConfig, set_dotted, sweep_grid
 from gradloop.config.yaml_source import MAX_DEPTH
 from gradloop.errors import ConfigError, FieldError
 
@@ -32,6 +32,12 @@ def grid_size(sweep: Any) -> int:
 def iter_sweep(raw_config: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(label, child raw config) for every combination of the grid, in key order, one at a time;
     the grid's keys are checked before the first child is built."""
+    for label, _, child in _combinations(raw_config):
+        yield label, child
+
+
+def _combinations(raw_config: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(label, swept values, child raw config), as iter_sweep."""
     block = raw_config.get("sweep") or {}
     grid = sweep_grid(block) if isinstance(block, Mapping) else block
     if not isinstance(grid, Mapping) or not grid:
@@ -52,7 +58,8 @@ def iter_sweep(raw_config: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, A
                 raise ConfigError.single(
                     f"sweep.{key}", f"this key cannot be set in the config: {exc.args[0]}"
                 ) from None
-        yield ",".join(f"{k}={label_value(v)}" for k, v in zip(keys, combo)), child
+        label = ",".join(f"{k}={label_value(v)}" for k, v in zip(keys, combo))
+        yield label, {k: copy.deepcopy(v) for k, v in zip(keys, combo)}, child
 
 
 def expand_sweep(raw_config: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -67,10 +74,10 @@ def sweep_children(config: RunConfig) -> Iterator[tuple[str, dict[str, Any], dic
     grid_keys = list(sweep_grid(config.sweep))
     base = config.to_dict()
     del base["output_dir"]  # a swept output_dir stays, for whoever checks the child to see
-    for i, (label, raw) in enumerate(iter_sweep(base)):
+    for i, (label, values, raw) in enumerate(_combinations(base)):
         raw["name"] = f"{config.name}-{i:02d}"[:100]
         _fit_options_to_swapped_plugins(raw, grid_keys)
-        yield label, {k: get_dotted(raw, k) for k in grid_keys}, raw
+        yield label, values, raw
 
 
 def label_value(value: Any) -> str:

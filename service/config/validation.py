@@ -183,7 +183,7 @@ def _check_metric_options(metrics: list[Any], registry: Any, err: Any) -> None:
     """Each metric's name and options, by its plugin (its fit to the data is checked once the data is built)."""
     for i, item in enumerate(metrics):
         name = item if isinstance(item, str) else item.get("name") if isinstance(item, Mapping) else None
-        options = {} if isinstance(item, str) else item.get("options") or {}
+        options = item.get("options") or {} if isinstance(item, Mapping) else {}
         if not isinstance(name, str) or not isinstance(options, Mapping):
             continue  # the structural pass has reported it
         field = f"metrics.{i}" if isinstance(item, str) else f"metrics.{i}.name"
@@ -239,7 +239,8 @@ def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
         if caps.get("closure") and trainer.grad_accum_steps > 1:
             err(
                 "trainer.grad_accum_steps",
-                f"{optimizer.name} re-evaluates the loss through a closure and cannot accumulate gradients; set grad_accum_steps to 1",
+                f"{optimizer.name} re-evaluates the loss through a closure and cannot accumulate gradients; "
+                "set grad_accum_steps to 1",
             )
         if caps.get("closure") and trainer.precision == "fp16":
             err("trainer.precision", f"{optimizer.name} cannot run with fp16 gradient scaling; use fp32 or bf16")
@@ -248,7 +249,8 @@ def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
         if caps.get("monitor") and data.val_fraction == 0:
             err(
                 "scheduler.name",
-                f"{scheduler.name} watches a validation metric but data.val_fraction is 0; hold out some data (e.g. 0.2)",
+                f"{scheduler.name} watches a validation metric but data.val_fraction is 0; "
+                "hold out some data (e.g. 0.2)",
             )
         elif (
             caps.get("monitor") and trainer is not None and not trainer.val_every_epochs and not trainer.val_every_steps
