@@ -259,7 +259,8 @@ def test_a_stored_config_goes_through_the_policy_again_before_it_runs(service: S
         store.close()
     done = service.wait_for(job.id)
     assert done["status"] == "failed"
-    assert "tracking.uri" in done["error"]["message"] and "sweep child model.name=subprocess:run" in (
-        done["error"]["message"]
+    assert (
+        "tracking.uri" in done["error"]["message"]
+        and "sweep child model.name=subprocess:run" in (done["error"]["message"])
     )
     assert not marker.exists()
