@@ -30,7 +30,7 @@ from gradloop.config import RunConfig, validate_config
 from gradloop.config.validation import line_for
 from gradloop.errors import ConfigError, FieldError
 from gradloop.limits import ServiceLimits, check_limits, human_bytes, job_disk
-from gradloop.plugin_files import paths_outside
+from gradloop.plugin_files import paths_outside, under_root
 from gradloop.sweep_expand import grid_size, sweep_children
 
 REMOTE_SCHEMES = ("http://", "https://", "databricks")
@@ -129,8 +129,7 @@ def _data_root_rule(raw: dict[str, Any], root: Path, lines: Mapping[str, int], e
             )
         )
         return False
-    resolved = (root / given).resolve()
-    if resolved != root and root not in resolved.parents:
+    if not under_root(root / given, root):
         errors.append(
             FieldError(
                 "data.root",
@@ -139,7 +138,7 @@ def _data_root_rule(raw: dict[str, Any], root: Path, lines: Mapping[str, int], e
             )
         )
         return False
-    data["root"] = str(resolved)
+    data["root"] = str((root / given).resolve())
     return True
 
 

@@ -51,10 +51,13 @@ def paths_outside(config: RunConfig, data_root: Path) -> list[FieldError]:
     """A FieldError for each declared path that leaves `data_root` (symlinks followed). Decided
     from the path alone, so the answer never says whether a file outside the root exists."""
     root = Path(data_root).resolve()
-    base = Path(config.data.root).resolve() if config.data.root else root
+    try:
+        base = Path(config.data.root).resolve() if config.data.root else root
+    except (OSError, ValueError, RuntimeError):
+        base = root  # data.root itself cannot be used: its own check reports it
     errors = []
     for field, value in declared_paths(config):
-        if not _under(base / value, root):
+        if not under_root(base / value, root):
             errors.append(FieldError(field, f"{value!r} is outside the service's data root; give a path under it"))
     return errors
 
@@ -76,13 +79,18 @@ def dataset_files(config: RunConfig, data_root: Path) -> list[Path]:
         else:
             path = data.options.get("path")
             candidates = [root / path] if isinstance(path, str) else []
-        return [p for p in candidates if _under(p, top) and p.is_file()]
+        return [p for p in candidates if under_root(p, top) and p.is_file()]
     except (OSError, ValueError):
         return []  # a missing or unreadable path is the dataset plugin's error to report
 
 
-def _under(path: Path, root: Path) -> bool:
-    resolved = path.resolve()
+def under_root(path: Path, root: Path) -> bool:
+    """Whether `path` resolves (symlinks followed) to `root` or below it; a path that cannot be
+    resolved (a NUL byte, a symlink loop) counts as outside."""
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
     return resolved == root or root in resolved.parents
 
 
@@ -122,4 +130,12 @@ def resolve_model_paths(name: str, options: Mapping[str, Any], data_root: str | 
     return resolved
 
 
-__all__ = ["dataset_bytes", "dataset_files", "declared_paths", "path_options", "paths_outside", "resolve_model_paths"]
+__all__ = [
+    "dataset_bytes",
+    "dataset_files",
+    "declared_paths",
+    "path_options",
+    "paths_outside",
+    "resolve_model_paths",
+    "under_root",
+]

@@ -161,7 +161,9 @@ def test_a_grid_of_ten_to_the_eight_is_422_with_a_short_answer(service: Service)
     assert len(response.content) < 2048
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../outside/secret.csv", "link.csv", "../nowhere/missing.csv"])
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../outside/secret.csv", "link.csv", "../nowhere/missing.csv", "a\x00b.csv"]
+)
 def test_data_paths_outside_the_root_are_422_without_telling_what_is_there(
     service: Service, outside: Path, path: str
 ) -> None:

@@ -89,6 +89,8 @@ HOSTILE_STRINGS = [
     "..",
     "link.csv",
     "link_dir",
+    "loop/x.csv",
+    "a\x00b",
     "sub",
     "sub/inside.csv",
     "inside.csv",
@@ -178,6 +180,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> HttpPolicy:
     (outside / "secret.csv").write_text(csv)
     (root / "link.csv").symlink_to(outside / "secret.csv")
     (root / "link_dir").symlink_to(outside, target_is_directory=True)
+    (root / "loop").symlink_to(root / "loop")
     return HttpPolicy(
         data_root=root,
         tracking_uri=f"sqlite:///{base / 'mlflow.db'}",
