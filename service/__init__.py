@@ -1,6 +1,6 @@
 """gradloop: config-driven PyTorch training, as a CLI, an HTTP job service and a Python API.
 
-Public names: build_optimizer, train, load_config (and RunConfig, RunResult, ConfigError).
+Public names: build_optimizer, train, run, load_config (and RunConfig, RunResult, ConfigError).
 They are imported lazily so that `import gradloop` stays cheap for the CLI and the API process.
 """
 
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "build_optimizer",
     "train",
+    "run",
     "load_config",
     "RunConfig",
     "RunResult",
@@ -24,7 +25,8 @@ __all__ = [
 _LAZY = {
     "build_optimizer": ("gradloop.optim", "build_optimizer"),
     "train": ("gradloop.runner", "train"),
-    "RunResult": ("gradloop.runner", "RunResult"),
+    "run": ("gradloop.dispatch", "run"),
+    "RunResult": ("gradloop.result", "RunResult"),
     "load_config": ("gradloop.config", "load_config"),
     "RunConfig": ("gradloop.config", "RunConfig"),
     "ConfigError": ("gradloop.errors", "ConfigError"),
@@ -33,9 +35,11 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from gradloop.config import RunConfig, load_config
+    from gradloop.dispatch import run
     from gradloop.errors import ConfigError, GradloopError
     from gradloop.optim import build_optimizer
-    from gradloop.runner import RunResult, train
+    from gradloop.result import RunResult
+    from gradloop.runner import train
 
 
 def __getattr__(name: str) -> Any:

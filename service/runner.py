@@ -1,5 +1,8 @@
 """`train()`: one run from a config to a RunResult -- the same path for the CLI, the job worker and Python.
 
+The CLI and the job worker reach it through gradloop.dispatch.run(), which sends a config with a
+`sweep:` block to gradloop.sweep instead; the runner itself knows nothing of sweeps.
+
 Order matters and is fixed: load and validate the config; seed; build the data, check it against
 the model and loss, build the model, loss, optimizer and scheduler; only then create the run
 directory and start training. A run that is going to fail on its config fails before it has
@@ -16,17 +19,14 @@ a resumed run continues in the directory of the checkpoint it resumes from.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,37 +37,14 @@ from gradloop.config import RunConfig, load_config
 from gradloop.devices import resolve_device
 from gradloop.errors import GradloopError
 from gradloop.fitcheck import load_checked
+from gradloop.lifecycle import stop_on_signals
 from gradloop.observer import Observer
+from gradloop.result import RunResult
 from gradloop.seeding import seed_everything
 from gradloop.trainer import Components, Trainer
 
 if TYPE_CHECKING:
     from gradloop.distributed.process_group import DistContext
-
-
-@dataclass
-class RunResult:
-    """What a finished (or stopped) run reports back."""
-
-    steps: int
-    epochs: int
-    duration_s: float
-    metrics: dict[str, float]
-    run_dir: Path
-    checkpoint_path: Path | None
-    mlflow_run_id: str | None
-    status: Literal["FINISHED", "KILLED", "FAILED"]
-    name: str
-    config_hash: str
-    skipped_steps: int = 0
-    resumed_from: Path | None = None
-    world_size: int = 1  # processes that trained the model together
-    global_batch_size: int | None = None  # data.batch_size x world_size x grad_accum_steps
-
-    @property
-    def stopped(self) -> bool:
-        """True when a stop request (SIGTERM/SIGINT, a cancel) ended the run early."""
-        return self.status == "KILLED"
 
 
 def train(
@@ -79,19 +56,33 @@ def train(
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
 ) -> RunResult:
-    """Train one run; a config with a `sweep:` block returns gradloop.sweep's SweepResult instead.
+    """Train one run. A config with a `sweep:` block is many runs: give it to gradloop.run().
 
     resume: a checkpoint file, a run directory, or "latest" (the newest checkpoint of a run with
-    this config's name). stop_event: set it (from any thread) to stop at the next optimizer step
-    with a checkpoint; SIGTERM and SIGINT do the same when train() runs on the main thread.
+    this config's name). stop_event: set it (from any thread, or from a signal handler that the
+    caller installed, see gradloop.lifecycle) to stop at the next optimizer step with a checkpoint.
+    train() installs no signal handlers of its own.
     Raises GradloopError subclasses for problems the user can fix; a failing run tells its
     observers finish("FAILED") before the error propagates.
     """
     cfg = load_checked(config, overrides, fit="on_error")  # the fit itself is checked once the data is built
     if cfg.sweep:
-        from gradloop.sweep import run_sweep  # written alongside; a sweep is many train() calls
+        raise GradloopError(
+            f"config {cfg.name!r} has a sweep: block, which is many runs and train() trains one; "
+            "call gradloop.run(config) (or `gradloop run CONFIG`), or remove the sweep block"
+        )
+    return train_validated(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
 
-        return run_sweep(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
+
+def train_validated(
+    cfg: RunConfig,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    observers: Sequence[Observer] = (),
+    job_id: str | None = None,
+    stop_event: threading.Event | None = None,
+) -> RunResult:
+    """train() of a config that load_checked() already validated (gradloop.dispatch.run's path)."""
     if cfg.distributed.enabled:
         from gradloop.distributed.process_group import in_worker  # torch.distributed: only when asked for
 
@@ -181,8 +172,7 @@ def _train_on(
         trainer.load_state_dict(checkpoint)
         del checkpoint  # its tensors are now the model's and optimizer's; free the copies
 
-    with _stop_on_signals(trainer.request_stop):
-        outcome = trainer.fit()
+    outcome = trainer.fit()
     mlflow_run_id = trainer.current_mlflow_run_id()
     if dist_ctx is not None:
         mlflow_run_id = dist_ctx.broadcast_object(mlflow_run_id)  # every rank's result names the run
@@ -231,9 +221,11 @@ def _rank_main(config: dict[str, Any], resume: str | None, run_dir: str, job_id:
 
 
 def _rank_run(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:
-    return _train(
-        load_config(config), resume=resume, observers=(), job_id=job_id, stop_event=None, run_dir=Path(run_dir)
-    )
+    # A rank is its process's entry point: the launcher stops the ranks with SIGTERM.
+    with stop_on_signals() as stop:
+        return _train(
+            load_config(config), resume=resume, observers=(), job_id=job_id, stop_event=stop, run_dir=Path(run_dir)
+        )
 
 
 def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext | None = None) -> Components:
@@ -415,26 +407,4 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-@contextlib.contextmanager
-def _stop_on_signals(request_stop: Any) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the trainer to stop at the next step; a second SIGINT interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
-        return
-    asked = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        if asked.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the user insists: do not wait for the step to finish
-        asked.set()
-        request_stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-__all__ = ["train", "RunResult", "build_components", "new_run_dir", "default_observers"]
+__all__ = ["train", "train_validated", "RunResult", "build_components", "new_run_dir", "default_observers"]

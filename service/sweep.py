@@ -24,7 +24,7 @@ from typing import Any
 
 from gradloop.config import RunConfig, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
-from gradloop.runner import RunResult
+from gradloop.result import RunResult
 from gradloop.sweep_expand import expand_sweep, sweep_children
 
 log = logging.getLogger("gradloop.sweep")

@@ -23,6 +23,7 @@ from gradloop.api.guard import BodyLimitMiddleware
 from gradloop.api.job_routes import router as jobs_router
 from gradloop.api.metrics import MetricsMiddleware, ServiceMetrics
 from gradloop.api.ops_routes import docs_router, ops_router, plugins_router
+from gradloop.api.pool_lock import PoolLock
 from gradloop.api.problems import install_problem_handlers
 from gradloop.api.settings import ServiceSettings
 from gradloop.api.timeouts import CLIENT_LEFT_HOOK, install_disconnect_handler
@@ -57,7 +58,7 @@ def _load_plugins() -> None:
 
 def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | None = None) -> FastAPI:
     """pool_lock: run the job pool only if this process takes that file lock (several API
-    processes of one service, see api_workers); without it, the pool always runs here."""
+    processes of one service, see api/workers.py); without it, the pool always runs here."""
     settings = (settings or ServiceSettings()).resolved()
     metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
 
@@ -77,8 +78,6 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
         lock = None
         if max_concurrent > 0 and pool_lock is not None:
-            from gradloop.api.workers import PoolLock
-
             lock = PoolLock(pool_lock)
             if not lock.acquire():  # another process of this service runs the jobs
                 lock, max_concurrent = None, 0

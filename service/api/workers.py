@@ -16,37 +16,17 @@ that `gradloop serve` fills in before uvicorn spawns them.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from gradloop.api.app import create_app
+from gradloop.api.pool_lock import POOL_LOCK_NAME
 from gradloop.api.settings import ServiceSettings
-from gradloop.filelock import FileLock
 
 SETTINGS_ENV = "GRADLOOP_SERVICE_SETTINGS"
-POOL_LOCK_NAME = "pool.lock"
 
 
 def app_from_env() -> FastAPI:
     """uvicorn's app factory in each worker process."""
     settings = ServiceSettings.model_validate_json(os.environ[SETTINGS_ENV])
     return create_app(settings, pool_lock=settings.state_dir / POOL_LOCK_NAME)
-
-
-class PoolLock:
-    """The job pool's lock: an exclusive, non-blocking file lock held by at most one process."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = FileLock(path, note_holder=True)
-        self._held = False
-
-    def acquire(self) -> bool:
-        self._held = self._lock.acquire(blocking=False)
-        return self._held
-
-    def release(self) -> None:
-        if self._held:
-            self._lock.close()  # closing the descriptor drops the lock
-            self._held = False

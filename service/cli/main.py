@@ -63,8 +63,10 @@ def run(
     A config with `distributed.strategy: ddp` (or fsdp) starts its ranks here through torch's
     elastic launcher; on several machines, run the same command on each with --nnodes,
     --node-rank and --rdzv-endpoint, as with torchrun."""
+    # Imported here, not at the top: torch and the training core would slow every other command.
     from gradloop.checkpoint import CheckpointError
-    from gradloop.runner import train
+    from gradloop.dispatch import run as run_config
+    from gradloop.lifecycle import stop_on_signals
 
     if resume and len(configs) > 1:
         _report_error(GradloopError("--resume applies to one config; run the configs separately"))
@@ -82,29 +84,33 @@ def run(
         *(f"distributed.{k}={v if str(v).isdigit() else json.dumps(v)}" for k, v in flags.items() if v is not None),
     ]
     outcomes: list[tuple[str, str, Any]] = []
-    for path in configs:
-        try:
-            result = train(path, overrides=overrides, resume=resume)
-        except KeyboardInterrupt:  # a second Ctrl-C: stopped without waiting for the step's checkpoint
-            command = shlex.join(["gradloop", "run", str(path), *_set_args(overrides), "--resume", "latest"])
-            err.print(
-                f"interrupted; continue from its last checkpoint (if it wrote one) with: {command}",
-                soft_wrap=True,
-                markup=False,
-                highlight=False,
-            )
-            outcomes.append((str(path), "KILLED", "interrupted"))
-            break
-        except (ConfigError, CheckpointError) as exc:  # a bad config or --resume: bad input, exit 2
-            _report_error(exc, str(path))
-            outcomes.append((str(path), "INVALID", exc))
-            continue
-        except GradloopError as exc:
-            _report_error(exc, str(path))
-            outcomes.append((str(path), "FAILED", exc))
-            continue
-        _print_result(result, path, overrides)
-        outcomes.append((str(path), getattr(result, "status", "FINISHED"), result))
+    with stop_on_signals() as stop:  # SIGTERM or Ctrl-C: the current run stops at a step, the rest do not start
+        for path in configs:
+            if stop.is_set():
+                outcomes.append((str(path), "KILLED", "not started: stopped by a signal"))
+                continue
+            try:
+                result = run_config(path, overrides=overrides, resume=resume, stop_event=stop)
+            except KeyboardInterrupt:  # a second Ctrl-C: stopped without waiting for the step's checkpoint
+                command = shlex.join(["gradloop", "run", str(path), *_set_args(overrides), "--resume", "latest"])
+                err.print(
+                    f"interrupted; continue from its last checkpoint (if it wrote one) with: {command}",
+                    soft_wrap=True,
+                    markup=False,
+                    highlight=False,
+                )
+                outcomes.append((str(path), "KILLED", "interrupted"))
+                break
+            except (ConfigError, CheckpointError) as exc:  # a bad config or --resume: bad input, exit 2
+                _report_error(exc, str(path))
+                outcomes.append((str(path), "INVALID", exc))
+                continue
+            except GradloopError as exc:
+                _report_error(exc, str(path))
+                outcomes.append((str(path), "FAILED", exc))
+                continue
+            _print_result(result, path, overrides)
+            outcomes.append((str(path), getattr(result, "status", "FINISHED"), result))
     if len(configs) > 1:
         _print_outcomes(outcomes)
     statuses = {status for _, status, _ in outcomes}
@@ -236,7 +242,7 @@ def plugins(
         kinds = [registry.registry(kind).kind] if kind else list(registry.KINDS)
     except GradloopError as exc:
         _report_error(exc)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from None
     described = {k: [p.describe() for p in registry.registry(k)] for k in kinds}
     if as_json:
         print(json.dumps(described, indent=2, default=str))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradloop.jobs.records import Fence
 from gradloop.jobs.worker import WorkerSettings, job_dir, log_path, run_job
+from gradloop.lifecycle import default_signals, ignore_signals, stop_on_signals
 
 if TYPE_CHECKING:
     from gradloop.jobs.records import JobRecord
@@ -47,7 +48,7 @@ def preload(tracking_uri: str | None = None) -> None:
         "mlflow.tracking",
         "mlflow.store.tracking.sqlalchemy_store",
         "mlflow.store.db.utils",
-        "gradloop.runner",
+        "gradloop.dispatch",
         "gradloop.build",
         "gradloop.optim",
         "gradloop.trainer",
@@ -98,8 +99,7 @@ def _child(settings: WorkerSettings, command: dict[str, Any]) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        default_signals(signal.SIGINT, signal.SIGCHLD)
         job_id = command["job_id"]
         job_dir(settings.jobs_dir, job_id).mkdir(parents=True, exist_ok=True)
         fd = os.open(log_path(settings.jobs_dir, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -112,7 +112,8 @@ def _child(settings: WorkerSettings, command: dict[str, Any]) -> None:
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.environ.update(command.get("env") or {})
-        code = run_job(settings, job_id, Fence(int(command["attempt"]), command["worker_id"]))
+        with stop_on_signals(signals=(signal.SIGTERM,)) as stop:  # the pool's cancel: stop at a step boundary
+            code = run_job(settings, job_id, Fence(int(command["attempt"]), command["worker_id"]), stop)
     except BaseException:
         import traceback
 
@@ -255,7 +256,7 @@ def stop_local_orphans(jobs: Sequence[JobRecord], db_url: str, grace_s: float) -
 
 def main() -> None:
     # Ctrl-C in the service's terminal reaches this process group too; the service decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_signals(signal.SIGINT)
     serve(WorkerSettings.from_json(sys.argv[1]))
 
 

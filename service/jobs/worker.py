@@ -3,12 +3,12 @@
 The child was forked from the pre-imported fork server (forkserver.py) into its own process
 group, with stdout and stderr going to the job's log. It checks the stored config again through
 the service's HTTP policy (gradloop.http_policy; a sweep's children too, as they are built),
-points its outputs at the job's directory, and calls train() with a JobProgressObserver.
-SIGTERM sets the stop event: the trainer stops at the next step boundary, writes a checkpoint
-and ends the MLflow run KILLED. Every write names the job's attempt, so an attempt that lost its
-lease cannot record anything (see store.Fence); the first refused write ends the process at
-once, before it writes another checkpoint or touches the MLflow run that its successor now
-continues.
+points its outputs at the job's directory, and calls run() with a JobProgressObserver.
+SIGTERM sets the stop event (the handler forkserver installs in the child): the trainer stops at
+the next step boundary, writes a checkpoint and ends the MLflow run KILLED. Every write names
+the job's attempt, so an attempt that lost its lease cannot record anything (see store.Fence);
+the first refused write ends the process at once, before it writes another checkpoint or touches
+the MLflow run that its successor now continues.
 
 A later attempt resumes from the checkpoint the job record names, in the same run directory and
 the same MLflow run (the checkpoint carries the run id). MLflow runs of the job that no attempt
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import traceback
 from dataclasses import asdict, dataclass
@@ -92,21 +91,19 @@ def prepare_config(job: JobRecord, settings: WorkerSettings) -> Any:
     return config
 
 
-def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
-    """Run one claimed job to its end; returns the process exit code (0: outcome recorded)."""
+def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: threading.Event) -> int:
+    """Run one claimed job to its end; returns the process exit code (0: outcome recorded).
+    stop_event: set by the child's SIGTERM handler (see forkserver) or a fenced-off observer."""
     store = JobStore(settings.db_url, pooled=False)
     job = store.get(job_id)
     if job is None or job.fence != fence or job.terminal:
         print(f"gradloop: job {job_id} attempt {fence.attempt} is no longer ours; not starting it", flush=True)
         return 0
-    stop_event = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event, exit_on_fence=True)
     print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
-        from gradloop.runner import train
-        from gradloop.sweep import run_sweep
+        from gradloop.dispatch import run  # the training core: only in the job's child
 
         config = prepare_config(job, settings)
         resume = (
@@ -123,19 +120,16 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence) -> int:
             )
             # A run that this attempt does not continue would otherwise stay RUNNING forever.
             close_job_runs(job, settings, "KILLED", keep=job.mlflow_run_id if resume else None, config=config)
-        if config.sweep:
-            # Each child through the policy too, as the runner builds it (see gradloop.sweep).
-            policy = settings.policy()
-            result = run_sweep(
-                config,
-                resume=resume,
-                observers=(observer,),
-                job_id=job_id,
-                stop_event=stop_event,
-                check_child=lambda child: check_http_config(child, policy, source=f"job {job_id}"),
-            )
-        else:
-            result = train(config, resume=resume, observers=(observer,), job_id=job_id, stop_event=stop_event)
+        # A sweep's children go through the policy too, as the sweep builds them (see gradloop.sweep).
+        policy = settings.policy()
+        result = run(
+            config,
+            resume=resume,
+            observers=(observer,),
+            job_id=job_id,
+            stop_event=stop_event,
+            check_child=lambda child: check_http_config(child, policy, source=f"job {job_id}"),
+        )
     except StaleAttemptError:
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
         return 0

@@ -26,6 +26,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from gradloop.lifecycle import ignore_signals
+
 ALLOWED = frozenset({"start_run", "log_lines", "op", "ping"})
 
 # Error codes MLflow uses for requests that a retry cannot fix.
@@ -125,8 +127,7 @@ def _import_all(modules: list[str]) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_signals(signal.SIGINT, signal.SIGTERM)  # this process's parent ends it
     for name in ("mlflow.system_metrics", "mlflow.utils.requests_utils", "mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     child = _Child(uri)

@@ -11,7 +11,6 @@ artifacts, within tracking.flush_timeout_s, and not at all for a store known to 
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
@@ -34,7 +33,7 @@ from gradloop.tracking.modellog import save_model
 from gradloop.tracking.remote import shared_client
 from gradloop.tracking.sender import Op, Sender
 from gradloop.tracking.state import TrackingState
-from gradloop.tracking.status import SigtermGuard, error_tags, status_for
+from gradloop.tracking.status import error_tags, status_for
 from gradloop.tracking.windows import HeldWindow, held_window, to_host
 
 if TYPE_CHECKING:
@@ -76,7 +75,6 @@ class MlflowObserver:
         self._last_step: dict[str, int] = {}  # resume: per key, the last step the journal has
         self._checkpoint: Path | None = None
         self._figures: list[tuple[Path, Path, str]] = []  # handed over by log_figure, drawn at the end
-        self._guard = SigtermGuard()
         self._finished = False
         self._ctx: RunContext | None = None
         self._total_steps = 0
@@ -148,8 +146,6 @@ class MlflowObserver:
         self._sender.submit_op(Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"}))
         if self.tcfg.system_metrics:
             self._sender.submit_op(Op("system_metrics", {"start": True, "resumed": resumed}))
-        self._guard.install()
-        atexit.register(self._at_exit)
 
     def _created(self, run: dict[str, str]) -> None:
         """On the sender's thread: the store has the run; tracking.json says which."""
@@ -301,8 +297,6 @@ class MlflowObserver:
         self._write_held()
         if error is not None and status == "FAILED":
             status = status_for(error)  # an interrupt that escaped the loop is a kill, not a failure
-        self._guard.uninstall()
-        atexit.unregister(self._at_exit)
         self._journal.flush()  # the plots and the sender's last catch-up read the file
         timeout = float(self.tcfg.flush_timeout_s)
         self._histograms.close(timeout)  # every file written before the directory is logged
@@ -376,13 +370,6 @@ class MlflowObserver:
             ops.append(Op("set_tags", {"tags": tags}))
         ops.append(Op("set_terminated", {"status": status}))
         return ops
-
-    def _at_exit(self) -> None:
-        # Nobody called finish (an exception escaped past the trainer): never leave RUNNING.
-        try:
-            self.finish("KILLED", None)
-        except Exception:
-            pass
 
 
 def _git_commit() -> str | None:

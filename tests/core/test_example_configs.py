@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradloop import load_config, train
+from gradloop import load_config, run
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.y*ml"))
 
@@ -34,9 +34,9 @@ def test_example_config_trains(path: Path, tmp_path: Path):
         raw = cfg.to_dict()
         first_key = next(iter(raw["sweep"]))
         raw["sweep"] = {k: (v[:2] if k == first_key else v[:1]) for k, v in raw["sweep"].items()}
-        result = train(raw, overrides=overrides)
+        result = run(raw, overrides=overrides)
     else:
-        result = train(path, overrides=overrides)
+        result = run(path, overrides=overrides)
     children = getattr(result, "children", None)
     results = [child.result for child in children] if children is not None else [result]
     for r in results:

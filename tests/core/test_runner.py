@@ -13,6 +13,7 @@ import yaml
 import tests.support.trainer_helpers as h
 from gradloop import RunResult, load_config, train
 from gradloop.errors import ConfigError
+from gradloop.lifecycle import stop_on_signals
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,7 @@ def test_each_run_gets_its_own_directory_and_latest_is_the_newest(tmp_path):
     assert resumed.steps == 20
 
 
-def test_sigterm_stops_at_a_step_boundary_and_restores_the_handlers(tmp_path):
+def test_sigterm_under_stop_on_signals_stops_at_a_step_boundary_and_restores_the_handlers(tmp_path):
     class SignalAt(h.NullObserver):
         def wants_step_stats(self, step: int) -> bool:
             return step == 3
@@ -93,10 +94,27 @@ def test_sigterm_stops_at_a_step_boundary_and_restores_the_handlers(tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)  # a real signal, delivered to this process
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    result = train(h.base_config(tmp_path), observers=[SignalAt()])
+    with stop_on_signals() as stop:
+        result = train(h.base_config(tmp_path), observers=[SignalAt()], stop_event=stop)
     assert (result.status, result.steps, result.stopped) == ("KILLED", 3, True)
     assert result.checkpoint_path.name == "step-000003.pt"
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_train_installs_no_signal_handler(tmp_path):
+    seen: list = []
+
+    class Look(h.NullObserver):
+        def wants_step_stats(self, step: int) -> bool:
+            return step == 1
+
+        def after_optimizer_step(self, step, snapshot, metrics) -> None:
+            if step == 1:
+                seen.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)))
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    train(h.base_config(tmp_path, trainer__epochs=1), observers=[Look()])
+    assert seen == [before]  # library code: the caller (an entry point) decides what signals mean
 
 
 def test_stop_event_from_another_thread(tmp_path):
@@ -171,8 +189,9 @@ def test_sigterm_to_a_training_process_ends_it_killed_with_a_checkpoint(tmp_path
         trainer__progress="lines",
     )
     code = (
-        "import json, sys\nfrom service import train\n"
-        "r = train(json.loads(sys.argv[1]))\n"
+        "import json, sys\nfrom gradloop import train\nfrom gradloop.lifecycle import stop_on_signals\n"
+        "with stop_on_signals() as stop:\n"
+        "    r = train(json.loads(sys.argv[1]), stop_event=stop)\n"
         "print('RESULT', r.status, r.steps, r.checkpoint_path, flush=True)\n"
     )
     proc = subprocess.Popen(

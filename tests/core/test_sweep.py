@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gradloop.config import RunConfig, load_config
-from gradloop.errors import ConfigError
-from gradloop.runner import RunResult, train
+from gradloop import RunResult, run, train
+from gradloop.errors import ConfigError, GradloopError
 from gradloop.sweep import SweepResult, expand_sweep, run_sweep
 
 
@@ -63,7 +63,7 @@ def test_an_invalid_grid_value_fails_before_anything_trains(tmp_path: Path, sqli
     raw = base(tmp_path, sqlite_uri)
     raw["sweep"] = {"optimizer.options.lr": [0.1, -1.0]}
     with pytest.raises(ConfigError, match="optimizer.options.lr"):
-        train(raw)
+        run(raw)
     assert not (tmp_path / "runs").exists()
 
 
@@ -106,10 +106,18 @@ def test_sweep_children_nest_under_a_parent_with_a_summary(tmp_path: Path, sqlit
     assert rows[0]["val/loss"] and rows[2]["val/loss"] == ""
 
 
-def test_train_runs_a_sweep_from_a_config(tmp_path: Path, sqlite_uri: str) -> None:
+def test_train_trains_one_run_and_names_run_for_a_sweep(tmp_path: Path) -> None:
+    raw = base(tmp_path, "unused")
+    raw["sweep"] = {"optimizer.options.lr": [0.1, 0.05]}
+    with pytest.raises(GradloopError, match=r"sweep.*gradloop\.run\(config\)"):
+        train(raw)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_runs_a_sweep_from_a_config(tmp_path: Path, sqlite_uri: str) -> None:
     raw = base(tmp_path, sqlite_uri)
     raw["sweep"] = {"optimizer.options.lr": [0.1, 0.05]}
-    result = train(raw)
+    result = run(raw)
     assert isinstance(result, SweepResult) and [c.status for c in result.children] == ["FINISHED", "FINISHED"]
     client = MlflowClient(sqlite_uri)
     kids = client.search_runs(
@@ -125,7 +133,7 @@ def test_sweep_metric_and_goal_choose_the_best_and_children_live_in_the_sweep_di
     cfg["tracking"] = {"enabled": False}
     cfg["trainer"]["epochs"] = 1
     cfg["sweep"] = {"optimizer.options.lr": [0.3, 0.0001], "metric": "val/loss", "goal": "maximize"}
-    result = train(cfg)
+    result = run(cfg)
     assert isinstance(result, SweepResult) and [c.status for c in result.children] == ["FINISHED", "FINISHED"]
     losses = {c.label: c.result.metrics["val/loss"] for c in result.children}
     assert result.best is not None and losses[result.best.label] == max(losses.values())

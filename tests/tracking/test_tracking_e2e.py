@@ -167,8 +167,10 @@ SIGTERM_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
     from gradloop import train
+    from gradloop.lifecycle import stop_on_signals
     cfg = json.loads(sys.argv[1])
-    result = train(cfg)
+    with stop_on_signals() as stop:  # this script is the entry point: it decides what SIGTERM means
+        result = train(cfg, stop_event=stop)
     print("RESULT", result.status, result.mlflow_run_id, flush=True)
 """)
 

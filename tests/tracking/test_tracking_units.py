@@ -16,7 +16,7 @@ from gradloop.tracking.jsonl import Journal, read_records, unsent_records
 from gradloop.tracking.mlflow_params import MAX_KEY, MAX_VALUE, config_params, flatten
 from gradloop.tracking.mlflow_store import resolve_uri
 from gradloop.tracking.sender import line_requests
-from gradloop.tracking.status import Terminated, status_for
+from gradloop.tracking.status import status_for
 from gradloop.tracking.windows import held_window, to_host
 
 
@@ -349,7 +349,6 @@ def test_histogram_files_that_cannot_be_written_are_counted(tmp_path: Path) -> N
 def test_status_for_errors() -> None:
     assert status_for(None) == "FINISHED"
     assert status_for(ValueError("x")) == "FAILED"
-    assert status_for(Terminated()) == "KILLED"
     assert status_for(KeyboardInterrupt()) == "KILLED"
 
 
