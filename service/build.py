@@ -28,6 +28,7 @@ from gradloop.batching import to_device
 from gradloop.config import DataConfig, ModelConfig, PluginSpec, RunConfig, is_import_path
 from gradloop.data import DataContext, DataSplits, TensorData, default_data_root
 from gradloop.errors import ConfigError, FieldError, TrainingError
+from gradloop.import_paths import resolve_import_path
 from gradloop.outputs import logits_of
 from gradloop.plugin_files import resolve_model_paths
 
@@ -42,8 +43,6 @@ def build_model(spec: ModelConfig, data_root: str | None = None) -> nn.Module:
     (weights, a model folder) resolve under the data root, like a dataset's."""
     if not is_import_path(spec.name):
         return registry.models.build(spec.name, resolve_model_paths(spec.name, spec.options, data_root))
-    from gradloop.import_paths import resolve_import_path
-
     factory = resolve_import_path(spec.name)
     try:
         model = factory(**spec.options)

@@ -107,7 +107,7 @@ def fit_errors(
     probe=False: never build the dataset (a shape known before or from the options only); no
     errors when the shape is not known that way.
     """
-    from gradloop.build import loss_vs_data, model_vs_data
+    from gradloop.build import loss_vs_data, model_vs_data  # torch: the API imports it only to check a fit
 
     # A resubmitted config (the common case for the job service) is one lookup: the answer
     # depends on nothing but these fields and the data's shape, itself cached by _key.

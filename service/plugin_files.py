@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gradloop import registry
 from gradloop.config import RunConfig, is_import_path
 from gradloop.data import default_data_root
 from gradloop.errors import ConfigError, FieldError
@@ -24,8 +25,6 @@ _SECTIONS = (("data", "datasets"), ("model", "models"))
 
 def path_options(kind: str, name: str) -> tuple[str, ...]:
     """Option names of plugin `name` of `kind` that are paths under the data root."""
-    from gradloop import registry
-
     if is_import_path(name) or name not in registry.registry(kind):
         return ()
     plugin = registry.registry(kind).get(name)
@@ -65,8 +64,6 @@ def paths_outside(config: RunConfig, data_root: Path) -> list[FieldError]:
 def dataset_files(config: RunConfig, data_root: Path) -> list[Path]:
     """The files under `data_root` that the config's dataset will read (those that exist now).
     A file outside it is left out without a look at it (paths_outside reports it)."""
-    from gradloop import registry
-
     data = config.data
     top = Path(data_root).resolve()
     root = Path(data.root) if data.root else top

@@ -26,25 +26,32 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from gradloop import registry
 from gradloop.batching import make_batches
+from gradloop.build import build_data, build_loss, build_model, check_compatible
 from gradloop.checkpoint import LAST, CheckpointError, load_checkpoint, resolve_resume, run_dir_of
 from gradloop.config import RunConfig, load_config
 from gradloop.devices import resolve_device
+from gradloop.distributed.launch import launch
+from gradloop.distributed.process_group import DistContext, destroy, in_worker, init_process_group, worker_device
+from gradloop.distributed.sampler import Shard
+from gradloop.distributed.wrap import prepare_model, wrap_model
 from gradloop.errors import GradloopError
 from gradloop.fitcheck import load_checked
 from gradloop.lifecycle import stop_on_signals
 from gradloop.observer import Observer
+from gradloop.optim import build_optimizer_from_config
+from gradloop.outputs import IGNORE_INDEX
 from gradloop.result import RunResult
 from gradloop.seeding import seed_everything
+from gradloop.terminal_progress import make_progress_observer
+from gradloop.tracking import make_observer, prestart
 from gradloop.trainer import Components, Trainer
-
-if TYPE_CHECKING:
-    from gradloop.distributed.process_group import DistContext
+from gradloop.val_metrics import build_metric_set
 
 
 def train(
@@ -84,8 +91,6 @@ def train_validated(
 ) -> RunResult:
     """train() of a config that load_checked() already validated (gradloop.dispatch.run's path)."""
     if cfg.distributed.enabled:
-        from gradloop.distributed.process_group import in_worker  # torch.distributed: only when asked for
-
         if not in_worker():
             return _launch_ranks(cfg, resume=resume, observers=observers, job_id=job_id)
     return _train(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
@@ -103,8 +108,6 @@ def _train(
     """One process's run: the whole run, or one rank of a distributed run (in a launched worker)."""
     dist_ctx: DistContext | None = None
     if cfg.distributed.enabled:
-        from gradloop.distributed.process_group import init_process_group, worker_device
-
         device = worker_device(cfg.device)
         dist_ctx = init_process_group(cfg.distributed, device)
         if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -116,8 +119,6 @@ def _train(
         return _train_on(cfg, device, dist_ctx, resume, observers, job_id, stop_event, run_dir)
     finally:
         if dist_ctx is not None:
-            from gradloop.distributed.process_group import destroy
-
             destroy()
 
 
@@ -133,8 +134,7 @@ def _train_on(
 ) -> RunResult:
     main = dist_ctx is None or dist_ctx.is_main
     if main and cfg.tracking.enabled:  # (rank 0 alone talks to MLflow)
-        from gradloop.tracking import prestart  # (light: the store's process imports MLflow, not this one)
-
+        # (prestart is light: the store's process imports MLflow, not this one)
         prestart(cfg)  # first thing: MLflow's import and the store's opening overlap with the build below
     seed_everything(cfg.seed)  # the same on every rank: every rank builds the same initial weights
     checkpoint_path: Path | None = None
@@ -198,8 +198,6 @@ def _launch_ranks(
     cfg: RunConfig, *, resume: str | os.PathLike[str] | None, observers: Sequence[Observer], job_id: str | None
 ) -> RunResult:
     """Start the ranks of this machine through torch's elastic launcher; rank 0's result."""
-    from gradloop.distributed.launch import launch
-
     if observers:
         raise GradloopError(
             "observers cannot watch a distributed run from this process (its ranks run in processes of their own); "
@@ -233,12 +231,6 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
 
     On several ranks, each rank's batches are its part of every global batch, and the model is
     wrapped in DDP (after SyncBatchNorm conversion, before which the optimizer must not be built)."""
-    from gradloop.build import build_data, build_loss, build_model, check_compatible
-    from gradloop.distributed.sampler import Shard
-    from gradloop.optim import build_optimizer_from_config
-    from gradloop.outputs import IGNORE_INDEX
-    from gradloop.val_metrics import build_metric_set
-
     splits = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, cfg.data.root)
     check_compatible(cfg, splits, model)
@@ -262,8 +254,6 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
     model = model.to(device)  # before the optimizer, so its state is created on the device
     parallel = None
     if dist_ctx is not None:
-        from gradloop.distributed.wrap import prepare_model, wrap_model
-
         model = prepare_model(model, cfg.distributed)
     optimizer = build_optimizer_from_config(cfg.optimizer, model)
     if dist_ctx is not None:
@@ -333,12 +323,8 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 def default_observers(cfg: RunConfig, run_dir: Path, job_id: str | None) -> list[Observer]:
     """MLflow tracking (when enabled) and terminal progress."""
-    from gradloop.terminal_progress import make_progress_observer
-
     found: list[Observer] = []
     if cfg.tracking.enabled:
-        from gradloop.tracking import make_observer  # only when tracking is on
-
         found.append(make_observer(cfg, run_dir, job_id=job_id))
     found.append(make_progress_observer(cfg))
     return found

@@ -122,6 +122,7 @@ class BarProgress(_ProgressBase):
 
     def __init__(self) -> None:
         super().__init__()
+        # rich.progress only on a terminal: a job's child and plain-lines runs never draw a bar.
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         # Every column but the bar has a bounded width, and the bar shrinks first: at 80

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from gradloop import registry
 from gradloop.errors import ConfigError, FieldError
 from gradloop.outputs import IGNORE_INDEX, logits_of
 
@@ -154,8 +155,6 @@ def build_metric_set(
     defaults: Sequence[str] | None = None,
 ) -> MetricSet:
     """Each metric built for this data; a metric for another task is a ConfigError naming it."""
-    from gradloop import registry
-
     ctx = MetricContext(task, num_classes, num_outputs)
     built: dict[str, Any] = {}
     figures: list[str] = []

@@ -131,8 +131,9 @@ class TransformSpec(BaseModel):
 
 def build_pipeline(specs: list[TransformSpec]) -> Any:
     """torchvision.transforms.v2.Compose: to a float tensor in [0, 1], then `specs` in order."""
+    # Here, not at the top: the API process reads this plugin's options without torch or the vision extra.
     import torch
-    from torchvision.transforms import v2  # the vision extra, checked by config validation
+    from torchvision.transforms import v2
 
     steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     for spec in specs:

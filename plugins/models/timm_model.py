@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,8 +32,6 @@ class TimmOptions(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_architecture(cls, v: str) -> str:
-        import importlib.util
-
         if importlib.util.find_spec("timm") is None:
             return v  # the missing extra is reported on model.name by validation
         import timm  # the vision extra: only to check the name

@@ -3,6 +3,8 @@ from local weights (weights_path under the data root); nothing is fetched from a
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -26,12 +28,8 @@ class TorchvisionModelOptions(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_builder(cls, v: str) -> str:
-        import importlib.util
-
         if importlib.util.find_spec("torchvision") is None:
             return v  # the missing extra is reported on model.name by validation
-        import difflib
-
         from torchvision.models import list_models  # the vision extra: only to check the name
 
         known = list_models()

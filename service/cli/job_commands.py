@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +118,7 @@ def serve(
     ),
 ) -> None:
     """Run the HTTP job service (FastAPI under uvicorn)."""
+    # The service's stack (FastAPI, SQLAlchemy, uvicorn): a second to import, so only for serve.
     import uvicorn
 
     from gradloop.api.app import create_app
@@ -196,7 +200,7 @@ def _print_banner(settings: Any, *, host: str, port: int, workers: int) -> None:
 
 
 def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # SQLAlchemy: only when a database URL is shown
 
     try:
         return make_url(url).render_as_string(hide_password=True) if "://" in url and "@" in url else url
@@ -208,8 +212,7 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
     """uvicorn's supervisor over `workers` processes of the app (see service/api_workers.py).
     SIGTERM to this process stops every worker; the one running jobs drains them first (they
     checkpoint and go back to the queue), as a single-process service does."""
-    import shutil
-
+    # The service's stack: only for serve (as above).
     import uvicorn
 
     from gradloop.api.workers import SETTINGS_ENV
@@ -257,10 +260,7 @@ def _draining_server(config: Any, app: Any, grace_s: float) -> Any:
     answers (submits get 503, reads work), and only then stop uvicorn. Running jobs checkpoint and
     go back to the queue; the process exits within the grace period plus the few seconds uvicorn
     gives open connections. A second signal stops without waiting for the drain."""
-    import signal
-    import threading
-
-    import uvicorn
+    import uvicorn  # the service's stack: only for serve
 
     class DrainingServer(uvicorn.Server):
         drain_started = False
@@ -288,7 +288,7 @@ def _draining_server(config: Any, app: Any, grace_s: float) -> Any:
 
 class Client:
     def __init__(self, server: str | None, token: str | None, timeout: float = 30.0):
-        import httpx
+        import httpx  # the HTTP client: only for the commands that talk to a service
 
         self.base = (server or os.environ.get("GRADLOOP_SERVER") or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
         token = token if token is not None else (os.environ.get("GRADLOOP_API_TOKEN", "").split(",")[0].strip() or None)
@@ -296,7 +296,7 @@ class Client:
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
+        import httpx  # (see __init__)
 
         try:
             response = self.http.request(method, path, **kwargs)
@@ -312,7 +312,7 @@ class Client:
 
     def events(self, job_id: str, last_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(id, event, data) from the job's SSE stream, reconnecting with Last-Event-ID."""
-        import httpx
+        import httpx  # (see __init__)
 
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
@@ -402,7 +402,7 @@ def _steps_text(total: Any, done: Any, status: str) -> str:
 
 
 def _follow(client: Client, job_id: str) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # only while following a job
 
     status = "queued"
     # Bounded text columns and a bar that shrinks first: readable at 80 columns.

@@ -20,7 +20,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gradloop import registry
+from gradloop.cli import job_commands
 from gradloop.errors import ConfigError, GradloopError
+from gradloop.fitcheck import load_checked
 
 app = typer.Typer(
     name="gradloop",
@@ -210,8 +213,6 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the resolved config as JSON"),
 ) -> None:
     """Print each CONFIG fully resolved (defaults filled in), or every error a run would meet before its first step."""
-    from gradloop.fitcheck import load_checked
-
     failed = False
     for path in configs:
         try:
@@ -236,8 +237,6 @@ def plugins(
     as_json: bool = typer.Option(False, "--json", help="print descriptions and option schemas as JSON"),
 ) -> None:
     """List registered plugins with their descriptions and options."""
-    from gradloop import registry
-
     try:
         kinds = [registry.registry(kind).kind] if kind else list(registry.KINDS)
     except GradloopError as exc:
@@ -277,7 +276,7 @@ def sync(
     run_dirs: list[Path] = typer.Argument(..., help="run directories whose metrics.jsonl has unsent points"),
 ) -> None:
     """Send what a run could not send to MLflow (idempotent: nothing is sent twice)."""
-    from gradloop.tracking.sync import sync_run_dir
+    from gradloop.tracking.sync import sync_run_dir  # MLflow: seconds to import, only for this command
 
     code = 0
     for run_dir in run_dirs:
@@ -297,30 +296,18 @@ def sync(
         raise typer.Exit(code)
 
 
-def _mount_job_commands() -> None:
-    """serve, submit, jobs, status, cancel, logs live in cli_jobs; they share this command."""
-    try:
-        from gradloop.cli import job_commands as cli_jobs
-    except ImportError:
-        return
-    jobs_app = getattr(cli_jobs, "app", None)
-    if jobs_app is not None:
-        app.registered_commands.extend(jobs_app.registered_commands)
-
-
-_mount_job_commands()
+# serve, submit, jobs, status, cancel, logs live in job_commands; they share this command.
+app.registered_commands.extend(job_commands.app.registered_commands)
 
 
 def _one_line_warnings() -> None:
     """A plugin that failed to load is one line naming it, its package and its error, printed
     once; Python's default would add the source line of the warnings.warn call."""
-    from gradloop.registry import PluginLoadWarning
-
     previous = warnings.showwarning
     shown: set[str] = set()
 
     def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if not issubclass(category, PluginLoadWarning):
+        if not issubclass(category, registry.PluginLoadWarning):
             previous(message, category, *args, **kwargs)
         elif str(message) not in shown:
             shown.add(str(message))

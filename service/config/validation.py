@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gradloop import registry
 from gradloop.config.messages import did_you_mean, pydantic_message
 from gradloop.config.schema import (
     DEVICE_PATTERN,
@@ -27,6 +28,7 @@ from gradloop.config.schema import (
 )
 from gradloop.errors import ConfigError, FieldError, PluginNotFoundError, singular
 from gradloop.extras import missing_message
+from gradloop.import_paths import resolve_import_path
 
 PLUGIN_FIELDS = (
     ("model", "models"),
@@ -164,9 +166,6 @@ def _valid_sections(raw: Any) -> dict[str, Any]:
 
 
 def _check_import_path(name: str, allowed: bool, err: Any) -> None:
-    from gradloop import registry
-    from gradloop.import_paths import resolve_import_path
-
     if not allowed:
         err(
             "model.name",
@@ -231,8 +230,6 @@ def _check_param_group_options(plugin: Any, spec: Mapping[str, Any], err: Any) -
 
 def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
     """Rules between fields; each runs when the sections it reads are valid (see _valid_sections)."""
-    from gradloop import registry
-
     optimizer, trainer, scheduler, data = (sections.get(k) for k in ("optimizer", "trainer", "scheduler", "data"))
     if optimizer is not None and trainer is not None and optimizer.name in registry.optimizers:
         caps = registry.optimizers.get(optimizer.name).capabilities
@@ -266,7 +263,7 @@ def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
 
 def _runtime_checks(sections: Mapping[str, Any], err: Any) -> None:
     """Checks that depend on this machine: is the asked-for device here, and its precision?"""
-    from gradloop.devices import DeviceError, resolve_device
+    from gradloop.devices import DeviceError, resolve_device  # torch: the API process validates without it
 
     if sections.get("device") is None:
         return  # the structural pass has reported it

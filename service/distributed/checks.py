@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from gradloop import registry
+
 if TYPE_CHECKING:
     from gradloop.config.schema import RunConfig
 
@@ -65,8 +67,6 @@ def check_distributed(cfg: RunConfig, err: Report) -> None:
         # FSDP2 trains, but rank 0 alone would save only its shard and the gradient norms would be
         # per shard: refused until sharded checkpoints (torch.distributed.checkpoint) are in.
         err("distributed.strategy", "strategy fsdp is not supported yet (sharded checkpoints are missing); use ddp")
-    from gradloop import registry
-
     if cfg.optimizer.name in registry.optimizers and registry.optimizers.get(cfg.optimizer.name).capabilities.get(
         "closure"
     ):
