@@ -33,6 +33,7 @@ def launch(cfg: RunConfig, entry: Callable[..., Any], args: tuple[Any, ...], *, 
 
     Raises TrainingError naming the first failed rank and its error when the group fails (after
     the restarts the config allows)."""
+    # torch's elastic launcher: only when a run starts ranks (the checks above need none of it).
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
