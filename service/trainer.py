@@ -39,6 +39,7 @@ from gradloop.log_window import LogWindow
 from gradloop.observer import Observer, RunContext, RunStatus
 from gradloop.outputs import logits_of
 from gradloop.seeding import capture_rng_state, restore_rng_state
+from gradloop.torch_ops import flag_non_finite, foreach_norm
 from gradloop.val_metrics import MetricSet
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ class Trainer:
         if len(self.plan) == 0:
             raise ConfigError.single(
                 "data.batch_size",
-                f"the training split gives no batch of data.batch_size={config.data.batch_size} (data.drop_last={config.data.drop_last}); lower batch_size or set drop_last: false",
+                f"the training split gives no batch of data.batch_size={config.data.batch_size} "
+                f"(data.drop_last={config.data.drop_last}); lower batch_size or set drop_last: false",
             )
         self.total_steps = self.plan.steps_per_epoch * self.tc.epochs
         if self.tc.max_steps is not None:
@@ -176,7 +178,8 @@ class Trainer:
         except Exception as exc:
             raise ConfigError.single(
                 "trainer.compile",
-                f"torch.compile is not available here ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false",
+                f"torch.compile is not available here ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
+                "set trainer.compile: false",
             ) from None
 
     # -- control ----------------------------------------------------------------------------
@@ -227,7 +230,8 @@ class Trainer:
             error = exc
             if self.tc.compile and _is_compile_error(exc):
                 error = TrainingError(
-                    f"trainer.compile: torch.compile could not compile the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); set trainer.compile: false to train without it"
+                    f"trainer.compile: torch.compile could not compile the model ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0]}); set trainer.compile: false to train without it"
                 )
                 raise error from exc
             raise
@@ -406,7 +410,7 @@ class Trainer:
         if self._same_dtype:
             # One fused kernel for the per-tensor norms: this runs every step, and the generic
             # helper's grouping by device and dtype costs more than the maths on small models.
-            norms = torch.stack(torch._foreach_norm(grads))
+            norms = torch.stack(foreach_norm(grads))
             # Observers get these through RunContext.grad_norms rather than measure them again.
             self._step_grad_norms = norms if len(grads) == len(self.params) else None
             return torch.linalg.vector_norm(norms)
@@ -415,12 +419,12 @@ class Trainer:
     def _grads_and_loss_finite(self, window_loss: torch.Tensor) -> bool:
         """Whether the loss and every gradient are finite, without measuring the norm: one fused
         kernel flags any inf/NaN among the gradients (the one GradScaler uses, with a scale of
-        1), which costs a third of a norm on small models."""
+        1), cheaper than a norm."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads or not self._same_dtype or not hasattr(torch, "_amp_foreach_non_finite_check_and_unscale_"):
+        if not grads or not self._same_dtype:
             return bool(torch.isfinite(window_loss + self._total_grad_norm()))
         found = self._found_inf.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._unit_scale)
+        flag_non_finite(grads, found, self._unit_scale)
         # loss * 0 is 0 for a finite loss and NaN otherwise, so one comparison covers both.
         return not bool((found + window_loss * 0.0) != 0)
 
@@ -560,12 +564,14 @@ class Trainer:
         if self.parts.val is None:
             raise ConfigError.single(
                 "scheduler.name",
-                f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; set data.val_fraction above 0",
+                f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; "
+                "set data.val_fraction above 0",
             )  # type: ignore[union-attr]
         if not self.tc.val_every_epochs and not self.tc.val_every_steps:
             raise ConfigError.single(
                 "trainer.val_every_epochs",
-                f"{self.config.scheduler.name} steps after each validation but validation is off; set trainer.val_every_epochs or trainer.val_every_steps",
+                f"{self.config.scheduler.name} steps after each validation but validation is off; "
+                "set trainer.val_every_epochs or trainer.val_every_steps",
             )  # type: ignore[union-attr]
         return monitor
 
@@ -617,7 +623,8 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
-                f"the checkpoint does not fit this run's model or optimizer ({str(exc).splitlines()[0]}); resume with the config it was saved with"
+                f"the checkpoint does not fit this run's model or optimizer ({str(exc).splitlines()[0]}); "
+                "resume with the config it was saved with"
             ) from None
         progress = state["progress"]
         self.step = self.start_step = int(progress["step"])

@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from gradloop.torch_ops import foreach_copy_, foreach_norm, foreach_sub_
 from gradloop.tracking.updatering import PendingNorms, UpdateRing
 
 GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
@@ -67,7 +68,7 @@ class StatLayout:
         if self._before is None:
             self._before = [w.clone() for w in self.weights]
         else:
-            torch._foreach_copy_(self._before, self.weights)
+            foreach_copy_(self._before, self.weights)
         return self._before
 
     @classmethod
@@ -150,8 +151,8 @@ def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None
     if not grads or any(g is None for g in grads):
         # A parameter without a gradient this step would shift every label after it.
         grads = [g for g in grads if g is not None]
-        return GradSnapshot(step, torch.stack(torch._foreach_norm(grads)), None) if grads else None
-    return _with_weights(GradSnapshot(step, torch.stack(torch._foreach_norm(grads)), None), layout)
+        return GradSnapshot(step, torch.stack(foreach_norm(grads)), None) if grads else None
+    return _with_weights(GradSnapshot(step, torch.stack(foreach_norm(grads)), None), layout)
 
 
 def _with_weights(snap: GradSnapshot, layout: StatLayout) -> GradSnapshot:
@@ -172,8 +173,8 @@ def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
     if snap.weights_before is None:
         return
     # before - after, in the buffers themselves: the same norm as the update, no new tensors.
-    torch._foreach_sub_(snap.weights_before, layout.weights)
-    snap.update_weight_norms = list(torch._foreach_norm(snap.weights_before + layout.weights))
+    foreach_sub_(snap.weights_before, layout.weights)
+    snap.update_weight_norms = list(foreach_norm(snap.weights_before + layout.weights))
     snap.weights_before = None
 
 

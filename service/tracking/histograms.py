@@ -27,6 +27,8 @@ from pathlib import Path
 import orjson
 import torch
 
+from gradloop.torch_ops import foreach_max
+
 log = logging.getLogger("gradloop.tracking")
 
 BINS = 30
@@ -138,9 +140,7 @@ def _segments(sizes: tuple[int, ...], device: torch.device, bins: int) -> tuple[
 
 def _segment_max(flat: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     segments = flat.split(sizes)
-    if hasattr(torch, "_foreach_max"):  # torch >= 2.5: one fused kernel
-        return torch.stack(torch._foreach_max(segments))
-    return torch.stack([s.max() for s in segments])
+    return torch.stack(foreach_max(list(segments)))
 
 
 def table_rows(table: torch.Tensor | list[list[float]]) -> list[list[float]]:
