@@ -63,7 +63,8 @@ def submit_latency(clients: int, per_client: int) -> None:
             ms = [x * 1000 for x in latencies]
             print(
                 f"submit latency, {clients} concurrent clients, {len(ms)} jobs (SQLite, no workers): "
-                f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms, {len(ms) / wall:.0f} submits/s"
+                f"p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms, {len(ms) / wall:.0f} "
+                "submits/s"
             )
         finally:
             svc.stop()
@@ -89,7 +90,8 @@ def first_step(jobs: int) -> None:
                 label = "on " if tracking else "off"
                 print(
                     f"submission -> first training step, idle service, MLflow tracking {label}: "
-                    f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms over {len(delays)} jobs"
+                    f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms over "
+                    f"{len(delays)} jobs"
                 )
         finally:
             svc.stop()

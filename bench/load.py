@@ -87,7 +87,9 @@ async def closed_submits(
     async def client(n: int) -> None:
         for i in range(per_client):
             r = await timed(
-                lambda: http.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"{n}-{i}-{uuid.uuid4().hex}"}),
+                lambda i=i: http.post(
+                    "/v1/jobs", json=body, headers={"Idempotency-Key": f"{n}-{i}-{uuid.uuid4().hex}"}
+                ),
                 ms,
                 202,
             )
@@ -121,7 +123,7 @@ async def polls(http: httpx.AsyncClient, clients: int, per_client: int, ids: lis
     async def client() -> None:
         for _ in range(per_client):
             job_id = rng.choice(ids)
-            await timed(lambda: http.get(f"/v1/jobs/{job_id}"), ms, 200)
+            await timed(lambda job_id=job_id: http.get(f"/v1/jobs/{job_id}"), ms, 200)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -244,9 +246,13 @@ def pg_schema() -> tuple[str, Callable[[], None]] | None:
     return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
 
 
+def _nothing() -> None:
+    pass
+
+
 def bench_backend(backend: str, args: argparse.Namespace) -> None:
     extra = ["--max-concurrent", "0", "--workers", str(args.workers)]
-    cleanup: Callable[[], None] = lambda: None
+    cleanup: Callable[[], None] = _nothing
     if backend == "postgresql":
         found = pg_schema()
         if found is None:

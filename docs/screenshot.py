@@ -6,6 +6,7 @@ bundled driver only; no browser download): `pip install playwright`. Start the U
     mlflow server --backend-store-uri sqlite:///mlflow.db --port 5055
     python docs/screenshot.py RUN_ID EXPERIMENT_ID docs/mlflow-grad-norms.png [SEARCH]
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,15 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                  "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def main(run_id: str, experiment_id: str, out: str, search: str = "", ui: str = "http://127.0.0.1:5055") -> None:

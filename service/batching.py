@@ -22,7 +22,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -204,7 +204,8 @@ class LoaderBatches:
         except TypeError:
             raise ConfigError.single(
                 "data.name",
-                f"the dataset {type(dataset).__name__} has no length; gradloop needs a map-style Dataset (with __len__ and __getitem__)",
+                f"the dataset {type(dataset).__name__} has no length; gradloop needs a map-style Dataset (with "
+                "__len__ and __getitem__)",
             ) from None
         self.dataset = dataset
         self.n = n
@@ -359,7 +360,7 @@ def to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, Mapping):
         return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, Sequence) and not isinstance(x, str):
-        return type(x)(to_device(v, device) for v in x)
+        return cast(Any, type(x))(to_device(v, device) for v in x)  # list or tuple, as it came
     return x
 
 

@@ -118,7 +118,8 @@ def model_vs_data(spec: ModelConfig, splits: DataSplits | Any) -> list[FieldErro
             errors.append(
                 FieldError(
                     f"model.options.{out_option}",
-                    f"{_outputs_phrase(splits)} but model.options.{out_option} is {want}; set model.options.{out_option}: {splits.num_outputs}",
+                    f"{_outputs_phrase(splits)} but model.options.{out_option} is {want}; set "
+                    f"model.options.{out_option}: {splits.num_outputs}",
                 )
             )
     return errors
@@ -130,7 +131,8 @@ def _flat_input(model: str, option: str, value: int, data_features: int | tuple[
         return [
             FieldError(
                 key,
-                f"data samples have shape {data_features} but {model} takes flat vectors of {key}={value}; use a model for images (e.g. cnn) or flat data (e.g. data.options.as_images: false)",
+                f"data samples have shape {data_features} but {model} takes flat vectors of {key}={value}; use a "
+                "model for images (e.g. cnn) or flat data (e.g. data.options.as_images: false)",
             )
         ]
     if value != data_features:
@@ -150,7 +152,9 @@ def _shaped_input(
         return [
             FieldError(
                 f"model.options.{options[0]}",
-                f"data has {shown} but {model} takes samples of shape ({names}) = {expected}; use a model for this data (e.g. mlp for flat features) or data shaped {len(options)}-D (e.g. data.options.as_images: true)",
+                f"data has {shown} but {model} takes samples of shape ({names}) = {expected}; use a model for this "
+                f"data (e.g. mlp for flat features) or data shaped {len(options)}-D (e.g. data.options.as_images: "
+                "true)",
             )
         ]
     needed: dict[str, set[int]] = {}
@@ -163,7 +167,8 @@ def _shaped_input(
             errors.append(
                 FieldError(
                     key,
-                    f"data samples have shape {data_features}, but {key} sets {len(sizes)} of those axes ({sorted(sizes)}), which must then be equal; reshape the data",
+                    f"data samples have shape {data_features}, but {key} sets {len(sizes)} of those axes "
+                    f"({sorted(sizes)}), which must then be equal; reshape the data",
                 )
             )
         elif getattr(opts, option) not in sizes:
@@ -171,7 +176,8 @@ def _shaped_input(
             errors.append(
                 FieldError(
                     key,
-                    f"data samples have shape {data_features} but the model expects ({names}) = {expected}; set {key}: {size}",
+                    f"data samples have shape {data_features} but the model expects ({names}) = {expected}; set "
+                    f"{key}: {size}",
                 )
             )
     return errors
@@ -197,7 +203,8 @@ def loss_vs_data(spec: PluginSpec, splits: DataSplits | Any) -> list[FieldError]
         errors.append(
             FieldError(
                 "loss.name",
-                f"{spec.name} is {_TASK_WORDS.get(task, task)} loss but the data is {_TASK_WORDS[splits.task]} dataset; set loss.name to one of: {', '.join(fitting) or '(none registered)'}",
+                f"{spec.name} is {_TASK_WORDS.get(task, task)} loss but the data is {_TASK_WORDS[splits.task]} "
+                f"dataset; set loss.name to one of: {', '.join(fitting) or '(none registered)'}",
             )
         )
     weights = spec.options.get("class_weights")
@@ -205,7 +212,8 @@ def loss_vs_data(spec: PluginSpec, splits: DataSplits | Any) -> list[FieldError]
         errors.append(
             FieldError(
                 "loss.options.class_weights",
-                f"data has {splits.num_classes} classes but loss.options.class_weights has {len(weights)} weights; give exactly {splits.num_classes}",
+                f"data has {splits.num_classes} classes but loss.options.class_weights has {len(weights)} weights; "
+                f"give exactly {splits.num_classes}",
             )
         )
     return errors
@@ -243,7 +251,8 @@ def _trial_forward(cfg: RunConfig, splits: DataSplits, model: nn.Module) -> list
         return [
             FieldError(
                 "model.name",
-                f"{cfg.model.name} returns {tuple(logits.shape)} for a batch of {len(y)}, but {_outputs_phrase(splits)}, so it must return {want}; "
+                f"{cfg.model.name} returns {tuple(logits.shape)} for a batch of {len(y)}, but "
+                f"{_outputs_phrase(splits)}, so it must return {want}; "
                 f"make its output {want}",
             )
         ]
@@ -254,7 +263,8 @@ def _trial_forward(cfg: RunConfig, splits: DataSplits, model: nn.Module) -> list
         return [
             FieldError(
                 "loss.name",
-                f"{cfg.loss.name} fails on the model's output {tuple(logits.shape)} and targets {tuple(y.shape)} of {y.dtype}: {type(exc).__name__}: {exc}",
+                f"{cfg.loss.name} fails on the model's output {tuple(logits.shape)} and targets {tuple(y.shape)} of "
+                f"{y.dtype}: {type(exc).__name__}: {exc}",
             )
         ]
     return []

@@ -91,7 +91,8 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); it is damaged or not a gradloop checkpoint"
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); it is damaged "
+            "or not a gradloop checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
@@ -114,7 +115,8 @@ def resolve_resume(resume: str | os.PathLike[str], output_dir: str | os.PathLike
         candidates = [p for p in base.glob(f"*/checkpoints/{LAST}") if p.is_file()]
         if not candidates:
             raise CheckpointError(
-                f"--resume latest found no checkpoint of a run named {name!r} under {str(base)!r}; run it once without --resume, or give a checkpoint path"
+                f"--resume latest found no checkpoint of a run named {name!r} under {str(base)!r}; run it once "
+                "without --resume, or give a checkpoint path"
             )
         return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
     path = Path(resume)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -46,7 +46,7 @@ class TensorData:
         return TensorData(self.x.to(device), self.y.to(device))
 
 
-Data = Union[TensorData, Dataset]
+Data = TensorData | Dataset
 
 
 @dataclass(frozen=True)

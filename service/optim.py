@@ -120,7 +120,10 @@ def _field_errors(exc: ValidationError, plugin: registry.Plugin, path: str) -> l
     for e in exc.errors():
         loc = [str(p) for p in e["loc"]]
         if e.get("type") == "extra_forbidden":
-            message = f"{plugin.name} has no option {loc[-1]!r}{did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
+            message = (
+                f"{plugin.name} has no option {loc[-1]!r}{did_you_mean(loc[-1], allowed)}; allowed: "
+                f"{', '.join(allowed)}"
+            )
         elif e.get("type") == "value_error":  # our validators' own sentences, without pydantic's prefix
             message = str(e.get("ctx", {}).get("error", e["msg"]))
         else:

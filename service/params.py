@@ -163,7 +163,8 @@ def _read_params(params: Any, where: str) -> tuple[list[tuple[str, torch.Tensor]
             made_by = type(tensor.grad_fn).__name__ if tensor.grad_fn is not None else "an operation"
             raise ParamsError(
                 f"{label} is not a leaf tensor (it was computed by {made_by}), so the optimizer's updates would "
-                "never reach the tensor you created; pass that leaf tensor, or x.detach().requires_grad_() for a new one"
+                "never reach the tensor you created; pass that leaf tensor, or x.detach().requires_grad_() for a new "
+                "one"
             )
         if id(tensor) in seen:
             raise ParamsError(f"{label} is the same tensor as {seen[id(tensor)]}; pass each parameter once")
@@ -196,7 +197,8 @@ def _check_no_shared(sources: Sequence[ParamSource]) -> None:
             here = f"{src.label} ({name!r})" if len(sources) > 1 else repr(name)
             if id(tensor) in where:
                 raise ParamsError(
-                    f"one parameter is in two groups: {where[id(tensor)]} and {here}; put each parameter in one group only"
+                    f"one parameter is in two groups: {where[id(tensor)]} and {here}; put each parameter in one group "
+                    "only"
                 )
             where[id(tensor)] = here
 

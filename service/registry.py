@@ -336,5 +336,5 @@ def registry(kind: str) -> Registry:
         return REGISTRIES[kind]
     except KeyError:
         raise PluginNotFoundError(
-            "kinds", kind, list(REGISTRIES), (difflib.get_close_matches(kind, REGISTRIES, n=1) or [None])[0]
+            "kinds", kind, list(REGISTRIES), next(iter(difflib.get_close_matches(kind, REGISTRIES, n=1)), None)
         ) from None

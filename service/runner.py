@@ -24,9 +24,9 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -235,7 +235,8 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
     model = build_model(cfg.model, cfg.data.root)
     check_compatible(cfg, splits, model)
     loss_fn = build_loss(cfg.loss)
-    has_val = splits.val is not None and len(splits.val) > 0
+    val = splits.val if splits.val is not None and len(cast(Sized, splits.val)) > 0 else None
+    has_val = val is not None
     # Without validation data no metric is computed: torchmetrics (seconds to import) stays unloaded.
     metrics = (
         build_metric_set(
@@ -273,9 +274,9 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
         shard=shard,
     )
     val_batches = None
-    if has_val:
+    if val is not None:
         val_batches = make_batches(
-            splits.val,
+            val,
             cfg.data.eval_batch_size or cfg.data.batch_size,
             shuffle=False,
             drop_last=False,

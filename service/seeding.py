@@ -35,7 +35,7 @@ def derive_seed(*parts: int | str) -> int:
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every global generator, in types that `weights_only` loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

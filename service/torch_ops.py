@@ -10,8 +10,6 @@ both give the same answers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 
@@ -19,11 +17,11 @@ def _fused(name: str, fused: bool | None) -> bool:
     return hasattr(torch, name) if fused is None else fused
 
 
-def foreach_norm(tensors: list[torch.Tensor], *, fused: bool | None = None) -> Sequence[torch.Tensor]:
+def foreach_norm(tensors: list[torch.Tensor], *, fused: bool | None = None) -> tuple[torch.Tensor, ...]:
     """The L2 norm of each tensor, as 0-d tensors on its device and in its dtype."""
     if _fused("_foreach_norm", fused):
         return torch._foreach_norm(tensors)
-    return [torch.linalg.vector_norm(t) for t in tensors]
+    return tuple(torch.linalg.vector_norm(t) for t in tensors)
 
 
 def flag_non_finite(
@@ -58,11 +56,11 @@ def foreach_sub_(dst: list[torch.Tensor], src: list[torch.Tensor], *, fused: boo
         d.sub_(s)
 
 
-def foreach_max(tensors: list[torch.Tensor], *, fused: bool | None = None) -> Sequence[torch.Tensor]:
+def foreach_max(tensors: list[torch.Tensor], *, fused: bool | None = None) -> tuple[torch.Tensor, ...]:
     """The largest element of each (non-empty) tensor, as 0-d tensors."""
     if _fused("_foreach_max", fused):
         return torch._foreach_max(tensors)
-    return [t.max() for t in tensors]
+    return tuple(t.max() for t in tensors)
 
 
 __all__ = ["flag_non_finite", "foreach_copy_", "foreach_max", "foreach_norm", "foreach_sub_"]

@@ -276,7 +276,7 @@ class Trainer:
                 if self.parts.closure:
                     window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
                 else:
-                    window_loss = None  # the window's mean loss, summed on the device (no sync)
+                    window_loss: torch.Tensor | None = None  # the window's mean loss, summed on the device (no sync)
                     micro_batches = [next(batches) for _ in window.sizes]
                     shares = self._shares(window, micro_batches)
                     for i, ((x, y), share) in enumerate(zip(micro_batches, shares)):
@@ -287,6 +287,7 @@ class Trainer:
                                 loss = loss * share
                             self.scaler.scale(loss).backward()
                         window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
+                    assert window_loss is not None  # a window holds at least one micro-batch
 
                     # 2. Unscale (fp16), measure the pre-clip norm when something uses it
                     #    (clipping, or the logging window that ends here), decide whether to step.
@@ -389,7 +390,7 @@ class Trainer:
             return loss
 
         try:
-            self.optimizer.step(closure)
+            self.optimizer.step(closure)  # type: ignore[arg-type]  # (torch's stub says the closure returns a float)
             ok = True
         except _SkipStep:
             ok = False
@@ -550,9 +551,10 @@ class Trainer:
 
     def _plateau_monitor(self) -> str | None:
         """The metric a monitoring scheduler (reduce-on-plateau) steps on, checked upfront."""
-        if self.scheduler is None or not self.parts.scheduler_capabilities.get("monitor"):
+        spec = self.config.scheduler
+        if self.scheduler is None or spec is None or not self.parts.scheduler_capabilities.get("monitor"):
             return None
-        monitor = str((self.config.scheduler.options if self.config.scheduler else {}).get("monitor", "val/loss"))
+        name, monitor = spec.name, str(spec.options.get("monitor", "val/loss"))
         available = ["val/loss"] + [
             f"val/{k}" for k in (self.parts.metrics.scalar_keys() if self.parts.metrics else [])
         ]
@@ -564,15 +566,14 @@ class Trainer:
         if self.parts.val is None:
             raise ConfigError.single(
                 "scheduler.name",
-                f"{self.config.scheduler.name} watches {monitor} but the run has no validation data; "
-                "set data.val_fraction above 0",
-            )  # type: ignore[union-attr]
+                f"{name} watches {monitor} but the run has no validation data; set data.val_fraction above 0",
+            )
         if not self.tc.val_every_epochs and not self.tc.val_every_steps:
             raise ConfigError.single(
                 "trainer.val_every_epochs",
-                f"{self.config.scheduler.name} steps after each validation but validation is off; "
+                f"{name} steps after each validation but validation is off; "
                 "set trainer.val_every_epochs or trainer.val_every_steps",
-            )  # type: ignore[union-attr]
+            )
         return monitor
 
     # -- results --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from pydantic import ValidationError
 
 from gradloop import registry
-from gradloop.errors import ConfigError, FieldError
+from gradloop.errors import ConfigError, FieldError, TrainingError
 from gradloop.outputs import IGNORE_INDEX, logits_of
 
 DEFAULT_METRICS: Mapping[str, tuple[str, ...]] = {
@@ -38,6 +38,13 @@ class MetricContext:
     task: str  # classification | binary | regression
     num_classes: int | None
     num_outputs: int
+
+    @property
+    def classes(self) -> int:
+        """num_classes, for a multiclass metric: the data of a classification task always reports it."""
+        if self.num_classes is None:
+            raise TrainingError(f"a multiclass metric needs the number of classes, which this {self.task} data lacks")
+        return self.num_classes
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def binary_from_labels(values: Sequence[str], field: str) -> torch.Tensor:
     if len(labels) > 2:
         raise ConfigError.single(
             field,
-            f"a binary task needs at most two distinct target values, found {len(labels)} ({_few(labels)}); use task: classification",
+            f"a binary task needs at most two distinct target values, found {len(labels)} ({_few(labels)}); use task: "
+            "classification",
         )
     return y.float().unsqueeze(1)
 
@@ -45,7 +46,8 @@ def targets_from_tensor(y: torch.Tensor, task: FileTask, field: str) -> torch.Te
     if flat.shape[1] != 1:
         raise ConfigError.single(
             field,
-            f"{task} targets need one value per sample, got shape {tuple(y.shape)}; use task: regression for several targets",
+            f"{task} targets need one value per sample, got shape {tuple(y.shape)}; use task: regression for several "
+            "targets",
         )
     flat = flat[:, 0]
     if flat.is_floating_point():

@@ -73,5 +73,6 @@ def load_folder_tokenizer(path: Path, field: str) -> Any:
 
 
 def vocab_size_of(tokenizer: Any) -> int:
-    size = getattr(tokenizer, "vocab_size", None)
-    return int(len(tokenizer)) if hasattr(tokenizer, "__len__") else int(size)
+    if hasattr(tokenizer, "__len__"):
+        return int(len(tokenizer))
+    return int(tokenizer.vocab_size)

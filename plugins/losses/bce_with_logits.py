@@ -19,6 +19,8 @@ class BCEOptions(BaseModel):
 
 
 class BCEWithLogits(nn.Module):
+    pos_weight: torch.Tensor | None  # a buffer
+
     def __init__(self, pos_weight: float | None):
         super().__init__()
         self.register_buffer("pos_weight", torch.tensor([pos_weight]) if pos_weight is not None else None)

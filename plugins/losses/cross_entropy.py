@@ -38,6 +38,8 @@ class CrossEntropyOptions(BaseModel):
 
 
 class CrossEntropy(nn.Module):
+    class_weights: torch.Tensor | None  # a buffer
+
     def __init__(self, label_smoothing: float, class_weights: list[float] | None, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.label_smoothing = label_smoothing

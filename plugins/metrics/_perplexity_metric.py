@@ -14,6 +14,8 @@ class Perplexity(Metric):
     """
 
     full_state_update = False
+    nll: torch.Tensor  # states (add_state)
+    count: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()

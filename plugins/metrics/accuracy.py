@@ -24,4 +24,4 @@ def build_accuracy(*, options: AccuracyOptions, ctx: MetricContext) -> Any:
 
     if ctx.task == "binary":
         return BinaryAccuracy(validate_args=False)
-    return MulticlassAccuracy(ctx.num_classes, top_k=options.top_k, average=options.average, validate_args=False)
+    return MulticlassAccuracy(ctx.classes, top_k=options.top_k, average=options.average, validate_args=False)

@@ -24,4 +24,4 @@ def build_auroc(*, options: AUROCOptions, ctx: MetricContext) -> Any:
 
     if ctx.task == "binary":
         return BinaryAUROC(validate_args=False)
-    return MulticlassAUROC(ctx.num_classes, average=options.average, validate_args=False)
+    return MulticlassAUROC(ctx.classes, average=options.average, validate_args=False)

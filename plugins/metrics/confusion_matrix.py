@@ -26,4 +26,4 @@ def build_confusion_matrix(*, options: ConfusionOptions, ctx: MetricContext) -> 
 
     if ctx.task == "binary":
         return BinaryConfusionMatrix(normalize=options.normalize, validate_args=False)
-    return MulticlassConfusionMatrix(ctx.num_classes, normalize=options.normalize, validate_args=False)
+    return MulticlassConfusionMatrix(ctx.classes, normalize=options.normalize, validate_args=False)

@@ -17,4 +17,4 @@ def build_f1(*, options: AveragedOptions, ctx: MetricContext) -> Any:
 
     if ctx.task == "binary":
         return BinaryF1Score(validate_args=False)
-    return MulticlassF1Score(ctx.num_classes, average=options.average, validate_args=False)
+    return MulticlassF1Score(ctx.classes, average=options.average, validate_args=False)

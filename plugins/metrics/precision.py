@@ -17,4 +17,4 @@ def build_precision(*, options: AveragedOptions, ctx: MetricContext) -> Any:
 
     if ctx.task == "binary":
         return BinaryPrecision(validate_args=False)
-    return MulticlassPrecision(ctx.num_classes, average=options.average, validate_args=False)
+    return MulticlassPrecision(ctx.classes, average=options.average, validate_args=False)

@@ -17,4 +17,4 @@ def build_recall(*, options: AveragedOptions, ctx: MetricContext) -> Any:
 
     if ctx.task == "binary":
         return BinaryRecall(validate_args=False)
-    return MulticlassRecall(ctx.num_classes, average=options.average, validate_args=False)
+    return MulticlassRecall(ctx.classes, average=options.average, validate_args=False)

@@ -14,4 +14,4 @@ def build_top5_accuracy(*, options: object, ctx: MetricContext) -> Any:
     # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
     from torchmetrics.classification import MulticlassAccuracy
 
-    return MulticlassAccuracy(ctx.num_classes, top_k=5, average="micro", validate_args=False)
+    return MulticlassAccuracy(ctx.classes, top_k=5, average="micro", validate_args=False)

@@ -40,13 +40,14 @@ class FeedForward(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.norms: nn.ModuleList | None
         if norm == "batch":
             self.norms = nn.ModuleList(nn.BatchNorm1d(h) for h in hidden)
         elif norm == "layer":
             self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden)
         else:
             self.norms = None
-        self.activation = activation(act) if hidden else None
+        self.activation: nn.Module = activation(act) if hidden else nn.Identity()  # (no state either way)
         self.dropout = nn.Dropout(dropout) if hidden and dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

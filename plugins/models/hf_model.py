@@ -85,6 +85,7 @@ def build_hf_model(*, options: HFModelOptions) -> nn.Module:
 
     auto = getattr(transformers, _AUTO[options.task])
     extra = {"num_labels": options.num_labels} if options.num_labels is not None else {}
+    path = str(options.path)  # used only without a config: the options give exactly one of the two
     try:
         if options.config is not None:
             cfg = dict(options.config)
@@ -92,10 +93,10 @@ def build_hf_model(*, options: HFModelOptions) -> nn.Module:
             return HFModel(auto.from_config(config, trust_remote_code=False))
         if torch.get_default_device().type == "meta":  # counting parameters: the shapes, not the weights
             config = transformers.AutoConfig.from_pretrained(
-                options.path, local_files_only=True, trust_remote_code=False, **extra
+                path, local_files_only=True, trust_remote_code=False, **extra
             )
             return HFModel(auto.from_config(config, trust_remote_code=False))
-        return HFModel(auto.from_pretrained(options.path, local_files_only=True, trust_remote_code=False, **extra))
+        return HFModel(auto.from_pretrained(path, local_files_only=True, trust_remote_code=False, **extra))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         field = "model.options.config" if options.config is not None else "model.options.path"
         raise ConfigError.single(

@@ -14,6 +14,7 @@ so the first step after warmup uses the full base lr and the last of T steps use
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -40,7 +41,7 @@ def warmup_decay(
     check_warmup(shape, options.warmup_steps, total_steps)
     base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]  # what LambdaLR scales
     names = [str(g.get("group_name", i)) for i, g in enumerate(optimizer.param_groups)]
-    curves = [
+    curves: list[Callable[[int], float]] = [
         WarmupDecay(options.warmup_steps, total_steps, f, shape) for f in floors(shape, base, names, options.min_lr)
     ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, curves)
@@ -69,7 +70,8 @@ def check_warmup(name: str, warmup_steps: int, total_steps: int) -> None:
     if total_steps < 1:
         raise ConfigError.single(
             "scheduler.name",
-            f"{name} steps per optimizer step and needs the run's total steps, got {total_steps}; train for at least one step",
+            f"{name} steps per optimizer step and needs the run's total steps, got {total_steps}; train for at least "
+            "one step",
         )
     if warmup_steps >= total_steps:
         raise ConfigError.single(

@@ -22,7 +22,8 @@ class OneCycleOptions(BaseModel):
     three_phase: bool = False
     cycle_momentum: bool = Field(
         False,
-        description="also cycle momentum/beta1 between base_momentum and max_momentum (off: the optimizer's momentum stays as configured)",
+        description="also cycle momentum/beta1 between base_momentum and max_momentum (off: the optimizer's momentum "
+        "stays as configured)",
     )
     base_momentum: float = Field(0.85, ge=0, lt=1)
     max_momentum: float = Field(0.95, ge=0, lt=1)
@@ -52,7 +53,8 @@ def onecycle(
     ):
         raise ConfigError.single(
             "scheduler.options.cycle_momentum",
-            "cycle_momentum needs an optimizer with momentum > 0 (sgd, rmsprop) or betas (adam, adamw, lion); set it to false",
+            "cycle_momentum needs an optimizer with momentum > 0 (sgd, rmsprop) or betas (adam, adamw, lion); set it "
+            "to false",
         )
     max_lr = options.max_lr if options.max_lr is not None else [g["lr"] for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(

@@ -50,7 +50,8 @@ class DataConfig(PluginSpec):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers, for datasets that need a DataLoader")
     root: str | None = Field(
         None,
-        description="data root that relative paths resolve against (default: $GRADLOOP_DATA_ROOT or the working directory)",
+        description="data root that relative paths resolve against (default: $GRADLOOP_DATA_ROOT or the working "
+        "directory)",
     )
 
 
@@ -121,7 +122,8 @@ class TrackingConfig(Strict):
     flush_timeout_s: float = Field(
         30.0,
         ge=0,
-        description="at the end of a run, how long to keep trying to send unsent points (the rest waits for `gradloop sync`)",
+        description="at the end of a run, how long to keep trying to send unsent points (the rest waits for `gradloop "
+        "sync`)",
     )
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gradloop import registry
 from gradloop.config.messages import did_you_mean, pydantic_message
@@ -136,7 +136,7 @@ def validate_config(
     return cfg
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
     "data": DataConfig,
     "loss": PluginSpec,

@@ -77,7 +77,8 @@ def test_skipped_steps_fail_the_run_past_the_share_and_show_otherwise(tmp_path: 
     assert re.search(r"warning: \d+ of \d+ steps skipped so far", done.stderr), done.stderr  # as they happen
 
     accept = {"epochs": 1, "on_nonfinite": "skip_step", "max_skipped_fraction": 1.0}
-    path = _config(tmp_path, name="accepted", optimizer=blowup, trainer=accept, tracking={"enabled": False, "log_every": 2})
+    no_tracking = {"enabled": False, "log_every": 2}
+    path = _config(tmp_path, name="accepted", optimizer=blowup, trainer=accept, tracking=no_tracking)
     done = _in_process("run", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"steps\s+8 \(1 epoch\), \d+ skipped", done.stdout), done.stdout

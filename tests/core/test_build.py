@@ -52,8 +52,12 @@ def test_feature_and_class_mismatches_name_both_numbers_and_the_keys():
     with pytest.raises(ConfigError) as exc:
         check(cfg)
     assert messages(exc) == {
-        "model.options.in_features": "data has 64 features but model.options.in_features is 32; set model.options.in_features: 64",
-        "model.options.out_features": "data has 10 classes but model.options.out_features is 3; set model.options.out_features: 10",
+        "model.options.in_features": (
+            "data has 64 features but model.options.in_features is 32; set model.options.in_features: 64"
+        ),
+        "model.options.out_features": (
+            "data has 10 classes but model.options.out_features is 3; set model.options.out_features: 10"
+        ),
     }
 
 
@@ -79,12 +83,14 @@ def test_loss_for_the_wrong_task():
     with pytest.raises(ConfigError) as exc:
         check(cfg, with_model=False)
     assert messages(exc)["loss.name"] == (
-        "cross_entropy is a classification loss but the data is a regression dataset; set loss.name to one of: huber, l1, mse"
+        "cross_entropy is a classification loss but the data is a regression dataset; set loss.name to one of: huber, "
+        "l1, mse"
     )
     cfg = run_config({"name": "linear", "options": {"in_features": 64, "out_features": 10}}, DIGITS, loss="mse")
     with pytest.raises(
         ConfigError,
-        match="mse is a regression loss but the data is a classification dataset; set loss.name to one of: cross_entropy",
+        match="mse is a regression loss but the data is a classification dataset; set loss.name to one of: "
+        "cross_entropy",
     ):
         check(cfg, with_model=False)
 

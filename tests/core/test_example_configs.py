@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradloop import load_config, run
+from gradloop import load_config, run, train
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.y*ml"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 import warnings
 from pathlib import Path
@@ -190,7 +191,7 @@ def test_registry_lookup_of_unknown_kind():
 
 def test_plugin_is_frozen():
     p = Plugin("p", _factory, capabilities={"interval": "step"})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.name = "q"  # type: ignore[misc]
     with pytest.raises(TypeError):
         p.capabilities["interval"] = "epoch"  # type: ignore[index]

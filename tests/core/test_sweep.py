@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradloop.config import RunConfig, load_config
 from gradloop import RunResult, run, train
+from gradloop.config import RunConfig, load_config
 from gradloop.errors import ConfigError, GradloopError
 from gradloop.sweep import SweepResult, expand_sweep, run_sweep
 
