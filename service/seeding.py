@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ def derive_seed(*parts: int | str) -> int:
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every global generator, in types that `weights_only` loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))  # (the tuple form)
+    kind, keys, pos, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

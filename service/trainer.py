@@ -276,7 +276,7 @@ class Trainer:
                 if self.parts.closure:
                     window_loss, grad_norm, ok, stats = self._closure_step(window, batches, step)
                 else:
-                    window_loss: torch.Tensor | None = None  # the window's mean loss, summed on the device (no sync)
+                    summed: torch.Tensor | None = None  # the window's mean loss, summed on the device (no sync)
                     micro_batches = [next(batches) for _ in window.sizes]
                     shares = self._shares(window, micro_batches)
                     for i, ((x, y), share) in enumerate(zip(micro_batches, shares)):
@@ -286,8 +286,9 @@ class Trainer:
                             if share is not None:
                                 loss = loss * share
                             self.scaler.scale(loss).backward()
-                        window_loss = loss.detach() if window_loss is None else window_loss + loss.detach()
-                    assert window_loss is not None  # a window holds at least one micro-batch
+                        summed = loss.detach() if summed is None else summed + loss.detach()
+                    assert summed is not None  # a window holds at least one micro-batch
+                    window_loss = summed
 
                     # 2. Unscale (fp16), measure the pre-clip norm when something uses it
                     #    (clipping, or the logging window that ends here), decide whether to step.
@@ -364,7 +365,7 @@ class Trainer:
 
     def _closure_step(
         self, window: Window, batches: Iterator[Batch], step: int
-    ) -> tuple[torch.Tensor, torch.Tensor, bool, list]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, list]:
         """One step of an optimizer that re-evaluates the loss itself (L-BFGS)."""
         assert len(window.sizes) == 1, "config validation forbids accumulation with closure optimizers"
         x, y = next(batches)

@@ -11,7 +11,22 @@ import os
 
 import pytest
 
+from tests.support import marks
+
 pytest_plugins = ["tests.support.mlflow_stores"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the `mlflow_server` fixture starts a server: marked so here, once."""
+    for item in items:
+        if "mlflow_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures start anything: its markers, for tests/support/marks.require."""
+    marks.current = frozenset(m.name for m in item.iter_markers())
 
 
 @pytest.fixture(scope="session", autouse=True)

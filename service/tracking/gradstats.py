@@ -147,10 +147,9 @@ def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None
         # The trainer measured every watched gradient (so none is missing): nothing to read.
         return _with_weights(GradSnapshot(step, measured, None), layout)
     # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
-    grads = [p.grad for p in layout.params]
-    if not grads or any(g is None for g in grads):
+    grads = [p.grad for p in layout.params if p.grad is not None]
+    if not grads or len(grads) < len(layout.params):
         # A parameter without a gradient this step would shift every label after it.
-        grads = [g for g in grads if g is not None]
         return GradSnapshot(step, torch.stack(foreach_norm(grads)), None) if grads else None
     return _with_weights(GradSnapshot(step, torch.stack(foreach_norm(grads)), None), layout)
 

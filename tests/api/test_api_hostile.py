@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.api_service import Service, iris_config, problem
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 TOKEN = "hostile-token"
 LIMITS = [
     "--max-epochs",

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.api_service import Service, iris_config, problem
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 TOKENS = "alpha-token,beta-token"
 
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.support.api_service import IRIS_YAML, Service, iris_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from gradloop.jobs.engine import sqlite_url
 from gradloop.jobs.store import JobStore
 from tests.support.api_service import Service, iris_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 
 
 def _workers(svc: Service) -> list[psutil.Process]:

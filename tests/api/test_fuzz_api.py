@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support.api_service import Service
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 TRIED: dict[str, int] = {}

@@ -24,7 +24,7 @@ import pytest
 from tests.support.api_service import Service, iris_config
 from tests.support.postgres import drop_pg_schema, fresh_pg_schema
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 CLIENTS, PER_CLIENT = 20, 10
 
 

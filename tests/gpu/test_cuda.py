@@ -160,6 +160,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         svc.stop()
 
 
+@pytest.mark.server
 def test_service_jobs_train_on_the_gpu_in_forked_children(service):
     """Jobs run in children forked from a pre-imported fork server: a parent that had touched
     CUDA would leave them unable to use it. Two jobs in a row, both on the GPU."""

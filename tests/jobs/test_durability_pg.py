@@ -31,7 +31,7 @@ from tests.support.durability import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.postgres, pytest.mark.server, pytest.mark.timeout(240)]
 
 LEASE_S = 3
 

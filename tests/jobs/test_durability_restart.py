@@ -25,7 +25,7 @@ from tests.support.durability import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 
 GRACE_S = 15
 ARGS = ["--max-concurrent", "1", "--cancel-grace", str(GRACE_S)]

@@ -55,7 +55,13 @@ def test_blocks_are_found() -> None:
     assert readme and any(b[2] == "python" for b in readme)
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=[_id(b) for b in RUNNABLE])
+def _param(block: tuple[Path, int, str, str]) -> object:
+    """A block that starts the job service is a server test (make test-fast leaves it out)."""
+    starts_server = "gradloop serve" in block[3] or "mlflow server" in block[3]
+    return pytest.param(block, id=_id(block), marks=[pytest.mark.server] if starts_server else [])
+
+
+@pytest.mark.parametrize("block", [_param(b) for b in RUNNABLE])
 def test_code_block_runs(block: tuple[Path, int, str, str], tmp_path: Path) -> None:
     path, line, lang, code = block
     assert lang in RUNNERS, (

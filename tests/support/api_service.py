@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from tests.support import marks
+
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PLUGINS = Path(__file__).resolve().parents[1] / "jobs_plugins"
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -34,6 +36,7 @@ class Service:
     """`python -m gradloop.cli.main serve ...` as a child process; stop() sends SIGTERM like an operator."""
 
     def __init__(self, base: Path, *, token: str | None = None, extra_args: Iterable[str] = ()):
+        marks.require("server", "starts `gradloop serve`")
         self.base = base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -24,6 +24,7 @@ from torch import nn
 
 from gradloop.config import RunConfig
 from gradloop.observer import RunContext
+from tests.support import marks
 
 # `python -m mlflow` rather than the console script: the same interpreter and packages as the
 # tests, also where mlflow was installed with --target and has no script on PATH.
@@ -46,6 +47,7 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        marks.require("server", "starts `mlflow server`")
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             [

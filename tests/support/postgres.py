@@ -9,11 +9,14 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support import marks
+
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def fresh_pg_schema(purpose: str = "the PostgreSQL tests") -> tuple[str, str]:
     """Create a schema; return a database URL whose search_path is that schema, and its name."""
+    marks.require("postgres", "uses PostgreSQL")
     schema = f"gl_test_{uuid.uuid4().hex[:12]}"
     try:
         engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
