@@ -2,6 +2,21 @@
 
 Public names: build_optimizer, train, run, load_config (and RunConfig, RunResult, ConfigError).
 They are imported lazily so that `import gradloop` stays cheap for the CLI and the API process.
+
+Module map (docs/architecture.md has it whole, with the data flows):
+  config/        the run config: schema, loading and --set overrides, validation, messages
+  registry       one Registry per plugin kind; built-ins in gradloop.plugins, others by entry points
+  params, optim  "anything a user passes" -> param groups -> the optimizer (build_optimizer)
+  build          config -> model, data, loss, checked to fit together (fitcheck: the same, upfront)
+  dispatch       run(): one run (runner.train) or a sweep (sweep.run_sweep)
+  runner         train(): seed, build, run directory, Trainer.fit(), RunResult (result)
+  trainer        Trainer.fit(): the loop, read top to bottom (log_window, torch_ops, batching beside it)
+  checkpoint, seeding, devices, data, observer, terminal_progress, lifecycle, filelock, errors
+  distributed/   process groups, the elastic launcher, samplers, DDP wrapping
+  tracking/      MLflow: journal first, sender off the training thread
+  jobs/          job store, claims and leases, the pool, the fork server, a job's child
+  api/           the FastAPI job service
+  cli/           the `gradloop` command
 """
 
 from __future__ import annotations
