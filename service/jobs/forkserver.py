@@ -99,7 +99,7 @@ def _child(settings: WorkerSettings, command: dict[str, Any]) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
-        default_signals(signal.SIGINT, signal.SIGCHLD)
+        default_signals(signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
         job_id = command["job_id"]
         job_dir(settings.jobs_dir, job_id).mkdir(parents=True, exist_ok=True)
         fd = os.open(log_path(settings.jobs_dir, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
