@@ -117,6 +117,7 @@ def test_journal_lines_reach_the_store_through_the_child_process(tmp_path: Path,
     assert math.isnan(metrics["train/loss"])
 
 
+@pytest.mark.server
 def test_server_down_mid_run_nothing_is_lost_and_sync_completes_it(tmp_path: Path) -> None:
     server = MlflowServer(tmp_path / "server")
     (tmp_path / "server").mkdir()
@@ -227,6 +228,7 @@ def test_resume_through_train_continues_the_run(tmp_path: Path, sqlite_uri: str)
     assert points(client, first.mlflow_run_id, "val/loss") == [8, 16, 24, 32]
 
 
+@pytest.mark.server
 def test_a_server_down_from_the_start_is_synced_later(tmp_path: Path) -> None:
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server")  # its port is chosen but nothing listens yet
