@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +127,7 @@ def test_several_configs_one_failing_does_not_stop_the_others(tmp_path):
     assert table.count("FINISHED") == 2
 
 
+@pytest.mark.slow
 def test_resume_latest_continues_a_stopped_run(tmp_path):
     path = write(tmp_path, tiny_config(tmp_path, max_steps=5, checkpoint_every_steps=5))
     assert run_cli("run", str(path)).returncode == 0

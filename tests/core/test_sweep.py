@@ -114,6 +114,7 @@ def test_train_trains_one_run_and_names_run_for_a_sweep(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_run_runs_a_sweep_from_a_config(tmp_path: Path, sqlite_uri: str) -> None:
     raw = base(tmp_path, sqlite_uri)
     raw["sweep"] = {"optimizer.options.lr": [0.1, 0.05]}

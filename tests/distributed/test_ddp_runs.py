@@ -22,7 +22,7 @@ from gradloop import train
 from tests.support.trainer_helpers import assert_bitwise_equal, model_state
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # every test starts several processes
 
 
 def _config(tmp_path: Path, *, ranks: int = 2, batch: int = 8, **changes: Any) -> dict[str, Any]:

@@ -56,9 +56,11 @@ def test_blocks_are_found() -> None:
 
 
 def _param(block: tuple[Path, int, str, str]) -> object:
-    """A block that starts the job service is a server test (make test-fast leaves it out)."""
+    """Each block is a reader's whole session (slow); one that starts the job service is a server
+    test too. make test-fast leaves both out."""
     starts_server = "gradloop serve" in block[3] or "mlflow server" in block[3]
-    return pytest.param(block, id=_id(block), marks=[pytest.mark.server] if starts_server else [])
+    marks = [pytest.mark.slow, *([pytest.mark.server] if starts_server else [])]
+    return pytest.param(block, id=_id(block), marks=marks)
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in RUNNABLE])

@@ -174,6 +174,7 @@ FOUR_RUNS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # a fresh file: the four also race to create it
     script = FOUR_RUNS.format(root=str(ROOT))

@@ -176,6 +176,7 @@ SIGTERM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tmp_path: Path, sqlite_uri: str) -> None:
     cfg = small_config(tmp_path, sqlite_uri, epochs=2000)
     proc = subprocess.Popen(
@@ -265,6 +266,7 @@ NO_MLFLOW_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_training_process_never_imports_mlflow(tmp_path: Path, sqlite_uri: str) -> None:
     """MLflow, its store and the plots (the confusion matrix too) live in the store's process;
     the run still gets its params, artifacts, plots and model."""
