@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 FOLDERS = {"service": "gradloop", "plugins": "gradloop.plugins"}  # folder -> import name
 
-pytestmark = pytest.mark.timeout(600)  # (about 10 s: not marked slow)
+pytestmark = pytest.mark.timeout(600)  # one venv and one build: quick enough for make test-fast
 
 
 def _packages_in_folders() -> set[str]:
