@@ -247,7 +247,7 @@ def _serve_workers(settings: Any, workers: int, *, host: str, port: int, log_lev
 
 def _connection_limits(settings: Any) -> dict[str, Any]:
     """uvicorn's settings for slow clients: its own keep-alive bound, our header and body deadlines."""
-    from gradloop.api.timeouts import http_protocol
+    from gradloop.api.timeouts import http_protocol  # the service's stack: only for serve
 
     return {
         "timeout_keep_alive": settings.keep_alive_timeout_s,
