@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.api_service import Service, iris_config, problem
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 TOKEN = "hardening-token"
 DEADLINE_S = 2
 OPERATOR_ROUTES = ("/metrics", "/readyz", "/openapi.json", "/docs", "/redoc")
