@@ -195,7 +195,7 @@ def _start(settings: WorkerSettings, command: dict[str, Any], children: dict[int
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        logs.close_in_child()
+        logs.close_in_child(own=read_end)
         _child(settings, command, write_end)
     os.close(write_end)  # the child holds it now: its pipe ends when the job (and what it started) is gone
     logs.attach(read_end, pid)

@@ -110,10 +110,14 @@ class LogPump:
             if stream.pid == pid:
                 self._read(fd, chunks=DRAIN_CHUNKS)
 
-    def close_in_child(self) -> None:
-        """In a freshly forked job: the other jobs' pipes and logs are not its business."""
+    def close_in_child(self, own: int) -> None:
+        """In a freshly forked job: the other jobs' pipes and logs are not its business. It
+        keeps the read end of its own pipe, and never reads it: should the fork server die,
+        the job's writes then wait (until the service stops it and re-queues it) instead of
+        failing with a broken pipe, which would fail a job that did nothing wrong."""
         for fd, stream in self.streams.items():
-            os.close(fd)
+            if fd != own:
+                os.close(fd)
             os.close(stream.log.fd)
 
     def close_all(self) -> None:

@@ -17,7 +17,14 @@ from sqlalchemy import create_engine, text
 
 from gradloop.jobs.forkserver import is_job_process
 from tests.support.api_service import TERMINAL, Service
-from tests.support.durability import alive, drop_pg_schema, fresh_pg_schema, slow_iris, sqlite_job_row, wait_until
+from tests.support.durability import (
+    alive,
+    drop_pg_schema,
+    fresh_pg_schema,
+    slow_iris,
+    sqlite_job_row,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,9 +51,9 @@ def forkserver_pid(service: Service) -> int | None:
     return None
 
 
-def _kill_forkserver_while_running(service: Service, job_id: str, attempt: int) -> int:
-    """SIGKILL the fork server once attempt `attempt` of the job runs in its process and the job
-    has a checkpoint (every 20 steps); returns that process's id."""
+def _holding(service: Service, job_id: str, attempt: int) -> dict:
+    """The job's row once attempt `attempt` runs in its process and the job has a checkpoint
+    (every 20 steps)."""
 
     def holding() -> dict | None:
         job = service.job(job_id)
@@ -56,11 +63,13 @@ def _kill_forkserver_while_running(service: Service, job_id: str, attempt: int) 
         ready = job["status"] == "running" and row["attempt"] == attempt and row["pid"] and step >= 24
         return row if ready else None
 
-    row = wait_until(holding, 120, f"attempt {attempt} to run past a checkpoint")
+    return wait_until(holding, 120, f"attempt {attempt} to run past a checkpoint")
+
+
+def _kill_forkserver(service: Service, job_pid: int) -> None:
     server = wait_until(lambda: forkserver_pid(service), 30, "the fork server")
-    assert row["pid"] in [c.pid for c in psutil.Process(server).children()]
+    assert job_pid in [c.pid for c in psutil.Process(server).children()]
     os.kill(server, signal.SIGKILL)
-    return row["pid"]
 
 
 def _state_events(service: Service, job_id: str) -> list[dict]:
@@ -71,8 +80,13 @@ def _state_events(service: Service, job_id: str) -> list[dict]:
 
 
 def test_killed_fork_server_requeues_its_job_which_resumes_and_succeeds(service: Service) -> None:
-    job_id = service.submit(slow_iris("forkserver-dies", 160)).json()["id"]
-    old_pid = _kill_forkserver_while_running(service, job_id, attempt=1)
+    # The job writes to its log on every step, also while its fork server (the log's reader)
+    # is gone and the service has yet to stop it.
+    config = slow_iris("forkserver-dies", 160)
+    config["loss"] = {"name": "noisy_loss", "options": {"bytes_per_call": 200}}
+    job_id = service.submit(config).json()["id"]
+    old_pid = _holding(service, job_id, attempt=1)["pid"]
+    _kill_forkserver(service, old_pid)
 
     done = service.wait_for(job_id, timeout=180)
     assert done["status"] == "succeeded", service.log(job_id)
@@ -96,8 +110,8 @@ def test_killed_fork_server_requeues_its_job_which_resumes_and_succeeds(service:
 
 def test_a_job_whose_last_attempt_dies_with_its_fork_server_fails_with_the_reason(service: Service) -> None:
     job_id = service.submit(slow_iris("forkserver-dies-twice", 400)).json()["id"]
-    _kill_forkserver_while_running(service, job_id, attempt=1)
-    _kill_forkserver_while_running(service, job_id, attempt=2)
+    for attempt in (1, 2):
+        _kill_forkserver(service, _holding(service, job_id, attempt)["pid"])
 
     failed = service.wait_for(job_id, timeout=60)
     assert failed["status"] == "failed" and failed["attempt"] == 2
