@@ -203,7 +203,8 @@ def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Clust
         e for e in events if e["type"] == "state" and e["data"].get("status") == "queued" and e["ts"] > killed_at
     )
     print(
-        f"\n[durability] dead worker's job re-queued {requeued['ts'] - killed_at:.2f} s after kill -9, re-claimed elsewhere {claims[1]['ts'] - killed_at:.2f} s after kill -9 "
+        f"\n[durability] dead worker's job re-queued {requeued['ts'] - killed_at:.2f} s after kill -9, "
+        f"re-claimed elsewhere {claims[1]['ts'] - killed_at:.2f} s after kill -9 "
         f"(lease {LEASE_S} s), first resumed step after {resumed_at['ts'] - killed_at:.2f} s; "
         f"jobs lost 0, duplicated 0 of {len(ids)}"
     )

@@ -9,6 +9,7 @@ import os
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from gradloop.errors import GradloopError
 from gradloop.registry import Plugin
 
 
@@ -17,6 +18,7 @@ class CrashOptions(BaseModel):
     at_call: int = Field(3, ge=1, description="crash on this call of the loss")
     exit_code: int = Field(7, ge=1, le=255)
     message_bytes: int = Field(0, ge=0, description="bytes of filler appended to the raised error's message")
+    gradloop_error: bool = Field(False, description="raise a GradloopError (an error gradloop reports) instead")
 
 
 class _Crash(torch.nn.Module):
@@ -29,7 +31,8 @@ class _Crash(torch.nn.Module):
         if self.calls >= self.options.at_call:
             if self.how == "exit":
                 os._exit(self.options.exit_code)  # no cleanup at all, like a native crash
-            raise RuntimeError(f"test plugin raised on call {self.calls}" + "x" * self.options.message_bytes)
+            error = GradloopError if self.options.gradloop_error else RuntimeError
+            raise error(f"test plugin raised on call {self.calls}" + "x" * self.options.message_bytes)
         return torch.nn.functional.cross_entropy(output, target)
 
 
