@@ -31,17 +31,22 @@ from tests.support.durability import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+# A job's MLflow run can take tens of seconds to appear when other tests load the machine.
+WAIT_FOR_RUN_S = 240
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(480)]
 
 LEASE_S = 3
 
 
 class Cluster:
-    """Services on one database, jobs dir and MLflow store, each with its own state dir."""
+    """Services on one database, jobs dir, data root and MLflow store, each with its own state dir."""
 
     def __init__(self, base: Path, db: str):
         self.base, self.db = base, db
         self.jobs_dir = base / "shared-jobs"
+        self.data_root = base / "shared-data"
+        self.data_root.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
         self.services: dict[str, Service] = {}
 
@@ -51,6 +56,10 @@ class Cluster:
             self.db,
             "--jobs-dir",
             str(self.jobs_dir),
+            # One data root for all: a job submitted to one service runs on any, and each checks
+            # the job's data.root against its own root before it runs the job.
+            "--data-root",
+            str(self.data_root),
             "--tracking-uri",
             self.tracking_uri,
             "--worker-id",
@@ -134,7 +143,7 @@ def _holding(
     return row
 
 
-@pytest.mark.timeout(480)  # twenty jobs, each with its MLflow run, on a machine other tests may share
+@pytest.mark.timeout(720)  # twenty jobs, each with its MLflow run, on a machine other tests may share
 def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Cluster) -> None:
     a, b = cluster.start("svc-a", max_concurrent=2), cluster.start("svc-b", max_concurrent=2)
     a.wait_ready(), b.wait_ready()
@@ -149,7 +158,7 @@ def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Clust
     longs = list(ids)[:2]
     row = wait_until(
         lambda: next((r for j in longs if (r := _holding(cluster, j))), None),
-        90,
+        WAIT_FOR_RUN_S,
         "a long job to train past a checkpoint",
     )
     victim, dead_name = row["id"], row["worker_id"]
@@ -215,7 +224,7 @@ def test_late_heartbeat_is_fenced_and_lost_attempts_end_in_failure(cluster: Clus
     b = cluster.start("svc-b", max_attempts=2)
     a.wait_ready(), b.wait_ready()
     job_id = a.submit(slow_iris("frozen", 800)).json()["id"]
-    first = wait_until(lambda: _holding(cluster, job_id), 90, "the job to train past a checkpoint")
+    first = wait_until(lambda: _holding(cluster, job_id), WAIT_FOR_RUN_S, "the job to train past a checkpoint")
     holder, other = (a, b) if first["worker_id"] == "svc-a" else (b, a)
     other_name = "svc-b" if holder is a else "svc-a"
 
