@@ -92,6 +92,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
                     tracking_uri=settings.tracking_uri,
                     allowed_tracking_uris=tuple(settings.allowed_tracking_uris),
                     limits=settings.limits.model_dump(),
+                    max_log_bytes=settings.max_log_bytes,
                 ),
                 PoolSettings(
                     max_concurrent=max_concurrent,

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from gradloop.http_policy import HttpPolicy
+from gradloop.jobs.job_log import DEFAULT_MAX_LOG_BYTES
 from gradloop.limits import ServiceLimits
 
 DEFAULT_PORT = 8000
@@ -41,6 +42,9 @@ class ServiceSettings(BaseModel):
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     worker_id: str | None = None
+    max_log_bytes: int = Field(
+        DEFAULT_MAX_LOG_BYTES, ge=1, description="a job's log stops growing there, with a line saying so"
+    )
     limits: ServiceLimits = Field(
         default_factory=ServiceLimits, description="ceilings on what one submitted job may ask for"
     )

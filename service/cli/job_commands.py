@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradloop.api.settings import DEFAULT_PORT, DEFAULT_STATE_DIR
+from gradloop.jobs.job_log import DEFAULT_MAX_LOG_BYTES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -43,7 +44,11 @@ def serve(
         Path(DEFAULT_STATE_DIR), "--state-dir", help="job store, job logs and run directories"
     ),
     db: str | None = typer.Option(
-        None, "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the state dir)"
+        None,
+        "--db",
+        envvar="GRADLOOP_DB",
+        help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the state dir); "
+        "pass one with a password as $GRADLOOP_DB, which other users cannot read the way they read a command line",
     ),
     jobs_dir: Path | None = typer.Option(
         None, "--jobs-dir", help="per-job directories; a shared volume when several hosts share one database"
@@ -116,6 +121,12 @@ def serve(
     keep_alive_timeout: float = typer.Option(
         5.0, "--keep-alive-timeout", min=0.001, help="seconds an idle connection stays open"
     ),
+    max_log_bytes: int = typer.Option(
+        DEFAULT_MAX_LOG_BYTES,
+        "--max-log-bytes",
+        min=1,
+        help="limit: size of one job's log; past it the log stops growing (a last line says so) and the job goes on",
+    ),
 ) -> None:
     """Run the HTTP job service (FastAPI under uvicorn)."""
     # The service's stack (FastAPI, SQLAlchemy, uvicorn): a second to import, so only for serve.
@@ -138,6 +149,7 @@ def serve(
         cancel_grace_s=cancel_grace,
         max_attempts=max_attempts,
         worker_id=worker_id,
+        max_log_bytes=max_log_bytes,
         limits=ServiceLimits(
             max_epochs=max_epochs,
             max_steps=max_steps,

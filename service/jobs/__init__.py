@@ -8,6 +8,7 @@ Layout (one idea per module):
   progress.py    JobProgressObserver: what a running job writes back (progress, metrics, run id)
   worker.py      what runs inside one job's child process
   forkserver.py  a pre-imported process that forks one child (own process group) per job
+  job_log.py     a job's output, copied by the fork server into its log up to --max-log-bytes
   pool.py        the service side: claims jobs, starts them, heartbeats, cancels, reaps
   events.py      Server-Sent Events from the job's event log
 """

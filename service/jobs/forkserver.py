@@ -2,19 +2,26 @@
 child per job, so that a job's first step comes in well under a second instead of after the
 ~3 s a cold interpreter spends importing.
 
-It is started by the pool (`python -m gradloop.jobs.forkserver SETTINGS_JSON`) and speaks JSON
-lines: commands on stdin, events on stdout.
-  in:  {"op": "start", "job_id", "attempt", "worker_id", "env": {...}}
+It is started by the pool (`python -m gradloop.jobs.forkserver --store TAG`) and speaks JSON
+lines: its settings, then commands, on stdin; events on stdout.
+  in:  WorkerSettings as JSON (the first line) |
+       {"op": "start", "job_id", "attempt", "worker_id", "env": {...}}
   out: {"event": "ready"} | {"event": "started", "job_id", "pid"} |
-       {"event": "exited", "job_id", "pid", "code", "signal"}
+       {"event": "exited", "job_id", "pid", "code", "signal"[, "error"]}
+The settings hold the database URL, password included: they travel through the pipe, never on
+the command line, which every local user can read (`ps`). TAG only names the database (see
+store_tag) so that a later service can recognise this server's orphaned jobs.
 Each child gets its own process group (so SIGTERM/SIGKILL reach the job and anything it
-spawned, e.g. DataLoader workers) and writes stdout/stderr to the job's log. The server stays
-single-threaded and never runs torch ops itself: forking a process with live thread pools is
-what makes fork unsafe. When its stdin closes (the service died), it stops its children.
+spawned, e.g. DataLoader workers); its stdout and stderr go into a pipe that this server copies
+into the job's log, up to the operator's size limit (job_log.py). A child's log is complete
+before its exit is reported. The server stays single-threaded and never runs torch ops itself:
+forking a process with live thread pools is what makes fork unsafe. When its stdin closes (the
+service died), it stops its children.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -26,8 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradloop.jobs.records import Fence
-from gradloop.jobs.worker import WorkerSettings, job_dir, log_path, run_job
+from sqlalchemy.engine import make_url
+
+from gradloop.jobs.job_log import LogPump
+from gradloop.jobs.records import Fence, capped_text
+from gradloop.jobs.worker import LOG_ERROR_BYTES, WorkerSettings, job_dir, log_path, run_job
 from gradloop.lifecycle import default_signals, ignore_signals, stop_on_signals
 
 if TYPE_CHECKING:
@@ -94,30 +104,51 @@ def _emit(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _child(settings: WorkerSettings, command: dict[str, Any]) -> None:
-    """In the forked child: new process group, log redirection, run the job, never return."""
+def store_tag(db_url: str) -> str:
+    """What names the job database on the fork server's command line: a hash of its URL
+    without the password (the command line is public; the URL and the hash of a password are not)."""
+    public = make_url(db_url).set(password=None).render_as_string(hide_password=False)
+    return hashlib.sha256(public.encode()).hexdigest()[:16]
+
+
+def forkserver_command(db_url: str) -> list[str]:
+    return [sys.executable, "-m", "gradloop.jobs.forkserver", "--store", store_tag(db_url)]
+
+
+def _read_settings(fd: int) -> tuple[WorkerSettings | None, bytes]:
+    """The first line on stdin; returns it parsed (None if stdin closed first) and what came after."""
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None, b""
+        buffer += chunk
+    line, rest = buffer.split(b"\n", 1)
+    return WorkerSettings.from_json(line.decode()), rest
+
+
+def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> None:
+    """In the forked child: new process group, output into the log pipe, run the job, never return."""
     code = 1
     try:
         os.setpgid(0, 0)
         default_signals(signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
         job_id = command["job_id"]
-        job_dir(settings.jobs_dir, job_id).mkdir(parents=True, exist_ok=True)
-        fd = os.open(log_path(settings.jobs_dir, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
         os.close(null)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.environ.update(command.get("env") or {})
         with stop_on_signals(signals=(signal.SIGTERM,)) as stop:  # the pool's cancel: stop at a step boundary
             code = run_job(settings, job_id, Fence(int(command["attempt"]), command["worker_id"]), stop)
-    except BaseException:
+    except BaseException as exc:
         import traceback
 
-        traceback.print_exc()
+        print(capped_text("".join(traceback.format_exception(exc)), LOG_ERROR_BYTES), file=sys.stderr)
     finally:
         try:
             sys.stdout.flush()
@@ -126,42 +157,60 @@ def _child(settings: WorkerSettings, command: dict[str, Any]) -> None:
             os._exit(code)
 
 
-def serve(settings: WorkerSettings) -> None:
+def serve(settings: WorkerSettings, pending: bytes = b"") -> None:
+    """Run commands from stdin (`pending`: what was read after the settings) until it closes."""
     preload(settings.tracking_uri)
     children: dict[int, str] = {}
+    logs = LogPump(settings.max_log_bytes)
     _emit({"event": "ready", "pid": os.getpid()})
-    buffer = b""
+    buffer = pending
     stdin = sys.stdin.fileno()
     while True:
-        _reap(children)
-        readable, _, _ = select.select([stdin], [], [], 0.05)
-        if not readable:
-            continue
-        chunk = os.read(stdin, 65536)
-        if not chunk:
-            break  # the service is gone
-        buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
-            if not line.strip():
-                continue
-            command = json.loads(line)
-            if command.get("op") == "start":
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:
-                    _child(settings, command)
-                try:
-                    os.setpgid(pid, pid)  # also here, so a signal sent right after "started" reaches it
-                except OSError:
-                    pass  # the child already did it, or has already exited
-                children[pid] = command["job_id"]
-                _emit({"event": "started", "job_id": command["job_id"], "pid": pid})
-    _stop_children(children)
+            if line.strip():
+                command = json.loads(line)
+                if command.get("op") == "start":
+                    _start(settings, command, children, logs)
+        _reap(children, logs)
+        readable, _, _ = select.select([stdin, *logs.fds()], [], [], 0.05)
+        logs.pump([fd for fd in readable if fd != stdin])
+        if stdin in readable:
+            chunk = os.read(stdin, 65536)
+            if not chunk:
+                break  # the service is gone
+            buffer += chunk
+    _stop_children(children, logs)
+    logs.close_all()
 
 
-def _reap(children: dict[int, str]) -> None:
+def _start(settings: WorkerSettings, command: dict[str, Any], children: dict[int, str], logs: LogPump) -> None:
+    job_id = command["job_id"]
+    try:
+        job_dir(settings.jobs_dir, job_id).mkdir(parents=True, exist_ok=True)
+        read_end, write_end = logs.open_pipe(job_id, log_path(settings.jobs_dir, job_id))
+    except OSError as exc:
+        error = f"the job's log could not be opened: {exc}"
+        _emit({"event": "exited", "job_id": job_id, "pid": None, "code": None, "signal": None, "error": error})
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        logs.close_in_child(own=read_end)
+        _child(settings, command, write_end)
+    os.close(write_end)  # the child holds it now: its pipe ends when the job (and what it started) is gone
+    logs.attach(read_end, pid)
+    try:
+        os.setpgid(pid, pid)  # also here, so a signal sent right after "started" reaches it
+    except OSError:
+        pass  # the child already did it, or has already exited
+    children[pid] = job_id
+    _emit({"event": "started", "job_id": job_id, "pid": pid})
+
+
+def _reap(children: dict[int, str], logs: LogPump, *, report: bool = True) -> None:
+    """Collect exited children; report each exit (once its log has everything it wrote)."""
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -172,31 +221,29 @@ def _reap(children: dict[int, str]) -> None:
         job_id = children.pop(pid, None)
         if job_id is None:
             continue
-        _emit(
-            {
-                "event": "exited",
-                "job_id": job_id,
-                "pid": pid,
-                "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            }
-        )
+        logs.drain_pid(pid)
+        if report:
+            _emit(
+                {
+                    "event": "exited",
+                    "job_id": job_id,
+                    "pid": pid,
+                    "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                }
+            )
 
 
-def _stop_children(children: dict[int, str]) -> None:
-    """The service died: ask every job to checkpoint and stop, then make sure they are gone."""
+def _stop_children(children: dict[int, str], logs: LogPump) -> None:
+    """The service died: ask every job to checkpoint and stop, then make sure they are gone.
+    Their output is still copied meanwhile: a job blocked on a full pipe could not stop."""
     for pid in list(children):
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     while children and time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid:
-            children.pop(pid, None)
-        else:
-            time.sleep(0.05)
+        _reap(children, logs, report=False)
+        readable, _, _ = select.select(logs.fds(), [], [], 0.05)
+        logs.pump(readable)
     for pid in list(children):
         _signal_group(pid, signal.SIGKILL)
 
@@ -213,7 +260,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def is_job_process(pid: int, db_url: str) -> bool:
     """True when `pid` is a job child of a fork server on this database: it leads its own
-    process group and its command line is the fork server's with this database URL. A pid
+    process group and its command line is the fork server's with this database's tag. A pid
     reused by another program fails this check, so it is never signalled. (Linux /proc; where
     there is none, nothing is recognised and fencing alone stops a stale attempt.)"""
     try:
@@ -223,7 +270,7 @@ def is_job_process(pid: int, db_url: str) -> bool:
             state != "Z"
             and os.getpgid(pid) == pid
             and b"gradloop.jobs.forkserver" in cmdline
-            and db_url.encode() in cmdline
+            and store_tag(db_url).encode() in cmdline.split(b"\0")
         )
     except (OSError, IndexError):
         return False
@@ -257,7 +304,9 @@ def stop_local_orphans(jobs: Sequence[JobRecord], db_url: str, grace_s: float) -
 def main() -> None:
     # Ctrl-C in the service's terminal reaches this process group too; the service decides.
     ignore_signals(signal.SIGINT)
-    serve(WorkerSettings.from_json(sys.argv[1]))
+    settings, pending = _read_settings(sys.stdin.fileno())
+    if settings is not None:  # (None: the service went away before sending them)
+        serve(settings, pending)
 
 
 if __name__ == "__main__":

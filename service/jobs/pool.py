@@ -1,7 +1,9 @@
 """The service side of running jobs: claim, start, heartbeat, cancel, reap.
 
 One thread owns this loop; it starts jobs through the fork server and learns of their exits
-from it. At every tick it
+from it. When the fork server itself dies, the jobs it ran are stopped and go back to the
+queue (each a lost attempt: a job that keeps taking its fork server down ends failed). At every
+tick it
   - records the outcome of jobs whose process exited without recording one itself (a crash,
     an out-of-memory kill, a segfault): failed with the exit reason and the log's last lines;
   - sends SIGTERM to the process group of a job being cancelled, SIGKILL after the grace period;
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gradloop.jobs.claims import claim_next, renew, requeue_expired
-from gradloop.jobs.forkserver import stop_local_orphans
+from gradloop.jobs.forkserver import forkserver_command, is_job_process, stop_local_orphans
 from gradloop.jobs.models import JobState
 from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
 from gradloop.jobs.store import JobStore
@@ -39,7 +41,10 @@ from gradloop.jobs.worker import WorkerSettings, close_job_runs, log_path
 LOG_TAIL_LINES = 20
 # The API's bearer tokens, the settings (tokens included) that serve --workers hands its
 # processes, and where they keep their metrics: never passed on to job processes.
-SERVICE_ONLY_ENV = frozenset({"GRADLOOP_API_TOKEN", "GRADLOOP_SERVICE_SETTINGS", "PROMETHEUS_MULTIPROC_DIR"})
+# The job database's URL reaches the fork server through its stdin (never its command line).
+SERVICE_ONLY_ENV = frozenset(
+    {"GRADLOOP_API_TOKEN", "GRADLOOP_SERVICE_SETTINGS", "PROMETHEUS_MULTIPROC_DIR", "GRADLOOP_DB"}
+)
 
 
 @dataclass
@@ -67,9 +72,13 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+
+
 def exit_reason(code: int | None, sig: int | None) -> str:
     if sig is not None:
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        name = signal_name(sig)
         hint = {
             signal.SIGKILL: " (the kernel's out-of-memory killer sends this too)",
             signal.SIGSEGV: " (a segmentation fault: a crash in native code)",
@@ -212,7 +221,7 @@ class WorkerPool:
         # Jobs run what a client sent: they get the service's environment minus its secrets.
         env = {k: v for k, v in os.environ.items() if k not in SERVICE_ONLY_ENV}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gradloop.jobs.forkserver", self.worker_settings.to_json()],
+            forkserver_command(self.worker_settings.db_url),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -220,6 +229,12 @@ class WorkerPool:
             start_new_session=True,  # the service's Ctrl-C must not reach jobs directly
         )
         proc = self._proc
+        assert proc.stdin is not None
+        try:  # its first line: the settings, database URL and all (see forkserver.py)
+            proc.stdin.write((self.worker_settings.to_json() + "\n").encode())
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: its reader reports the exit, and the loop starts another
         threading.Thread(target=self._read_events, args=(proc,), name="gradloop-forkserver-out", daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(proc,), name="gradloop-forkserver-err", daemon=True).start()
 
@@ -276,17 +291,46 @@ class WorkerPool:
         elif kind == "exited":
             run = self._running.pop(message["job_id"], None)
             if run is not None:
-                self._finish_lost(run, message.get("code"), message.get("signal"))
+                self._finish_lost(run, message.get("code"), message.get("signal"), note=message.get("error"))
         elif kind == "forkserver-exit":
             if self._stopped.is_set() or (self._proc is not None and id(self._proc) != message.get("proc")):
                 return
-            # Its children lost the process that reaps them: stop them and fail their jobs.
+            # Its children lost the process that reaps them and keeps their logs: stop them. The
+            # jobs did nothing wrong; each goes back to the queue for its next attempt.
+            reason = f"the fork server died ({self._forkserver_exit()})"
             for run in list(self._running.values()):
-                self._signal(run, signal.SIGKILL)
+                self._kill_orphan(run)
                 self._running.pop(run.job_id, None)
-                self._finish_lost(run, None, signal.SIGKILL, note="the fork server died")
+                self._finish_lost(run, None, signal.SIGKILL, note=reason, requeue=True)
             if not self._draining.is_set():
                 self._start_forkserver()
+
+    def _forkserver_exit(self) -> str:
+        """How the fork server ended (its output has closed; it exits, or is made to)."""
+        proc = self._proc
+        if proc is None:
+            return "not started"
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        return f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
+
+    def _kill_orphan(self, run: _Running) -> None:
+        """SIGKILL a job of the dead fork server, found by the pid it recorded when the server's
+        "started" never came."""
+        if run.pid is None:
+            job = self.store.get(run.job_id)
+            if (
+                job is not None
+                and job.fence == run.fence
+                and job.pid
+                and job.host == socket.gethostname()
+                and is_job_process(job.pid, self.worker_settings.db_url)
+            ):
+                run.pid = job.pid
+        self._signal(run, signal.SIGKILL)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -377,30 +421,36 @@ class WorkerPool:
     def _finish_lost(
         self, run: _Running, code: int | None, sig: int | None, *, note: str | None = None, requeue: bool = False
     ) -> None:
-        """The job's process is gone; if it did not record an outcome, record one for it."""
+        """The job's process is gone; if it did not record an outcome, record one for it.
+
+        `requeue`: it was stopped for a reason of the service's (a stop, its fork server's
+        death), so the attempt counts as lost and the job goes back to the queue, unless that
+        was its last attempt. Otherwise (a crash of its own) it fails."""
         job = self.store.get(run.job_id)
         if job is None:
             return
         if job.status in (JobState.running.value, JobState.cancelling.value) and job.fence == run.fence:
             reason = note or exit_reason(code, sig)
+            lost = requeue or self._draining.is_set()
+            attempt = f"attempt {job.lost_attempts + 1} of {job.max_attempts} was lost: {reason}"
+            if job.status == JobState.cancelling.value:
+                status, kind, message = JobState.cancelled.value, "Cancelled", reason
+            elif lost and job.lost_attempts + 1 < job.max_attempts:
+                status, kind, message = JobState.queued.value, "WorkerLost", f"re-queued: {attempt}"
+            elif lost:
+                status, kind, message = JobState.failed.value, "WorkerLost", attempt
+            else:
+                status, kind, message = JobState.failed.value, "WorkerExited", reason
             error = {
-                "type": "WorkerExited",
-                "message": reason,
+                "type": kind,
+                "message": message,
                 "step": (job.progress or {}).get("step"),
                 "exit_code": code,
                 "signal": sig,
+                "log_tail": log_tail(log_path(self.worker_settings.jobs_dir, run.job_id)),
             }
-            error["log_tail"] = log_tail(log_path(self.worker_settings.jobs_dir, run.job_id))
-            if job.status == JobState.cancelling.value:
-                status, error["type"] = JobState.cancelled.value, "Cancelled"
-            elif (requeue or self._draining.is_set()) and job.lost_attempts + 1 < job.max_attempts:
-                status = JobState.queued.value  # killed by our own stop, not by its own doing
-            else:
-                status = JobState.failed.value
             try:
-                job = self.store.finish(
-                    run.job_id, run.fence, status, error=error, lost=status != JobState.failed.value or requeue
-                )
+                job = self.store.finish(run.job_id, run.fence, status, error=error, lost=lost)
             except StaleAttemptError:
                 job = self.store.get(run.job_id) or job
             else:

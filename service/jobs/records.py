@@ -1,9 +1,11 @@
-"""What the job store hands out and refuses with: job records, events, fences, cursors and errors."""
+"""What the job store hands out and refuses with: job records, events, fences, cursors and errors,
+and the size limit on a job's stored error."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +107,75 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise InvalidCursorError(
             "cursor is not one this service handed out; use the next_cursor of the previous page"
         ) from None
+
+
+# A job's error is stored in its row and in its events, and every list of jobs returns it: it
+# stays a few KiB, however long the exception's text (the job's log has more of it).
+MAX_ERROR_BYTES = 4096
+_MESSAGE_BYTES = 2048  # of the error's message
+_LINES_BYTES = 768  # of each list of lines (log tail, traceback)
+_FIELD_BYTES = 128  # of any other text (the type's name)
+SEE_LOG = "see the job log"
+
+
+def capped_text(text: str, limit: int, hint: str = "") -> str:
+    """`text` if it takes at most `limit` bytes as JSON, else its start and a marker saying
+    how many bytes were cut: "... (N more bytes[, hint])"."""
+    if _json_len(text) <= limit:
+        return text
+
+    def shortened(keep: int) -> str:
+        cut = len(text[keep:].encode("utf-8", "replace"))
+        return f"{text[:keep]}... ({cut} more bytes{', ' + hint if hint else ''})"
+
+    low, high = 0, min(len(text), limit)  # the longest start that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _json_len(shortened(middle)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return shortened(low)
+
+
+def capped_lines(lines: list[Any], limit: int, hint: str = "") -> list[str]:
+    """The last of `lines` that fit in `limit` bytes as JSON, each capped too; a first line
+    says how many bytes were left out."""
+    kept: list[str] = []
+    size = 2
+    cut = 0
+    for line in reversed([str(x) for x in lines]):
+        piece = capped_text(line, max(limit // 4, 16), hint)
+        if cut or size + _json_len(piece) + 1 > limit - 64:
+            cut += len(line.encode("utf-8", "replace"))
+            continue
+        kept.append(piece)
+        size += _json_len(piece) + 1
+    kept.reverse()
+    if cut:
+        kept.insert(0, f"... ({cut} more bytes{', ' + hint if hint else ''})")
+    return kept
+
+
+def cap_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's error as stored: its texts capped (see MAX_ERROR_BYTES); numbers pass as they are."""
+    out: dict[str, Any] = {}
+    for key, value in error.items():
+        if isinstance(value, str):
+            out[key] = capped_text(value, _MESSAGE_BYTES if key == "message" else _FIELD_BYTES, SEE_LOG)
+        elif isinstance(value, (list, tuple)):
+            out[key] = capped_lines(list(value), _LINES_BYTES, SEE_LOG)
+        elif value is None or isinstance(value, (bool, int, float)):
+            out[key] = value
+        else:  # nothing the service writes; kept short all the same
+            out[key] = capped_text(json.dumps(value, default=str), _FIELD_BYTES, SEE_LOG)
+    if _json_len(out) > MAX_ERROR_BYTES:  # many keys: keep the ones a reader needs
+        out = {k: out[k] for k in ("type", "message", "step", "exit_code", "signal") if k in out}
+    return out
+
+
+def _json_len(value: Any) -> int:
+    return len(json.dumps(value))
 
 
 class InvalidCursorError(GradloopError, ValueError):

@@ -35,6 +35,7 @@ from gradloop.jobs.records import (
     JobNotFoundError,
     JobRecord,
     StaleAttemptError,
+    cap_error,
     decode_cursor,
     encode_cursor,
 )
@@ -362,7 +363,8 @@ class JobStore:
         """Move a running job to a terminal state (or back to queued, to resume later).
 
         `expired_before`: only if the lease ran out before then (a heartbeat since wins).
-        `lost`: the attempt's worker vanished; it counts against max_attempts."""
+        `lost`: the attempt's worker vanished; it counts against max_attempts.
+        `error` is stored capped (records.cap_error), in the row and in the event."""
         if status not in TERMINAL_STATES and status != JobState.queued.value:
             raise ValueError(f"finish() takes a terminal state or queued, not {status!r}")
         unknown = set(values) - _REPORTABLE
@@ -370,6 +372,7 @@ class JobStore:
             raise ValueError(f"not reportable by a worker: {sorted(unknown)}")
         now = time.time()
         terminal = status in TERMINAL_STATES
+        error = cap_error(error) if error else None
         with self.write() as conn:
             where = _fenced(job_id, fence)
             if expired_before is not None:
@@ -379,7 +382,7 @@ class JobStore:
                 .where(*where)
                 .values(
                     status=status,
-                    error=dict(error) if error else None,
+                    error=error,
                     finished_at=now if terminal else None,
                     lease_expires_at=None,
                     worker_id=fence.worker_id if terminal else None,
@@ -396,7 +399,7 @@ class JobStore:
                 )
             data: dict[str, Any] = {"status": status, "attempt": fence.attempt}
             if error:
-                data["error"] = dict(error)
+                data["error"] = error
             append_event(conn, job_id, "state", data, now)
         return self.require(job_id)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import traceback
 from dataclasses import asdict, dataclass
@@ -28,13 +29,17 @@ from typing import Any
 
 from gradloop.errors import GradloopError
 from gradloop.http_policy import HttpPolicy, check_http_config
+from gradloop.jobs.job_log import DEFAULT_MAX_LOG_BYTES
 from gradloop.jobs.job_progress import JobProgressObserver
 from gradloop.jobs.models import JobState
-from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
+from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError, capped_text
 from gradloop.jobs.store import JobStore
 from gradloop.limits import ServiceLimits
 
 LOG_NAME = "job.log"
+# An error's text in the job's log: any real traceback fits; a failure that lists every one of
+# a huge grid's errors does not fill the disk (the stored error is shorter still: cap_error).
+LOG_ERROR_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class WorkerSettings:
     tracking_uri: str | None = None  # the service's MLflow store, used when a config names none
     allowed_tracking_uris: tuple[str, ...] = ()  # and the others a config may name
     limits: dict[str, Any] | None = None  # ServiceLimits' fields (default: its defaults)
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # a job's log stops growing there (job_log.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -134,10 +140,10 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
         return 0
     except GradloopError as exc:
-        print(f"gradloop: job {job_id} failed: {exc}", flush=True)
+        print(f"gradloop: job {job_id} failed: {capped_text(str(exc), LOG_ERROR_BYTES)}", flush=True)
         return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer))
     except BaseException as exc:  # the job's own bug or the plugin's: record it, never hang
-        traceback.print_exc()
+        print(capped_text("".join(traceback.format_exception(exc)), LOG_ERROR_BYTES), file=sys.stderr, flush=True)
         return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer, with_trace=True))
 
     values: dict[str, Any] = {

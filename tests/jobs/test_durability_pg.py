@@ -31,17 +31,22 @@ from tests.support.durability import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.server, pytest.mark.timeout(240)]
+# A job's MLflow run can take tens of seconds to appear when other tests load the machine.
+WAIT_FOR_RUN_S = 240
+
+pytestmark = [pytest.mark.postgres, pytest.mark.server, pytest.mark.timeout(480)]
 
 LEASE_S = 3
 
 
 class Cluster:
-    """Services on one database, jobs dir and MLflow store, each with its own state dir."""
+    """Services on one database, jobs dir, data root and MLflow store, each with its own state dir."""
 
     def __init__(self, base: Path, db: str):
         self.base, self.db = base, db
         self.jobs_dir = base / "shared-jobs"
+        self.data_root = base / "shared-data"
+        self.data_root.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
         self.services: dict[str, Service] = {}
 
@@ -51,6 +56,10 @@ class Cluster:
             self.db,
             "--jobs-dir",
             str(self.jobs_dir),
+            # One data root for all: a job submitted to one service runs on any, and each checks
+            # the job's data.root against its own root before it runs the job.
+            "--data-root",
+            str(self.data_root),
             "--tracking-uri",
             self.tracking_uri,
             "--worker-id",
@@ -122,6 +131,11 @@ def _holding(
     progress = row["progress"] or {}
     if row["status"] != "running" or (progress.get("step") or 0) < step:
         return None
+    if not row["mlflow_run_id"]:
+        # Its MLflow run is created by the job's store process, which imports MLflow: on a busy
+        # machine that takes longer than 40 steps. These tests crash a job to see it resume into
+        # its run, so the run must exist first.
+        return None
     if worker is not None and row["worker_id"] != worker:
         return None
     if attempt is not None and row["attempt"] != attempt:
@@ -129,12 +143,13 @@ def _holding(
     return row
 
 
+@pytest.mark.timeout(720)  # twenty jobs, each with its MLflow run, on a machine other tests may share
 def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Cluster) -> None:
     a, b = cluster.start("svc-a", max_concurrent=2), cluster.start("svc-b", max_concurrent=2)
     a.wait_ready(), b.wait_ready()
     # Two long jobs first, so that a crash comes mid-job; then eighteen short ones, submitted
     # to both services in turn.
-    specs = [("long-0", 400), ("long-1", 400)] + [(f"short-{i}", 24) for i in range(18)]
+    specs = [("long-0", 800), ("long-1", 800)] + [(f"short-{i}", 24) for i in range(18)]
     ids: dict[str, int] = {}
     for i, (name, steps) in enumerate(specs):
         answer = (a if i % 2 else b).submit(slow_iris(name, steps), headers={"Idempotency-Key": f"job-{i}"})
@@ -143,7 +158,7 @@ def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Clust
     longs = list(ids)[:2]
     row = wait_until(
         lambda: next((r for j in longs if (r := _holding(cluster, j))), None),
-        90,
+        WAIT_FOR_RUN_S,
         "a long job to train past a checkpoint",
     )
     victim, dead_name = row["id"], row["worker_id"]
@@ -197,7 +212,8 @@ def test_twenty_jobs_on_two_services_run_once_while_one_host_dies(cluster: Clust
         e for e in events if e["type"] == "state" and e["data"].get("status") == "queued" and e["ts"] > killed_at
     )
     print(
-        f"\n[durability] dead worker's job re-queued {requeued['ts'] - killed_at:.2f} s after kill -9, re-claimed elsewhere {claims[1]['ts'] - killed_at:.2f} s after kill -9 "
+        f"\n[durability] dead worker's job re-queued {requeued['ts'] - killed_at:.2f} s after kill -9, "
+        f"re-claimed elsewhere {claims[1]['ts'] - killed_at:.2f} s after kill -9 "
         f"(lease {LEASE_S} s), first resumed step after {resumed_at['ts'] - killed_at:.2f} s; "
         f"jobs lost 0, duplicated 0 of {len(ids)}"
     )
@@ -208,7 +224,7 @@ def test_late_heartbeat_is_fenced_and_lost_attempts_end_in_failure(cluster: Clus
     b = cluster.start("svc-b", max_attempts=2)
     a.wait_ready(), b.wait_ready()
     job_id = a.submit(slow_iris("frozen", 800)).json()["id"]
-    first = wait_until(lambda: _holding(cluster, job_id), 90, "the job to train past a checkpoint")
+    first = wait_until(lambda: _holding(cluster, job_id), WAIT_FOR_RUN_S, "the job to train past a checkpoint")
     holder, other = (a, b) if first["worker_id"] == "svc-a" else (b, a)
     other_name = "svc-b" if holder is a else "svc-a"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,44 @@ from tests.support.durability import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]  # three service starts and two long jobs
 
 GRACE_S = 15
 ARGS = ["--max-concurrent", "1", "--cancel-grace", str(GRACE_S)]
+# Jobs that are stopped mid-run: long enough to still be running once their MLflow run exists.
+LONG_STEPS = 800
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[[], Service]]:
+    """Starts a service on the test's state directory; any still running at the end is stopped
+    (a failed test must not leave a service behind to run jobs in the next test's directories)."""
+    started: list[Service] = []
+
+    def start_one() -> Service:
+        service = Service(tmp_path, extra_args=ARGS)
+        started.append(service)
+        return service.wait_ready()
+
+    yield start_one
+    for service in started:
+        if service.proc.poll() is None:
+            service.stop()
 
 
 def _running_past_checkpoint(service: Service, job_id: str, step: int = 40) -> dict:
-    return service.wait_for(job_id, {"running"}, timeout=90, step_at_least=step)
+    """The job trains past a checkpoint and its MLflow run exists. (The run is created by the
+    job's store process, which imports MLflow: on a busy machine that takes longer than 40 steps
+    of iris. A job crashed before then has no run to resume into, and these tests are about
+    resuming into one.)"""
+    service.wait_for(job_id, {"running"}, timeout=90, step_at_least=step)
+
+    def with_run() -> dict | None:
+        job = service.job(job_id)
+        assert job["status"] == "running", f"the job ended before its MLflow run was created: {job}"
+        return job if job["mlflow"]["run_id"] else None
+
+    return wait_until(with_run, 240, "the job's MLflow run to exist")  # (tens of seconds on a busy machine)
 
 
 def _check_done_once(service: Service, job_id: str, steps: int, *, resumed: bool) -> dict:
@@ -52,9 +83,9 @@ def _check_done_once(service: Service, job_id: str, steps: int, *, resumed: bool
     return job
 
 
-def test_sigterm_drains_with_503_and_jobs_resume_after_restart(tmp_path: Path) -> None:
-    service = Service(tmp_path, extra_args=ARGS).wait_ready()
-    long = service.submit(slow_iris("drained", 400)).json()
+def test_sigterm_drains_with_503_and_jobs_resume_after_restart(start: Callable[[], Service]) -> None:
+    service = start()
+    long = service.submit(slow_iris("drained", LONG_STEPS)).json()
     waiting = service.submit(slow_iris("waiting", 24)).json()
     _running_past_checkpoint(service, long["id"])
 
@@ -76,29 +107,23 @@ def test_sigterm_drains_with_503_and_jobs_resume_after_restart(tmp_path: Path) -
     assert sqlite_job_row(service.state_dir, waiting["id"])["status"] == "queued"  # never started, still waits
     assert [r.info.status for r in mlflow_runs(service.tracking_uri, long["id"])] == ["KILLED"]
 
-    again = Service(tmp_path, extra_args=ARGS).wait_ready()
-    try:
-        done = _check_done_once(again, long["id"], 400, resumed=True)
-        assert done["attempt"] == 2 and done["error"] is None
-        _check_done_once(again, waiting["id"], 24, resumed=False)
-    finally:
-        again.stop()
+    again = start()
+    done = _check_done_once(again, long["id"], LONG_STEPS, resumed=True)
+    assert done["attempt"] == 2 and done["error"] is None
+    _check_done_once(again, waiting["id"], 24, resumed=False)
 
 
-def test_kill9_of_the_service_then_of_the_host_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    service = Service(tmp_path, extra_args=ARGS).wait_ready()
-    jobs = {
-        name: service.submit(slow_iris(name, steps)).json()["id"]
-        for name, steps in (("first", 240), ("second", 240), ("third", 40))
-    }
-    expected = {"first": 240, "second": 240, "third": 40}
+def test_kill9_of_the_service_then_of_the_host_loses_and_repeats_nothing(start: Callable[[], Service]) -> None:
+    service = start()
+    expected = {"first": LONG_STEPS, "second": LONG_STEPS, "third": 40}
+    jobs = {name: service.submit(slow_iris(name, steps)).json()["id"] for name, steps in expected.items()}
     _running_past_checkpoint(service, jobs["first"])
 
     # 1. kill -9 of the service alone: the job's process outlives it, is told by its fork
     #    server to checkpoint and stop, and must be gone before the next attempt starts.
     orphan = sqlite_job_row(service.state_dir, jobs["first"])["pid"]
     crash_service_only(service)
-    second_life = Service(tmp_path, extra_args=ARGS).wait_ready()
+    second_life = start()
     assert not alive(orphan)
     first = second_life.wait_for(jobs["first"], timeout=120)
     assert first["status"] == "succeeded" and first["attempt"] == 2
@@ -110,15 +135,12 @@ def test_kill9_of_the_service_then_of_the_host_loses_and_repeats_nothing(tmp_pat
     running = sqlite_job_row(second_life.state_dir, jobs["second"])
     assert running["status"] == "running"  # nobody was left to record anything
 
-    third_life = Service(tmp_path, extra_args=ARGS).wait_ready()
-    try:
-        second = _check_done_once(third_life, jobs["second"], expected["second"], resumed=True)
-        assert second["attempt"] == 2
-        assert sqlite_job_row(third_life.state_dir, jobs["second"])["lost_attempts"] == 1
-        _check_done_once(third_life, jobs["first"], expected["first"], resumed=True)
-        _check_done_once(third_life, jobs["third"], expected["third"], resumed=False)
-        listed = third_life.http.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
-        assert sorted(j["id"] for j in listed) == sorted(jobs.values())  # none lost, none added
-        assert {j["status"] for j in listed} == {"succeeded"}
-    finally:
-        third_life.stop()
+    third_life = start()
+    second = _check_done_once(third_life, jobs["second"], expected["second"], resumed=True)
+    assert second["attempt"] == 2
+    assert sqlite_job_row(third_life.state_dir, jobs["second"])["lost_attempts"] == 1
+    _check_done_once(third_life, jobs["first"], expected["first"], resumed=True)
+    _check_done_once(third_life, jobs["third"], expected["third"], resumed=False)
+    listed = third_life.http.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted(jobs.values())  # none lost, none added
+    assert {j["status"] for j in listed} == {"succeeded"}

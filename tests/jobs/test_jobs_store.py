@@ -269,19 +269,23 @@ def test_a_session_stalled_inside_a_transaction_does_not_keep_its_job_from_other
 
     import gradloop.jobs.engine as store_module
 
-    monkeypatch.setattr(store_module, "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 500)
     url, schema = fresh_pg_schema("the stalled-session test")
+    setup = JobStore(url)
+    setup.migrate()
+    job, _ = _submit(setup)
+    setup.close()
+    # Short, but not so short that this test's own transactions, on a busy machine, wait that
+    # long between two statements and are ended too.
+    monkeypatch.setattr(store_module, "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 2000)
     store = JobStore(url)
     stalled = None
     try:
-        store.migrate()
-        job, _ = _submit(store)
         stalled = store.engine.connect()
         stalled.begin()
         stalled.execute(text("SELECT id FROM gradloop_jobs WHERE id = :id FOR UPDATE"), {"id": job.id})
         assert claim_next(store, "other", lease_s=30) is None  # locked: skipped while it holds it
         claimed = None
-        for _ in range(200):  # the server ends the stalled transaction after half a second
+        for _ in range(400):  # the server ends the stalled transaction after two seconds
             claimed = claim_next(store, "other", lease_s=30)
             if claimed is not None:
                 break
