@@ -149,9 +149,23 @@ def _print_result(result: Any, config: Path | None = None, overrides: list[str] 
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"  {key:<{width}}  {value}", soft_wrap=True, markup=False, highlight=False)
+    _print_dashboard(result)
     if result.status == "KILLED" and result.checkpoint_path is not None and config is not None:
         command = ["gradloop", "run", str(config), *_set_args(overrides), "--resume", str(result.checkpoint_path)]
         out.print(f"stopped; continue it with: {shlex.join(command)}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _print_dashboard(result: Any) -> None:
+    """The link to the run's charts, on a line of its own (a terminal must not cut or wrap it), and
+    for a local store the command that serves them."""
+    from gradloop.tracking import dashboard  # (no MLflow import: tracking.json says where)
+
+    link = dashboard(result.run_dir) if result.mlflow_run_id else None
+    if link is None:
+        return
+    out.print(f"charts: {link.url}", soft_wrap=True, highlight=False, markup=False)
+    if link.command:
+        out.print(f"  (serve them first: {link.command})", soft_wrap=True, highlight=False, markup=False)
 
 
 def _set_args(overrides: list[str] | None) -> list[str]:
