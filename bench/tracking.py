@@ -8,8 +8,9 @@ Scenarios (--only, comma-separated; all but `ab` by default):
           tracking with grad_stats=per_layer (everything else at its default: histograms every
           100 steps, plots, the model, system metrics) vs tracking off.
   cnn     the same for configs/digits_cnn.yaml (a slower step), 15 epochs.
-  close   tracked runs of the mlp scenario's config for 600 epochs (27000 steps): how long the
-          end of a long run waits for the sender (`Sender.close`).
+  close   tracked runs of the mlp scenario's model for 150 and 600 epochs (6750 and 27000
+          steps), per-layer statistics every 10 steps and no end-of-run artifacts: how long the end
+          of a run waits for the metrics' backlog (`Sender.close`).
   ingest  the store's ingest rate: journal lines of 20-key records, 5000 points a request,
           through the store's process, into a sqlite file and into a real `mlflow server`.
   ab      tracked runs of the mlp scenario with and without one optimisation (--ab NAME), to
@@ -113,6 +114,14 @@ def mlp_config(out: str, uri: str | None, epochs: int = MLP_EPOCHS) -> dict:
     cfg = config(epochs, out, uri)
     cfg["trainer"] = {"epochs": epochs, "val_every_epochs": 5, "progress": "none"}
     cfg["tracking"] = {"enabled": uri is not None, "uri": uri, "experiment": "bench", "grad_stats": "per_layer"}
+    return cfg
+
+
+def backlog_config(out: str, uri: str, epochs: int) -> dict:
+    """The mlp scenario's run with per-layer statistics every 10 steps and no end-of-run artifacts
+    (plots, histograms, model, system metrics off): what its end waits for is the metrics' backlog."""
+    cfg = mlp_config(out, uri, epochs)
+    cfg["tracking"].update({"histogram_every": 0, "plots": False, "log_model": False, "system_metrics": False})
     return cfg
 
 
@@ -361,7 +370,7 @@ def main() -> None:
     parser.add_argument("--only", default="cli,mlp,cnn,close,ingest")
     parser.add_argument("--uri", default=None, help="store for the in-process runs (default: a temp sqlite file)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
-    parser.add_argument("--long-runs", type=int, default=3, help="runs of the close scenario")
+    parser.add_argument("--long-runs", type=int, default=3, help="runs of each length in the close scenario")
     parser.add_argument("--ab", default="", help=f"optimisations to compare ({', '.join(AB_VARIANTS)})")
     args = parser.parse_args()
     only = set(args.only.split(",")) | ({"ab"} if args.ab else set())
@@ -406,18 +415,19 @@ def main() -> None:
         for name in filter(None, args.ab.split(",")):
             ab(name, args.pairs, out, uri)
         if "close" in only:
-            closes = []
-            for i in range(args.long_runs):
-                got = run_in_process(mlp_config(out, uri, LONG_EPOCHS))
-                assert got.loop is not None and got.close is not None
-                closes.append(got.close)
-                print(
-                    f"  long run {i + 1} ({LONG_EPOCHS * 45} steps, load {os.getloadavg()[0]:.1f}):"
-                    f" wall {got.wall:.2f} s,"
-                    f" loop {got.loop:.2f} s, outside it {got.wall - got.loop:.2f} s, Sender.close {got.close:.3f} s",
-                    flush=True,
-                )
-            print(f"\nSender.close at the end of {LONG_EPOCHS * 45} steps: {_spread(closes, 3)} s", flush=True)
+            for epochs in (MLP_EPOCHS, LONG_EPOCHS):
+                closes = []
+                for i in range(args.long_runs):
+                    got = run_in_process(backlog_config(out, uri, epochs))
+                    assert got.loop is not None and got.close is not None
+                    closes.append(got.close)
+                    print(
+                        f"  close run {i + 1} ({epochs * 45} steps, load {os.getloadavg()[0]:.1f}):"
+                        f" wall {got.wall:.2f} s, loop {got.loop:.2f} s, outside it {got.wall - got.loop:.2f} s,"
+                        f" Sender.close {got.close:.3f} s",
+                        flush=True,
+                    )
+                print(f"\nSender.close at the end of {epochs * 45} steps: {_spread(closes, 3)} s\n", flush=True)
         if "cnn" in only:
             run_in_process(cnn_config(out, uri) | {"trainer": {"epochs": 1, "progress": "none"}})
             report(

@@ -4,16 +4,14 @@ A run must never stay RUNNING while its process lives on or exits normally. SIGT
 otherwise end Python without unwinding, so while a run is tracked on the main thread, SIGTERM
 raises `Terminated` (a KeyboardInterrupt, as SIGINT does) and the trainer's usual clean-up
 ends the run as KILLED; an atexit hook is the last net for a run nobody finished. After a
-SIGKILL nothing in the process can act: `close_stale_run` is for the next resume or the job
-service's recovery.
+SIGKILL nothing in the process can act: a resume (`--resume`, or the job service's next attempt)
+continues the same run.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -76,31 +74,3 @@ class SigtermGuard:
             if signal.getsignal(signal.SIGTERM) is _raise_terminated:
                 signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
         self._installed = False
-
-
-def close_stale_run(run_id: str, tracking_uri: str, status: RunStatus = "KILLED", reason: str = "") -> bool:
-    """End a run left RUNNING by a process that died (SIGKILL, OOM, power loss).
-
-    Returns True when the run was RUNNING and is now closed.
-    """
-    from gradloop.tracking.mlflow_store import open_client
-
-    client = open_client(tracking_uri)
-    run = client.get_run(run_id)
-    if run.info.status != "RUNNING":
-        return False
-    if reason:
-        client.set_tag(run_id, ERROR_MESSAGE_TAG, reason[:MAX_TAG_VALUE])
-    client.set_terminated(run_id, status, end_time=int(time.time() * 1000))
-    return True
-
-
-def run_with_status(fn: Callable[[], Any], finish: Callable[[RunStatus, BaseException | None], None]) -> Any:
-    """Call fn, then finish(status, error) whatever happens (helper for simple loops and tests)."""
-    try:
-        result = fn()
-    except BaseException as exc:
-        finish(status_for(exc), exc)
-        raise
-    finish("FINISHED", None)
-    return result
