@@ -45,8 +45,9 @@ test: setup-dev
 
 bench: setup-dev
 	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/tracking.py
+	$(BIN)/python bench/tracking.py --pairs 5 --ab ring,hold
 	$(BIN)/python bench/tracking_switch.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db gradloop-state *.egg-info
