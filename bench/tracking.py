@@ -304,7 +304,7 @@ def ingest_server(tmp: Path) -> None:
     root = tmp / "server"
     root.mkdir()
     server = MlflowServer(root)
-    server.start()
+    server.start(timeout=600)  # (importing MLflow and creating its tables take minutes on a loaded machine)
     try:
         procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]  # type: ignore[union-attr]
         before = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
