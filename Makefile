@@ -65,8 +65,9 @@ typecheck: setup-dev
 
 bench: setup-dev
 	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/tracking.py
+	$(BIN)/python bench/tracking.py --pairs 5 --ab ring,hold
 	$(BIN)/python bench/tracking_switch.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) build runs mlruns mlflow.db gradloop-state *.egg-info .mypy_cache .ruff_cache

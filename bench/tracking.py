@@ -1,28 +1,39 @@
 """What MLflow tracking costs the user, end to end: whole runs, tracked and untracked, alternated.
 
-Three scenarios, each as pairs of runs one after the other (tracked, then untracked, then the
-next pair with the order swapped, so that a drift of the machine's speed hits both alike):
-  cli    `gradloop run configs/quickstart.yaml` as a fresh process, tracked vs
-         `--set tracking.enabled=false`, in one temp working directory whose mlflow.db a first
-         tracked run created (its time is reported apart: the first-run figure).
-  mlp    `train()` in this process (imports warm) of the digits MLP for 150 epochs (6750 steps),
-         tracking with grad_stats=per_layer (everything else at its default: histograms every
-         100 steps, plots, the model, system metrics) vs tracking off.
-  cnn    the same for configs/digits_cnn.yaml (a slower step), 15 epochs.
-Each run reports its wall time (what the user waits for, start to finish), the CPU time of
-the training process and of its child processes (the store's process included), and for the
-in-process runs the loop's own time (RunResult.duration_s) and the time outside it (start and
-end of the run). Ratios are untracked/tracked wall time of the same pair: 1.0 means free.
+Scenarios (--only, comma-separated; all but `ab` by default):
+  cli     `gradloop run configs/quickstart.yaml` as a fresh process, tracked vs
+          `--set tracking.enabled=false`, in one temp working directory whose mlflow.db a first
+          tracked run created (its time is reported apart: the first-run figure).
+  mlp     `train()` in this process (imports warm) of the digits MLP for 150 epochs (6750 steps),
+          tracking with grad_stats=per_layer (everything else at its default: histograms every
+          100 steps, plots, the model, system metrics) vs tracking off.
+  cnn     the same for configs/digits_cnn.yaml (a slower step), 15 epochs.
+  close   tracked runs of the mlp scenario's model for 150 and 600 epochs (6750 and 27000
+          steps), per-layer statistics every 10 steps and no end-of-run artifacts: how long the end
+          of a run waits for the metrics' backlog (`Sender.close`).
+  ingest  the store's ingest rate: journal lines of 20-key records, 5000 points a request,
+          through the store's process, into a sqlite file and into a real `mlflow server`.
+  ab      tracked runs of the mlp scenario with and without one optimisation (--ab NAME), to
+          decide whether the code it costs pays for itself: see AB_VARIANTS.
+Pairs run one after the other, the order swapped every pair, so that a drift of the machine's
+speed hits both alike. Each run reports its wall time (what the user waits for, start to
+finish), the CPU time of the training process and of its child processes (the store's process
+included: the CLI reaps it, and the in-process runs count it live), and for the in-process runs
+the loop's own time (RunResult.duration_s), the time outside it (start and end of the run) and
+how long `Sender.close` took. Ratios are untracked/tracked wall time of the same pair (1.0
+means free); compare ratios of one invocation only, never against another day's.
 
-    python bench/tracking.py [--pairs 5] [--only cli,mlp,cnn] [--uri URI]
+Torch runs on one thread (--threads 1) in every process: on a shared 2-core machine torch's
+default of one thread per core spins for the other core and a run becomes many times slower
+whenever anything else runs (--threads 0 keeps torch's default).
 
---uri points the in-process runs at another store (e.g. a running `mlflow server`); the
-default is a sqlite file in a temp directory, pre-created by a warm-up run.
+    python bench/tracking.py [--pairs 5] [--only cli,mlp,cnn,close,ingest] [--uri URI] [--ab NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -32,6 +43,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MLP_EPOCHS = 150  # 45 steps an epoch: 6750 steps
+LONG_EPOCHS = 600  # 27000 steps
 CNN_EPOCHS = 15
 
 # Runs the CLI in a wrapper that reports its own CPU time and its reaped children's (the
-# store's process exits with it) as JSON on the last line of stderr.
+# store's process, which the CLI waits for at exit) as JSON on the last line of stderr.
 CLI_WRAPPER = """
 import json, resource, sys
 from gradloop.cli.main import main
@@ -53,6 +66,8 @@ try:
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else 0
 finally:
+    import atexit
+    atexit._run_exitfuncs()  # (the store's process is reaped there: count it)
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     sys.stderr.write("\\n" + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime}) + "\\n")
 sys.exit(code)
@@ -65,6 +80,7 @@ class Sample:
     cpu_self: float
     cpu_children: float
     loop: float | None = None  # RunResult.duration_s (in-process runs)
+    close: float | None = None  # Sender.close (in-process tracked runs)
 
 
 def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
@@ -93,11 +109,19 @@ def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
     }
 
 
-def mlp_config(out: str, uri: str | None) -> dict:
+def mlp_config(out: str, uri: str | None, epochs: int = MLP_EPOCHS) -> dict:
     """The issue's 6750-step run: the digits MLP with grad_stats=per_layer and the other defaults."""
-    cfg = config(MLP_EPOCHS, out, uri)
-    cfg["trainer"] = {"epochs": MLP_EPOCHS, "val_every_epochs": 5, "progress": "none"}
+    cfg = config(epochs, out, uri)
+    cfg["trainer"] = {"epochs": epochs, "val_every_epochs": 5, "progress": "none"}
     cfg["tracking"] = {"enabled": uri is not None, "uri": uri, "experiment": "bench", "grad_stats": "per_layer"}
+    return cfg
+
+
+def backlog_config(out: str, uri: str, epochs: int) -> dict:
+    """The mlp scenario's run with per-layer statistics every 10 steps and no end-of-run artifacts
+    (plots, histograms, model, system metrics off): what its end waits for is the metrics' backlog."""
+    cfg = mlp_config(out, uri, epochs)
+    cfg["tracking"].update({"histogram_every": 0, "plots": False, "log_model": False, "system_metrics": False})
     return cfg
 
 
@@ -109,6 +133,27 @@ def cnn_config(out: str, uri: str | None) -> dict:
     cfg["trainer"].update({"epochs": CNN_EPOCHS, "progress": "none"})
     cfg["tracking"].update({"enabled": uri is not None, "uri": uri, "experiment": "bench"})
     return cfg
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+_close_times: list[float] = []
+
+
+def time_sender_close() -> None:
+    """Record how long each Sender.close takes (the end of a tracked run waiting for the store)."""
+    from gradloop.tracking import sender
+
+    original = sender.Sender.close
+
+    def timed(self: Any, timeout: float) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, timeout)
+        finally:
+            _close_times.append(time.perf_counter() - t0)
+
+    sender.Sender.close = timed  # type: ignore[method-assign]
 
 
 def _children_cpu() -> float:
@@ -133,12 +178,14 @@ def _cpu() -> tuple[float, float]:
 def run_in_process(cfg: dict) -> Sample:
     from gradloop import train
 
+    closes = len(_close_times)
     s0, c0 = _cpu()
     t0 = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t0
     s1, c1 = _cpu()
-    return Sample(wall, s1 - s0, c1 - c0, result.duration_s)
+    close = _close_times[-1] if len(_close_times) > closes else None
+    return Sample(wall, s1 - s0, c1 - c0, result.duration_s, close)
 
 
 def run_cli(cwd: Path, tracked: bool) -> Sample:
@@ -156,33 +203,39 @@ def run_cli(cwd: Path, tracked: bool) -> Sample:
     return Sample(wall, cpu["self"], cpu["children"])
 
 
-def pairs(name: str, n: int, tracked: Any, untracked: Any) -> list[tuple[Sample, Sample]]:
+# -- pairs and their report ----------------------------------------------------------------
+
+
+def pairs(name: str, n: int, a: Callable[[], Sample], b: Callable[[], Sample], labels: tuple[str, str]) -> list:
+    """n pairs (a, b), the order swapped every pair."""
     out = []
     for i in range(n):
-        order = (True, False) if i % 2 == 0 else (False, True)
         got: dict[bool, Sample] = {}
-        for on in order:
-            got[on] = tracked() if on else untracked()
-        out.append((got[True], got[False]))
+        for first in (True, False) if i % 2 == 0 else (False, True):
+            got[first] = a() if first else b()
         t, u = got[True], got[False]
+        out.append((t, u))
+        extra = f"  loop {t.loop:.2f} / {u.loop:.2f} s" if t.loop is not None and u.loop is not None else ""
+        extra += f"  close {t.close:.3f} s" if t.close is not None else ""
         print(
-            f"  {name} pair {i + 1}: tracked {t.wall:6.2f} s (cpu {t.cpu_self:5.2f} + {t.cpu_children:5.2f})"
-            f"  off {u.wall:6.2f} s (cpu {u.cpu_self:5.2f} + {u.cpu_children:5.2f})  off/tracked {u.wall / t.wall:.3f}"
-            + (f"  loop {t.loop:.2f} / {u.loop:.2f} s" if t.loop is not None and u.loop is not None else ""),
+            f"  {name} pair {i + 1} (load {os.getloadavg()[0]:.1f}): {labels[0]} {t.wall:6.2f} s"
+            f" (cpu {t.cpu_self:5.2f} + {t.cpu_children:5.2f})  {labels[1]} {u.wall:6.2f} s"
+            f" (cpu {u.cpu_self:5.2f} + {u.cpu_children:5.2f})  {labels[1]}/{labels[0]} {u.wall / t.wall:.3f}" + extra,
             flush=True,
         )
     return out
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):6.2f} [{min(values):.2f}-{max(values):.2f}]"
+def _spread(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
-def report(name: str, got: list[tuple[Sample, Sample]]) -> None:
-    tracked, off = [t for t, _ in got], [u for _, u in got]
+def report(name: str, got: list[tuple[Sample, Sample]], labels: tuple[str, str] = ("tracked", "off")) -> None:
+    first, second = [t for t, _ in got], [u for _, u in got]
     ratios = [u.wall / t.wall for t, u in got]
+    cpu_ratios = [(u.cpu_self + u.cpu_children) / (t.cpu_self + t.cpu_children) for t, u in got]
     print(f"\n{name}: {len(got)} alternating pairs; median [min-max]")
-    for label, runs in (("tracked", tracked), ("off", off)):
+    for label, runs in zip(labels, (first, second)):
         line = (
             f"  {label:8s} wall {_spread([r.wall for r in runs])} s  cpu self {_spread([r.cpu_self for r in runs])} s"
             f"  cpu children {_spread([r.cpu_children for r in runs])} s"
@@ -190,22 +243,146 @@ def report(name: str, got: list[tuple[Sample, Sample]]) -> None:
         if runs[0].loop is not None:
             outside = [r.wall - r.loop for r in runs if r.loop is not None]
             line += f"  loop {_spread([r.loop for r in runs if r.loop is not None])} s  outside it {_spread(outside)} s"
+        closes = [r.close for r in runs if r.close is not None]
+        if closes:
+            line += f"  Sender.close {_spread(closes, 3)} s"
         print(line)
-    print(
-        f"  off/tracked wall, per pair: {' '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}"
+    a, b = labels
+    print(f"  {b}/{a} wall, per pair: {' '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    print(f"  {a}/{b} wall: median {statistics.median([1 / r for r in ratios]):.3f}")
+    print(f"  {b}/{a} cpu (self + children), per pair: median {_spread(cpu_ratios, 3)}", flush=True)
+
+
+# -- the store's ingest rate ---------------------------------------------------------------
+
+
+def ingest(uri: str, label: str, requests: int = 40, keys: int = 20, per_request: int = 5000) -> None:
+    """Points per second through the store's process (RemoteClient.log_lines) into `uri`."""
+    import psutil
+
+    from gradloop.tracking.jsonl import encode_line
+    from gradloop.tracking.remote import RemoteClient
+
+    client = RemoteClient(uri)
+    try:
+        client.ping()  # MLflow imported, the store opened
+        run_id = client.start_run({"experiment": "ingest", "run_name": f"ingest-{label}", "tags": {}, "params": {}})[
+            "run_id"
+        ]
+        names = [f"grad_norm/layers.{k}.weight" for k in range(keys)]
+        per_record = per_request // keys
+        bodies = []
+        for i in range(requests):
+            lines = [
+                encode_line(seq, seq * 10, 1_700_000_000_000 + seq, {k: 0.001 * seq + j for j, k in enumerate(names)})
+                for seq in range(i * per_record, (i + 1) * per_record)
+            ]
+            bodies.append(b"\n".join(lines))
+        child = psutil.Process(client._proc.pid)  # type: ignore[union-attr]
+        c0 = child.cpu_times()
+        t0 = time.perf_counter()
+        points = sum(client.log_lines(run_id, body) for body in bodies)
+        wall = time.perf_counter() - t0
+        c1 = child.cpu_times()
+        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        print(
+            f"ingest, {label}: {points} points in {requests} requests of {per_request}: {wall:.2f} s wall,"
+            f" {points / wall:,.0f} points/s; the store's process {cpu:.2f} s CPU"
+            f" ({points / max(cpu, 1e-9):,.0f} points per CPU-second there); load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        client.op(run_id, "set_terminated", {"status": "FINISHED"})
+    finally:
+        client.close()
+
+
+def ingest_server(tmp: Path) -> None:
+    import psutil
+
+    from tests.support.mlflow_stores import MlflowServer
+
+    root = tmp / "server"
+    root.mkdir()
+    server = MlflowServer(root)
+    server.start(timeout=600)  # (importing MLflow and creating its tables take minutes on a loaded machine)
+    try:
+        procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]  # type: ignore[union-attr]
+        before = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        ingest(server.uri, "a real `mlflow server` (sqlite backend, 1 worker)")
+        after = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        print(f"  the server's processes: {after - before:.2f} s CPU", flush=True)
+    finally:
+        server.stop()
+
+
+# -- optimisations switched off, to see what each saves --------------------------------------
+
+
+@contextlib.contextmanager
+def _no_ring() -> Iterator[None]:
+    from gradloop.tracking.gradstats import UpdateRing
+
+    fits = UpdateRing.__dict__["fits"]
+    UpdateRing.fits = staticmethod(lambda *args, **kwargs: False)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        UpdateRing.fits = fits  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _no_hold() -> Iterator[None]:
+    from gradloop.tracking import tracking_observer
+
+    seconds = tracking_observer.WRITE_SECONDS
+    tracking_observer.WRITE_SECONDS = 0.0  # every window written (journal, sender) at once
+    try:
+        yield
+    finally:
+        tracking_observer.WRITE_SECONDS = seconds
+
+
+AB_VARIANTS: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager]]] = {
+    "ring": ("per-layer norms of CPU runs batched in updatering's ring (off: foreach ops per window)", _no_ring),
+    "hold": ("windows held and written once a second (off: each written at once)", _no_hold),
+}
+
+
+def ab(name: str, n: int, out: str, uri: str) -> None:
+    """Tracked mlp runs with the optimisation (as shipped) and without it, alternated."""
+    what, switched_off = AB_VARIANTS[name]
+
+    def without() -> Sample:
+        with switched_off():
+            return run_in_process(mlp_config(out, uri))
+
+    print(f"\nab {name}: {what}", flush=True)
+    report(
+        f"ab {name} (tracked mlp, {MLP_EPOCHS * 45} steps)",
+        pairs(name, n, lambda: run_in_process(mlp_config(out, uri)), without, ("with", "without")),
+        ("with", "without"),
     )
-    print(f"  tracked/off wall: median {statistics.median([1 / r for r in ratios]):.3f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--only", default="cli,mlp,cnn")
+    parser.add_argument("--only", default="cli,mlp,cnn,close,ingest")
     parser.add_argument("--uri", default=None, help="store for the in-process runs (default: a temp sqlite file)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--long-runs", type=int, default=3, help="runs of each length in the close scenario")
+    parser.add_argument("--ab", default="", help=f"optimisations to compare ({', '.join(AB_VARIANTS)})")
     args = parser.parse_args()
-    only = set(args.only.split(","))
+    only = set(args.only.split(",")) | ({"ab"} if args.ab else set())
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # this process (torch not imported yet) and the CLI's
     warnings.simplefilter("ignore")
-    print(f"bench/tracking.py: {time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    time_sender_close()
+    print(
+        f"bench/tracking.py: {time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f},"
+        f" torch threads {args.threads or 'default'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="gradloop-bench-tracking-") as tmp_name:
         tmp = Path(tmp_name)
         if "cli" in only:
@@ -214,14 +391,17 @@ def main() -> None:
             first = run_cli(cwd, True)  # creates mlflow.db: the first-run figure
             print(
                 f"cli first run (creates mlflow.db): {first.wall:.2f} s"
-                f" (cpu {first.cpu_self:.2f} + {first.cpu_children:.2f})"
+                f" (cpu {first.cpu_self:.2f} + {first.cpu_children:.2f})",
+                flush=True,
             )
-            report("cli quickstart", pairs("cli", args.pairs, lambda: run_cli(cwd, True), lambda: run_cli(cwd, False)))
+            got = pairs("cli", args.pairs, lambda: run_cli(cwd, True), lambda: run_cli(cwd, False), ("tracked", "off"))
+            report("cli quickstart", got)
         uri = args.uri or f"sqlite:///{tmp}/mlflow.db"
         out = str(tmp / "runs")
-        if "mlp" in only:
+        if only & {"mlp", "close", "ab"}:
             run_in_process(config(2, out, uri))  # warm-up: imports, the store's tables, its process
             run_in_process(config(2, out, None))
+        if "mlp" in only:
             report(
                 f"mlp in-process ({MLP_EPOCHS * 45} steps)",
                 pairs(
@@ -229,8 +409,25 @@ def main() -> None:
                     args.pairs,
                     lambda: run_in_process(mlp_config(out, uri)),
                     lambda: run_in_process(mlp_config(out, None)),
+                    ("tracked", "off"),
                 ),
             )
+        for name in filter(None, args.ab.split(",")):
+            ab(name, args.pairs, out, uri)
+        if "close" in only:
+            for epochs in (MLP_EPOCHS, LONG_EPOCHS):
+                closes = []
+                for i in range(args.long_runs):
+                    got = run_in_process(backlog_config(out, uri, epochs))
+                    assert got.loop is not None and got.close is not None
+                    closes.append(got.close)
+                    print(
+                        f"  close run {i + 1} ({epochs * 45} steps, load {os.getloadavg()[0]:.1f}):"
+                        f" wall {got.wall:.2f} s, loop {got.loop:.2f} s, outside it {got.wall - got.loop:.2f} s,"
+                        f" Sender.close {got.close:.3f} s",
+                        flush=True,
+                    )
+                print(f"\nSender.close at the end of {epochs * 45} steps: {_spread(closes, 3)} s\n", flush=True)
         if "cnn" in only:
             run_in_process(cnn_config(out, uri) | {"trainer": {"epochs": 1, "progress": "none"}})
             report(
@@ -240,8 +437,12 @@ def main() -> None:
                     args.pairs,
                     lambda: run_in_process(cnn_config(out, uri)),
                     lambda: run_in_process(cnn_config(out, None)),
+                    ("tracked", "off"),
                 ),
             )
+        if "ingest" in only:
+            ingest(f"sqlite:///{tmp}/ingest.db", "sqlite (one bulk INSERT a request)")
+            ingest_server(tmp)
 
 
 if __name__ == "__main__":

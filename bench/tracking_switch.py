@@ -1,15 +1,16 @@
 """What tracking's work on the training thread costs: one run, its observer switched on and off.
 
-A second view beside bench/tracking.py's lockstep pairs. One tracked run of the same digits MLP
-(sqlite store, grad_stats=per_layer, log_every=10, histogram_every=100; no validation) trains
-in chunks of CHUNK_STEPS optimizer steps, and in every other chunk the MLflow observer's calls
-are skipped (the trainer is told no statistics are wanted and no window is handed over). The
-time of each chunk with them against the chunk before without them gives one ratio; the median
-over the run is printed, with the time spent inside the calls. Neighbouring chunks see the same
-machine speed, so this is steadier than the lockstep pairs, but it is blind to whatever runs
-in both kinds of chunk: the sender thread, the store's child process, garbage collection of
-what the windows left behind. Use it to judge a change to the training thread's part; use
-bench/tracking.py for the whole cost.
+What it tells that bench/tracking.py's whole runs cannot: the training thread's own share, on
+a scale the whole runs cannot resolve on a shared machine. One tracked run of the same digits
+MLP (sqlite store, grad_stats=per_layer, log_every=10, histogram_every=100; no validation)
+trains in chunks of CHUNK_STEPS optimizer steps, and in every other chunk the MLflow observer's
+calls are skipped (the trainer is told no statistics are wanted and no window is handed over).
+The time of each chunk with them against the chunk before without them gives one ratio; the
+median over the run is printed, with the time spent inside the calls. Neighbouring chunks see
+the same machine speed, so this is much steadier than whole runs, but it is blind to whatever
+runs in both kinds of chunk (the sender thread, the store's child process, garbage collection
+of what the windows left behind) and to the run's start and end. Use it to judge a change to
+the training thread's part; use bench/tracking.py for what the user waits for.
 
     python bench/tracking_switch.py [--epochs 500] [--repeats 3] [--spin-us N] [key=value ...]
 

@@ -24,6 +24,7 @@ from gradloop import registry
 from gradloop.cli import job_commands
 from gradloop.errors import ConfigError, GradloopError
 from gradloop.fitcheck import load_checked
+from gradloop.tracking.remote import close_shared
 
 app = typer.Typer(
     name="gradloop",
@@ -158,9 +159,23 @@ def _print_result(result: Any, config: Path | None = None, overrides: list[str] 
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"  {key:<{width}}  {value}", soft_wrap=True, markup=False, highlight=False)
+    _print_dashboard(result)
     if result.status == "KILLED" and result.checkpoint_path is not None and config is not None:
         command = ["gradloop", "run", str(config), *_set_args(overrides), "--resume", str(result.checkpoint_path)]
         out.print(f"stopped; continue it with: {shlex.join(command)}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _print_dashboard(result: Any) -> None:
+    """The link to the run's charts, on a line of its own (a terminal must not cut or wrap it), and
+    for a local store the command that serves them."""
+    from gradloop.tracking import dashboard  # (no MLflow import: tracking.json says where)
+
+    link = dashboard(result.run_dir) if result.mlflow_run_id else None
+    if link is None:
+        return
+    out.print(f"charts: {link.url}", soft_wrap=True, highlight=False, markup=False)
+    if link.command:
+        out.print(f"  (serve them first: {link.command})", soft_wrap=True, highlight=False, markup=False)
 
 
 def _set_args(overrides: list[str] | None) -> list[str]:
@@ -326,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        close_shared()  # reaped, the store processes' CPU counts as this command's children's
 
 
 if __name__ == "__main__":

@@ -5,20 +5,22 @@ it to a sender thread; the store's own process (started first thing, so that MLf
 the store's opening overlap with building the run) creates the MLflow run and writes to it.
 The training process never imports MLflow.
 
-Module map:
+Module map (one job each):
 - tracking_observer  MlflowObserver: what the trainer's calls become (the training thread's part)
 - gradstats          gradient/update/weight norms on the device; host arithmetic per window
-- updatering         per-layer norms of CPU runs, a batch of windows at a time
+- updatering         per-layer norms of CPU runs, reduced a batch of windows at a time
 - windows            a logging window's values, held until the once-a-second write
 - histograms         per-layer histograms: captured and counted with torch, one JSON file per step
 - jsonl              the journal (metrics.jsonl, metrics.sent), written before anything is sent
 - sender             the background thread: batches, retries, the end-of-run deadline
-- remote             the store's process and the pipe to it
+- remote             the store's process, the pipe to it, and waiting for it at exit
 - mlflow_store       every call to MLflow (only the store's process and `gradloop sync` import it)
 - plots, modellog    end-of-run artifacts, made in the store's process
 - mlflow_params      the config as MLflow params
-- status             FINISHED / FAILED / KILLED, error tags, closing a stale run
+- status             FINISHED / FAILED / KILLED, error tags, SIGTERM while a run is tracked
 - state, sync        tracking.json (what is owed) and `gradloop sync RUN_DIR`
+updatering and windows exist for speed only; docs/benchmarks.md ("What each optimisation
+saves") has what each saves end to end, measured by bench/tracking.py --ab.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ A plain subprocess rather than multiprocessing's spawn: spawn re-imports the use
 script in the child, and a script without a `__main__` guard would train again there. The
 child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it before the run
 flushes) and exits when its pipe closes, so it never outlives its parent by more than the call
-in hand. MLflow's own log lines about requests that failed (e.g. its system-metrics thread
-while the server is down) are silenced there: the sender's warning says what did not arrive.
+in hand. The parent waits for it at exit (`close_shared`, registered with atexit), so that it
+is reaped and its CPU time counts among the parent's children. MLflow's own log lines about
+requests that failed (e.g. its system-metrics thread while the server is down) are silenced
+there: the sender's warning says what did not arrive.
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ def _import_all(modules: list[str]) -> None:
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
     ignore_signals(signal.SIGINT, signal.SIGTERM)  # this process's parent ends it
+    # mlflow.pytorch imports pytorch_lightning, where it is installed, for an autologging
+    # callback this process never uses; with it come torchmetrics, torchvision and torch._dynamo,
+    # more CPU than everything else this process does. Marked absent, mlflow.pytorch skips it.
+    sys.modules.setdefault("pytorch_lightning", None)  # type: ignore[assignment]
     for name in ("mlflow.system_metrics", "mlflow.utils.requests_utils", "mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     child = _Child(uri)
@@ -245,7 +251,8 @@ _shared_lock = threading.Lock()
 def shared_client(uri: str) -> RemoteClient:
     """One store process per store for the whole process, started on first use: importing
     MLflow costs seconds of CPU, which runs one after another (sweeps, `gradloop run a b`) pay
-    only once. It exits with this process (its pipe closes)."""
+    only once. Entry points wait for them at exit (close_shared); otherwise each ends when this
+    process does (its pipe closes)."""
     with _shared_lock:
         client = _shared.get(uri)
         if client is None:
@@ -253,5 +260,25 @@ def shared_client(uri: str) -> RemoteClient:
         return client
 
 
+def close_shared(timeout: float = 5.0) -> None:
+    """End every store process this process started and wait for each to exit: reaped, it
+    leaves no zombie, and its CPU time counts as this process's children's (the CLI's
+    resource usage then says what a tracked run cost). Any later call starts a fresh one."""
+    with _shared_lock:
+        clients = list(_shared.values())
+        _shared.clear()
+    for client in clients:
+        client.close(timeout)
+
+
+def main(argv: list[str]) -> None:
+    serve(Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False), argv[2])
+    # Every call was answered and nothing is buffered: skip the interpreter's teardown of
+    # MLflow, torch and matplotlib, which the parent waiting to reap this process would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False), sys.argv[3])
+    main(sys.argv[1:])

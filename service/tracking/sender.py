@@ -139,11 +139,6 @@ class Sender:
         self._q.append(op)
         self._wake.set()
 
-    def wait_for_run(self, timeout: float) -> str | None:
-        """The run's id once the store has created it (None if not within `timeout`)."""
-        self._created.wait(timeout)
-        return self.run_id
-
     def close(self, timeout: float) -> SendReport:
         """Send what is queued, giving up `timeout` seconds from now, or at once when the store
         is known to be down; report what is left."""
@@ -219,8 +214,8 @@ class Sender:
                 npoints += len(item.metrics)
             due = bool(pending) and (
                 npoints >= self.max_points
-                or closing
                 or isinstance(item, Op)
+                or (closing and item is None)  # at the end: whatever is queued, in as few requests
                 or time.monotonic() - first >= self.flush_interval
             )
             if due:

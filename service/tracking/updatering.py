@@ -6,9 +6,9 @@ each) cost about 30 us a window on the digits MLP. Here a window only copies the
 a slot of a small ring of flat buffers, before and after its step (one torch.cat each, into
 memory that stays in the cache); when the ring is full, or the observer writes its held
 windows, every filled slot is reduced together: one subtraction, and one norm per parameter
-for the whole batch. In a run that switched these statistics on and off every 200 steps (a
-window every 10), the digits MLP lost 2.4-2.5% of its steps/s to them with the foreach ops
-and 1.6-1.8% with the ring.
+for the whole batch (what that saves, end to end: docs/benchmarks.md, "What each
+optimisation saves"). The windows are held until then (windows.py): a window's norms are
+filled in when the ring reduces its batch.
 
 Only for CPU runs whose parameters fit (contiguous, one dtype, RING_BYTES for the ring): on a
 GPU the foreach ops are fused kernels already, and a large model's step dwarfs the ops' cost.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -314,3 +315,44 @@ def test_the_end_of_a_run_does_not_wait_for_a_store_known_to_be_down(tmp_path: P
         assert report.store_down and report.run_id is None and report.unsent_points == 1
     finally:
         client.close()
+
+
+# Runs `gradloop run` and then says whether it left a child process unwaited for (its atexit
+# check is registered first, so it runs last, after gradloop's own).
+CLI_CHILDREN_SCRIPT = """
+import atexit, os, sys
+def check():
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        print("CHILDREN LEFT", flush=True)
+    except ChildProcessError:
+        print("NO CHILD LEFT", flush=True)
+atexit.register(check)
+from gradloop.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_gradloop_run_prints_the_charts_link_and_waits_for_its_store_process(tmp_path: Path) -> None:
+    import yaml
+
+    cfg = small_config(tmp_path, None, epochs=1)  # the default store: ./mlflow.db
+    del cfg["tracking"]["uri"]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_CHILDREN_SCRIPT, "run", "run.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    run_id = next(line.split()[-1] for line in lines if line.strip().startswith("mlflow run"))
+    store = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    experiment = MlflowClient(store).get_run(run_id).info.experiment_id
+    assert f"charts: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}/model-metrics" in lines
+    assert f"  (serve them first: mlflow ui --backend-store-uri {store})" in lines
+    assert lines[-1] == "NO CHILD LEFT"  # the store's process was waited for (its CPU time counted)
