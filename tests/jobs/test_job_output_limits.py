@@ -17,7 +17,7 @@ from gradloop.jobs.records import MAX_ERROR_BYTES
 from gradloop.jobs.worker import LOG_ERROR_BYTES
 from tests.support.api_service import Service, iris_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 
 MAX_LOG_BYTES = 200_000
 # What one job may take in GET /v1/jobs: its fields, and an error of at most MAX_ERROR_BYTES.
