@@ -90,7 +90,7 @@ def list_files(job_dir: Path) -> tuple[list[dict[str, object]], bool]:
 def _walk(root: Path) -> Iterator[Path]:
     if not root.is_dir():
         return
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    for folder, _dirs, files in os.walk(root, followlinks=False):
         base = Path(folder)
         for name in files:
             path = base / name

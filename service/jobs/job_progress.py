@@ -2,8 +2,8 @@
 
 It sees the trainer's window metrics at the logging cadence (0-d tensors: `.item()` happens
 only here, once per window) and writes progress (epoch, step, total steps, ETA), the latest
-metrics and the MLflow run (looked up by its job-id tag) at most every `min_interval_s`, plus always the first step, every
-checkpoint and the end. Each write is fenced by the job's attempt: once refused, the job no
+metrics and the MLflow run (looked up by its job-id tag) at most every `min_interval_s`, plus
+always the first step, every checkpoint and the end. Each write is fenced by the job's attempt: once refused, the job no
 longer belongs to this process, and the observer sets `stop_event` so the trainer stops. In a
 job's own process (`exit_on_fence`) it ends the process at once instead: stopping normally would
 write one more checkpoint and end the MLflow run, both of which now belong to the next attempt.

@@ -177,7 +177,11 @@ def test_a_config_within_the_limits_passes(service: Service) -> None:
 
 
 def test_yaml_limit_errors_carry_lines(service: Service) -> None:
-    text = "name: y\nmodel: {name: mlp, options: {in_features: 4, out_features: 3}}\ndata: {name: sklearn, options: {dataset: iris}}\nloss: {name: cross_entropy}\noptimizer: {name: sgd, options: {lr: 0.1}}\ntrainer:\n  epochs: 60\n"
+    text = (
+        "name: y\nmodel: {name: mlp, options: {in_features: 4, out_features: 3}}\n"
+        "data: {name: sklearn, options: {dataset: iris}}\nloss: {name: cross_entropy}\n"
+        "optimizer: {name: sgd, options: {lr: 0.1}}\ntrainer:\n  epochs: 60\n"
+    )
     errors = problem(_yaml(service, text), 422)["errors"]
     assert errors[0]["path"] == "trainer.epochs" and errors[0]["line"] == 7
 

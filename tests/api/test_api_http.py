@@ -65,7 +65,11 @@ def test_config_errors_are_422_with_every_field_path(service: Service) -> None:
     paths = {e["path"]: e["message"] for e in body["errors"]}
     assert {"trainer.epochs", "optimizer.options.lr", "model.options.hiddn"} <= set(paths)
     assert "did you mean 'hidden'" in paths["model.options.hiddn"]
-    yaml_body = "name: y\nmodel: {name: mlp, options: {in_features: 4, out_features: 3}}\ndata: {name: sklearn, options: {dataset: iris}}\nloss: {name: cross_entropy}\noptimizer: {name: sgd, options: {lr: oops}}\n"
+    yaml_body = (
+        "name: y\nmodel: {name: mlp, options: {in_features: 4, out_features: 3}}\n"
+        "data: {name: sklearn, options: {dataset: iris}}\nloss: {name: cross_entropy}\n"
+        "optimizer: {name: sgd, options: {lr: oops}}\n"
+    )
     errors = problem(service.submit(yaml_body), 422)["errors"]
     assert errors[0]["path"] == "optimizer.options.lr" and errors[0]["line"] == 5
 

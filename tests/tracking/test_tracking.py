@@ -188,7 +188,7 @@ def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
         for i in range(4)
     ]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
         assert "database is locked" not in err
     client = MlflowClient(uri)
