@@ -108,12 +108,12 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
                 )
             )
 
-    size = dataset_bytes(config, data_root)
-    if size is not None and size > limits.max_dataset_bytes:
+    data_bytes = dataset_bytes(config, data_root)
+    if data_bytes is not None and data_bytes > limits.max_dataset_bytes:
         errors.append(
             FieldError(
                 "data.options.path",
-                f"the dataset's files are {size} bytes, over this service's limit of {limits.max_dataset_bytes}; "
+                f"the dataset's files are {data_bytes} bytes, over this service's limit of {limits.max_dataset_bytes}; "
                 "use a smaller dataset",
             )
         )
@@ -155,12 +155,12 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
             )
         )
 
-    size = model_size_of(config, data_root)
-    if size is not None and size[0] > limits.max_model_params:
+    model = model_size_of(config, data_root)
+    if model is not None and model[0] > limits.max_model_params:
         errors.append(
             FieldError(
                 "model.options",
-                f"this model has {size[0]} parameters, over this service's limit of {limits.max_model_params}; "
+                f"this model has {model[0]} parameters, over this service's limit of {limits.max_model_params}; "
                 "make it smaller",
             )
         )

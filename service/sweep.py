@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradloop.config import RunConfig, validate_config
+from gradloop.config import RunConfig, sweep_setting, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.result import RunResult
 from gradloop.sweep_expand import expand_sweep, sweep_children
@@ -106,9 +106,8 @@ def run_sweep(
             status = "KILLED"
             break
 
-    settings = config.sweep or {}
-    key = metric or settings.get("metric") or _pick_metric(children)
-    goal = settings.get("goal") or ("maximize" if "accuracy" in key else "minimize")
+    key = metric or sweep_setting(config.sweep, "metric") or _pick_metric(children)
+    goal = sweep_setting(config.sweep, "goal") or ("maximize" if "accuracy" in key else "minimize")
     best = _best(children, key, goal)
     if best is None and any(c.status == "FINISHED" for c in children):
         log.warning("sweep %s: no finished child has the metric %r; no best child is chosen", config.name, key)

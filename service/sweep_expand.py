@@ -111,7 +111,9 @@ def _fit_options_to_swapped_plugins(raw: dict[str, Any], grid_keys: list[str]) -
         if isinstance(name, str) and name in reg:
             allowed = reg.get(name).options.model_fields
             swept_options = {k.split(".", 2)[2] for k in grid_keys if k.startswith(f"{field_name}.options.")}
-            options = spec.get("options") if isinstance(spec.get("options"), dict) else {}
+            options = spec.get("options")
+            if not isinstance(options, dict):
+                options = {}
             spec["options"] = {k: v for k, v in options.items() if k in allowed or k in swept_options}
 
 

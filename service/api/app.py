@@ -60,7 +60,6 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     """pool_lock: run the job pool only if this process takes that file lock (several API
     processes of one service, see api/workers.py); without it, the pool always runs here."""
     settings = (settings or ServiceSettings()).resolved()
-    metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -125,6 +124,8 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         docs_url=None,
         redoc_url=None,
     )
+    # Read at scrape time: the lifespan above puts the store on the app once it is open.
+    metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.store = None

@@ -179,7 +179,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> JobPage:
-    jobs, next_cursor = _store(request).list(statuses=status or (), limit=limit, cursor=cursor)
+    jobs, next_cursor = _store(request).list_page(statuses=status or (), limit=limit, cursor=cursor)
     ui = request.app.state.settings.mlflow_ui
     return JobPage(jobs=[job_out(j, mlflow_ui=ui) for j in jobs], next_cursor=next_cursor)
 

@@ -66,14 +66,14 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._jobs = _JobStateCollector(store_of)
-        self.registry.register(self._jobs)  # type: ignore[arg-type]
+        self.registry.register(self._jobs)
 
     def exposition(self) -> bytes:
         """The text format of every metric (all processes' under multiprocess mode)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            registry.register(self._jobs)  # type: ignore[arg-type]
+            registry.register(self._jobs)
             return generate_latest(registry)
         return generate_latest(self.registry)
 

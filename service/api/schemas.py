@@ -90,13 +90,13 @@ def job_out(job: JobRecord, *, mlflow_ui: str | None = None, with_config: bool =
         error = JobErrorOut.model_validate({k: v for k, v in job.error.items() if k in JobErrorOut.model_fields})
     return JobOut(
         id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         name=job.name,
         priority=job.priority,
         device=job.device,
         attempt=job.attempt,
         max_attempts=job.max_attempts,
-        created_at=_time(job.created_at),  # type: ignore[arg-type]
+        created_at=_time(job.created_at),
         started_at=_time(job.started_at),
         finished_at=_time(job.finished_at),
         progress=Progress.model_validate({k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}),

@@ -18,6 +18,7 @@ from gradloop.config.schema import (
     TrackingConfig,
     TrainerConfig,
     sweep_grid,
+    sweep_setting,
 )
 from gradloop.config.validation import PLUGIN_FIELDS, is_import_path, validate_config
 
@@ -43,5 +44,6 @@ __all__ = [
     "read_raw",
     "set_dotted",
     "sweep_grid",
+    "sweep_setting",
     "validate_config",
 ]

@@ -23,6 +23,12 @@ def sweep_grid(sweep: Mapping[str, Any] | None) -> dict[str, list[Any]]:
     return {k: v for k, v in (sweep or {}).items() if k not in SWEEP_SETTINGS}
 
 
+def sweep_setting(sweep: Mapping[str, Any] | None, name: str) -> str | None:
+    """One of a `sweep:` block's settings (metric, goal): the string the schema requires, or None."""
+    value = (sweep or {}).get(name)
+    return value if isinstance(value, str) else None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -76,14 +76,17 @@ def signal_name(sig: int) -> str:
     return signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
 
 
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " (the kernel's out-of-memory killer sends this too)",
+    signal.SIGSEGV: " (a segmentation fault: a crash in native code)",
+    signal.SIGABRT: " (aborted by native code)",
+}
+
+
 def exit_reason(code: int | None, sig: int | None) -> str:
     if sig is not None:
         name = signal_name(sig)
-        hint = {
-            signal.SIGKILL: " (the kernel's out-of-memory killer sends this too)",
-            signal.SIGSEGV: " (a segmentation fault: a crash in native code)",
-            signal.SIGABRT: " (aborted by native code)",
-        }.get(sig, "")
+        hint = _SIGNAL_HINTS.get(sig, "")
         return f"the job's process was killed by {name}{hint}"
     return f"the job's process exited with code {code} before recording an outcome"
 

@@ -241,7 +241,7 @@ class JobStore:
         with self.read() as conn:
             return [r.id for r in conn.execute(query)]
 
-    def list(
+    def list_page(
         self, *, statuses: Sequence[str] = (), limit: int = 50, cursor: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         """Jobs newest first; `cursor` continues after the last job of the previous page."""

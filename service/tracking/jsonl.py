@@ -82,9 +82,10 @@ class Journal:
         """Append one window; the record keeps `metrics` itself (callers hand over a dict of
         their own)."""
         seq, step, ts = self._next_seq, int(step), int(ts)
-        record = Record(seq, step, ts, metrics, encode_line(seq, step, ts, metrics))
+        line = encode_line(seq, step, ts, metrics)
+        record = Record(seq, step, ts, metrics, line)
         self._next_seq += 1
-        self._file.write(record.line + b"\n")
+        self._file.write(line + b"\n")
         now = time.monotonic()
         if now - self._flushed >= FLUSH_SECONDS:
             # A write syscall per window measured ~1% of a small model's step; once a second

@@ -176,13 +176,13 @@ def run_op(client: MlflowClient, run_id: str, name: str, args: dict[str, Any]) -
     """Perform one of the run's ops (params, tags, artifacts, plots, the model, the final status);
     the sender's store process and `gradloop sync` both call it."""
     if name == "log_params":
-        items = [Param(k, v) for k, v in args["params"].items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_REQUEST):
-            client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_REQUEST], synchronous=True)
+        params = [Param(k, v) for k, v in args["params"].items()]
+        for i in range(0, len(params), MAX_PARAMS_PER_REQUEST):
+            client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_REQUEST], synchronous=True)
     elif name == "set_tags":
-        items = [RunTag(k, v) for k, v in args["tags"].items()]
-        for i in range(0, len(items), MAX_TAGS_PER_REQUEST):
-            client.log_batch(run_id, tags=items[i : i + MAX_TAGS_PER_REQUEST], synchronous=True)
+        tags = [RunTag(k, v) for k, v in args["tags"].items()]
+        for i in range(0, len(tags), MAX_TAGS_PER_REQUEST):
+            client.log_batch(run_id, tags=tags[i : i + MAX_TAGS_PER_REQUEST], synchronous=True)
     elif name == "log_artifact":
         if Path(args["local_path"]).exists():
             client.log_artifact(run_id, args["local_path"], args.get("artifact_path"))

@@ -133,7 +133,8 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
     # mlflow.pytorch imports pytorch_lightning, where it is installed, for an autologging
     # callback this process never uses; with it come torchmetrics, torchvision and torch._dynamo,
     # more CPU than everything else this process does. Marked absent, mlflow.pytorch skips it.
-    sys.modules.setdefault("pytorch_lightning", None)  # type: ignore[assignment]
+    # (None in sys.modules is the import system's "absent" marker; typeshed types it as modules only.)
+    sys.modules.setdefault("pytorch_lightning", None)  # type: ignore[arg-type]
     for name in ("mlflow.system_metrics", "mlflow.utils.requests_utils", "mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     child = _Child(uri)

@@ -18,6 +18,7 @@ for it: the journal has every point, and `gradloop sync` sends them.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -239,7 +240,7 @@ class Sender:
 
     def _send(self, records: list[Record]) -> bool:
         for lines, seqs, points in line_requests(records, self.max_points):
-            outcome = self._retry(lambda lines=lines: self.client.log_lines(self.run_id, lines))
+            outcome = self._retry(functools.partial(self.client.log_lines, self.run_id, lines))
             if outcome == "abandoned":
                 return False
             if outcome == "ok":

@@ -67,11 +67,10 @@ def held_window(
             plain[key] = float(value)
     if snap is not None:
         parts += snap.tensors()
-    if on_host:
-        parts = read_values(parts)
+    held: list[torch.Tensor] | list[float] = read_values(parts) if on_host else parts
     return (
-        HeldWindow(step, ts, plain, keys, parts, snap.shape() if snap is not None else None, on_host)
-        if parts or plain
+        HeldWindow(step, ts, plain, keys, held, snap.shape() if snap is not None else None, on_host)
+        if held or plain
         else None
     )
 

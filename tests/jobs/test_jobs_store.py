@@ -144,16 +144,16 @@ def test_wal_is_checkpointed_by_the_store_thread_not_by_committers(tmp_path) -> 
 
 def test_list_is_newest_first_with_cursor_and_status_filter(store: JobStore) -> None:
     made = [_submit(store, body=f"j{i}")[0].id for i in range(5)]
-    page1, cursor = store.list(limit=2)
-    page2, cursor2 = store.list(limit=2, cursor=cursor)
-    page3, cursor3 = store.list(limit=2, cursor=cursor2)
+    page1, cursor = store.list_page(limit=2)
+    page2, cursor2 = store.list_page(limit=2, cursor=cursor)
+    page3, cursor3 = store.list_page(limit=2, cursor=cursor2)
     seen = [j.id for j in page1 + page2 + page3]
     assert seen == list(reversed(made)) and cursor3 is None
     store.cancel(made[0])
-    cancelled, _ = store.list(statuses=["cancelled"])
+    cancelled, _ = store.list_page(statuses=["cancelled"])
     assert [j.id for j in cancelled] == [made[0]]
     with pytest.raises(InvalidCursorError):
-        store.list(cursor="not-a-cursor")
+        store.list_page(cursor="not-a-cursor")
 
 
 def test_claim_takes_priority_then_age_and_counts_attempts(store: JobStore) -> None:
