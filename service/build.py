@@ -26,11 +26,11 @@ from torch.utils.data import default_collate
 from gradloop import registry
 from gradloop.batching import to_device
 from gradloop.config import DataConfig, ModelConfig, PluginSpec, RunConfig, is_import_path
-from gradloop.data import DataContext, DataSplits, TensorData, default_data_root
+from gradloop.data import DataContext, DataSplits, TensorData
 from gradloop.errors import ConfigError, FieldError, TrainingError
 from gradloop.import_paths import resolve_import_path
 from gradloop.outputs import logits_of
-from gradloop.plugin_files import resolve_model_paths
+from gradloop.plugin_files import default_data_root, resolve_model_paths
 
 _TASK_WORDS = {"classification": "a classification", "regression": "a regression", "binary": "a binary"}
 

@@ -12,7 +12,6 @@ indices, binary float (N, 1) in {0, 1}, regression float (N, k).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,10 +66,6 @@ class DataContext:
     root: Path  # data root: relative paths resolve here and may not leave it
     val_fraction: float
     split_seed: int
-
-
-def default_data_root(configured: str | None) -> Path:
-    return Path(configured or os.environ.get("GRADLOOP_DATA_ROOT") or os.getcwd()).resolve()
 
 
 def resolve_data_path(ctx: DataContext, path: str, field: str) -> Path:

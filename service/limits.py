@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gradloop import registry
 from gradloop.config import RunConfig
 from gradloop.errors import ConfigError, FieldError
 from gradloop.plugin_files import dataset_bytes, resolve_model_paths
@@ -267,8 +268,6 @@ def _steps_bound(config: RunConfig, limits: ServiceLimits, data_root: Path) -> i
 def known_samples(config: RunConfig) -> int | None:
     """The dataset's size from its options alone: what the plugin says (capability `samples`),
     else a generated dataset's n_samples / max_samples; None when only reading it would tell."""
-    from gradloop import registry
-
     data = config.data
     if data.name in registry.datasets:
         samples = registry.datasets.get(data.name).capabilities.get("samples")
@@ -316,9 +315,7 @@ def model_size(name: str, options_json: str) -> tuple[int, int] | None:
     """(parameters, parameter tensors) of the registered model `name` built with these options on
     the meta device; None when it cannot be built there (the limits that need it are then not
     applied, and a warning logged)."""
-    import torch
-
-    from gradloop import registry
+    import torch  # only to count a model: the CLI and the service's config checks import this module
 
     try:
         with torch.device("meta"):

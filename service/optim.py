@@ -112,7 +112,8 @@ def _overrides(
 
 
 def _field_errors(exc: ValidationError, plugin: registry.Plugin, path: str) -> list[FieldError]:
-    # One wording for option errors, whether they come from a config file or from Python.
+    # One wording for option errors, whether they come from a config file or from Python. Imported
+    # on an error only: build_optimizer from Python never loads the config package otherwise.
     from gradloop.config.messages import did_you_mean, pydantic_message
 
     allowed = list(plugin.options.model_fields)

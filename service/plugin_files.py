@@ -11,13 +11,13 @@ check or resolve it without building anything: the HTTP policy (every path under
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gradloop import registry
 from gradloop.config import RunConfig, is_import_path
-from gradloop.data import default_data_root
 from gradloop.errors import ConfigError, FieldError
 
 _SECTIONS = (("data", "datasets"), ("model", "models"))
@@ -103,6 +103,11 @@ def dataset_bytes(config: RunConfig, data_root: Path) -> int | None:
         except OSError:
             pass
     return total
+
+
+def default_data_root(configured: str | None) -> Path:
+    """data.root, else $GRADLOOP_DATA_ROOT, else the working directory (absolute)."""
+    return Path(configured or os.environ.get("GRADLOOP_DATA_ROOT") or os.getcwd()).resolve()
 
 
 def resolve_model_paths(name: str, options: Mapping[str, Any], data_root: str | None) -> dict[str, Any]:

@@ -25,7 +25,10 @@ from typing import Any
 from gradloop.config import RunConfig, sweep_setting, validate_config
 from gradloop.errors import ConfigError, FieldError, GradloopError
 from gradloop.result import RunResult
+from gradloop.runner import train
 from gradloop.sweep_expand import expand_sweep, sweep_children
+from gradloop.tracking import parent_run
+from gradloop.tracking.mlflow_params import config_params
 
 log = logging.getLogger("gradloop.sweep")
 
@@ -153,9 +156,6 @@ def _validated_children(config: RunConfig, sweep_dir: Path, check_child: CheckCh
 
 def _default_train_one(observers: Sequence[Any], job_id: str | None, stop_event: threading.Event | None) -> TrainOne:
     def train_one(child: RunConfig, parent_run_id: str | None) -> RunResult:
-        from gradloop.runner import train
-        from gradloop.tracking import parent_run
-
         with parent_run(parent_run_id):
             return train(child, observers=observers, job_id=job_id, stop_event=stop_event)
 
@@ -172,6 +172,7 @@ class _Parent:
     def open(cls, config: RunConfig, children: list[SweepChild]) -> _Parent:
         if not config.tracking.enabled:
             return cls(None, None)
+        # MLflow: a heavy import, only for a tracked sweep's parent run.
         from gradloop.tracking.mlflow_store import experiment_id, open_client, resolve_uri
 
         uri = resolve_uri(config.tracking.uri)
@@ -193,9 +194,7 @@ class _Parent:
     def close(self, status: str, summary: Path, best: SweepChild | None, key: str) -> None:
         if self.client is None or self.run_id is None:
             return
-        from mlflow.entities import Metric, Param
-
-        from gradloop.tracking.mlflow_params import config_params
+        from mlflow.entities import Metric, Param  # MLflow: only when the parent run was created
 
         try:
             self.client.log_artifact(self.run_id, str(summary))

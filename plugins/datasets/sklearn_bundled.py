@@ -47,7 +47,7 @@ class SklearnOptions(BaseModel):
 
 
 def _load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # Imported here: sklearn costs ~1 s to import and only this plugin needs it.
+    # Imported here: sklearn is a large import and only this plugin needs it.
     from sklearn import datasets as skd
 
     loader = {

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 
-from gradloop import __version__
+from gradloop import __version__, registry
 from gradloop.api.guard import BodyLimitMiddleware
 from gradloop.api.job_routes import router as jobs_router
 from gradloop.api.metrics import MetricsMiddleware, ServiceMetrics
@@ -41,7 +41,7 @@ def default_slots() -> tuple[int, list[str]]:
         gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
     else:
         try:
-            import torch
+            import torch  # the app's one use of torch, only when CUDA_VISIBLE_DEVICES says nothing
 
             gpus = [str(i) for i in range(torch.cuda.device_count())]
         except Exception:
@@ -50,8 +50,6 @@ def default_slots() -> tuple[int, list[str]]:
 
 
 def _load_plugins() -> None:
-    from gradloop import registry
-
     for kind in registry.KINDS:
         registry.registry(kind).names()
 

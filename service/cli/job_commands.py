@@ -24,8 +24,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gradloop.api.settings import DEFAULT_PORT, DEFAULT_STATE_DIR
+from gradloop.api.settings import DEFAULT_PORT, DEFAULT_STATE_DIR, ServiceSettings, tokens_from_env
 from gradloop.jobs.job_log import DEFAULT_MAX_LOG_BYTES
+from gradloop.limits import ServiceLimits
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -133,8 +134,6 @@ def serve(
     import uvicorn
 
     from gradloop.api.app import create_app
-    from gradloop.api.settings import ServiceSettings, tokens_from_env
-    from gradloop.limits import ServiceLimits
 
     settings = ServiceSettings(
         state_dir=state_dir,

@@ -29,12 +29,14 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
+from gradloop import registry
 from gradloop.jobs.job_log import LogPump
 from gradloop.jobs.records import Fence, capped_text
 from gradloop.jobs.worker import LOG_ERROR_BYTES, WorkerSettings, job_dir, log_path, run_job
@@ -71,8 +73,6 @@ def preload(tracking_uri: str | None = None) -> None:
             __import__(module)
         except Exception as exc:  # a missing optional piece costs start-up time, nothing else
             print(f"gradloop fork server: could not preload {module}: {exc}", file=sys.stderr, flush=True)
-    from gradloop import registry
-
     for reg in registry.REGISTRIES.values():
         reg.names()
     if tracking_uri:
@@ -88,7 +88,7 @@ def _prepare_tracking_store(uri: str) -> None:
     if pid == 0:
         code = 0
         try:
-            from gradloop.tracking.mlflow_store import open_client
+            from gradloop.tracking.mlflow_store import open_client  # MLflow: in this throwaway child only
 
             open_client(uri)
         except BaseException as exc:
@@ -146,8 +146,6 @@ def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> No
         with stop_on_signals(signals=(signal.SIGTERM,)) as stop:  # the pool's cancel: stop at a step boundary
             code = run_job(settings, job_id, Fence(int(command["attempt"]), command["worker_id"]), stop)
     except BaseException as exc:
-        import traceback
-
         print(capped_text("".join(traceback.format_exception(exc)), LOG_ERROR_BYTES), file=sys.stderr)
     finally:
         try:

@@ -24,6 +24,7 @@ from gradloop.jobs.records import Fence, StaleAttemptError
 from gradloop.jobs.store import JobStore
 from gradloop.observer import NullObserver, RunContext, RunStatus
 from gradloop.tracking.gradstats import metric_safe
+from gradloop.tracking.state import TrackingState
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
 
@@ -163,8 +164,6 @@ class JobProgressObserver(NullObserver):
         """The MLflow observer writes the run's ids to RUN_DIR/tracking.json once the store's
         process has created the run; pick them up off the training thread (a file read, no
         MLflow client in this process) so the job record links to the run while it trains."""
-        from gradloop.tracking.state import TrackingState
-
         run_dir = self._ctx.run_dir if self._ctx is not None else None
         deadline = time.monotonic() + 600
         while run_dir is not None and self.status == "running" and time.monotonic() < deadline:

@@ -89,6 +89,7 @@ class JobStore:
     # -- schema -------------------------------------------------------------------------
     def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic); safe to run on every start."""
+        # Alembic only here: the CLI's job commands and the job's child use the store without it.
         from alembic import command
         from alembic.config import Config
 

@@ -19,6 +19,7 @@ here or by the service (close_job_runs), never left RUNNING.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -35,6 +36,8 @@ from gradloop.jobs.models import JobState
 from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError, capped_text
 from gradloop.jobs.store import JobStore
 from gradloop.limits import ServiceLimits
+from gradloop.tracking import resolve_uri
+from gradloop.tracking.state import TrackingState
 
 LOG_NAME = "job.log"
 # An error's text in the job's log: any real traceback fits; a failure that lists every one of
@@ -208,9 +211,8 @@ def close_job_runs(
         config = config if config is not None else prepare_config(job, settings)
         if not config.tracking.enabled:
             return closed
+        # MLflow: a heavy import, for the API process only when a tracked job's runs must be closed.
         from mlflow.tracking import MlflowClient
-
-        from gradloop.tracking.mlflow_store import resolve_uri
 
         client = MlflowClient(tracking_uri=resolve_uri(config.tracking.uri))
         experiment = client.get_experiment_by_name(config.tracking.experiment)
@@ -257,8 +259,6 @@ def _error(exc: BaseException, observer: JobProgressObserver, with_trace: bool =
 
 
 def _finite(metrics: Any) -> dict[str, float]:
-    import math
-
     out: dict[str, float] = {}
     for key, value in dict(metrics or {}).items():
         try:
@@ -274,8 +274,6 @@ def _experiment_of(run_dir: Any, run_id: str | None) -> str | None:
     """The run's experiment, from the tracking.json the run left (no MLflow client here)."""
     if not run_id or run_dir is None:
         return None
-    from gradloop.tracking.state import TrackingState
-
     try:
         state = TrackingState.load(Path(run_dir))
     except (OSError, ValueError):

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gradloop.observer import NullObserver, Observer
+from gradloop.tracking.remote import shared_client
+from gradloop.tracking.state import TrackingState
 
 if TYPE_CHECKING:
     from gradloop.config import RunConfig
@@ -74,6 +76,7 @@ def make_observer(
     """The observer that logs this run to MLflow, or one that does nothing when tracking is off."""
     if not config.tracking.enabled:
         return NullObserver()
+    # torch and the observer's machinery: only for a tracked run (the CLI and the API import this package).
     from gradloop.tracking.tracking_observer import MlflowObserver
 
     parent = parent_run_id or _parent_run_id.get()
@@ -84,8 +87,6 @@ def prestart(config: RunConfig) -> None:
     """Start the store's process for this config now (when tracking is on): it imports MLflow
     and opens the store while the caller builds the data and the model."""
     if config.tracking.enabled:
-        from gradloop.tracking.remote import shared_client
-
         shared_client(resolve_uri(config.tracking.uri))
 
 
@@ -125,8 +126,6 @@ def dashboard(run_dir: Path) -> Dashboard | None:
     """The way into a tracked run's charts, from its tracking.json: for a local sqlite store, the
     address `mlflow ui` serves and the command to start it; for a tracking server, its own
     address. None when the run is not in MLflow (yet) or the store has no web address."""
-    from gradloop.tracking.state import TrackingState
-
     state = TrackingState.load(Path(run_dir))
     if state is None or not state.run_id or not state.experiment_id:
         return None

@@ -119,6 +119,7 @@ def log_lines(client: MlflowClient, run_id: str, lines: bytes) -> int:
     request whose answer was lost) is stored once."""
     records = [Record.from_line(line) for line in lines.split(b"\n") if line.strip()]
     store = client._tracking_client.store
+    # MLflow's SQL store brings SQLAlchemy: a client of a tracking server never imports it.
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     if isinstance(store, SqlAlchemyStore):
@@ -131,6 +132,7 @@ def log_lines(client: MlflowClient, run_id: str, lines: bytes) -> int:
 def _bulk_insert(store: Any, run_id: str, records: list[Record]) -> int:
     """One INSERT of many rows into MLflow's metrics table, then its latest_metrics, in one
     transaction, through the store's own session (its pragmas, its busy timeout)."""
+    # SQL stores only (see log_lines): a client of a tracking server never imports these.
     from mlflow.store.tracking.dbmodels.models import SqlMetric
     from sqlalchemy import insert
 
@@ -153,7 +155,7 @@ def _bulk_insert(store: Any, run_id: str, records: list[Record]) -> int:
     if dialect == "sqlite":
         stmt = stmt.prefix_with("OR IGNORE")
     elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert  # PostgreSQL's dialect: only here
 
         stmt = pg_insert(table).on_conflict_do_nothing()
     elif dialect == "mysql":

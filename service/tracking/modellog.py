@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -26,9 +29,7 @@ log = logging.getLogger("gradloop.tracking")
 
 def save_model(ctx: RunContext, directory: Path, uri: str) -> dict[str, Any]:
     """Write the model and an example batch's inputs/outputs; returns the log_model op's args."""
-    import cloudpickle
-    import numpy as np
-    import torch
+    import cloudpickle  # only when a run logs its model
 
     directory.mkdir(parents=True, exist_ok=True)
     model = ctx.model
@@ -52,9 +53,8 @@ def save_model(ctx: RunContext, directory: Path, uri: str) -> dict[str, Any]:
 
 def log_model(client: MlflowClient, run_id: str, args: dict[str, Any]) -> None:
     """In the store's process: log the saved model to the run as a LoggedModel named "model"."""
+    # MLflow: the training process imports this module (save_model) and never imports MLflow.
     import mlflow.pytorch
-    import numpy as np
-    import torch
     from mlflow.models import infer_signature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 

@@ -19,6 +19,7 @@ there: the sender's warning says what did not arrive.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -74,7 +75,7 @@ class _Child:
 
     def open(self) -> Any:
         if self.client is None:
-            from gradloop.tracking.mlflow_store import open_client
+            from gradloop.tracking.mlflow_store import open_client  # MLflow: in the store's process only
 
             self.client = open_client(self.uri)
         return self.client
@@ -83,7 +84,7 @@ class _Child:
         self.open()
 
     def start_run(self, spec: dict[str, Any]) -> dict[str, str]:
-        from gradloop.tracking.mlflow_store import start_run
+        from gradloop.tracking.mlflow_store import start_run  # MLflow: in the store's process only
 
         started = start_run(self.open(), self.uri, spec)
         # What the end of the run will need (matplotlib for the plots, torch and mlflow.pytorch
@@ -94,7 +95,7 @@ class _Child:
         return started
 
     def log_lines(self, run_id: str, lines: bytes) -> int:
-        from gradloop.tracking.mlflow_store import log_lines
+        from gradloop.tracking.mlflow_store import log_lines  # MLflow: in the store's process only
 
         return log_lines(self.open(), run_id, lines)
 
@@ -102,7 +103,7 @@ class _Child:
         if name == "system_metrics":  # a thread of this process: it lives as long as the run
             self.system_metrics(run_id, **args)
             return
-        from gradloop.tracking.mlflow_store import run_op
+        from gradloop.tracking.mlflow_store import run_op  # MLflow: in the store's process only
 
         run_op(self.open(), run_id, name, args)
 
@@ -111,7 +112,7 @@ class _Child:
         if monitor is not None:
             monitor.finish()
         if start:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # (as above)
 
             monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=self.uri)
             monitor.start()
@@ -119,8 +120,6 @@ class _Child:
 
 
 def _import_all(modules: list[str]) -> None:
-    import importlib
-
     for name in modules:
         try:
             importlib.import_module(name)

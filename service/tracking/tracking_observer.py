@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gradloop import __version__
+from gradloop.devices import device_name
 from gradloop.observer import RunContext, RunStatus
 from gradloop.tracking import gradstats, histograms, resolve_uri
 from gradloop.tracking.gradstats import GradSnapshot, StatLayout
@@ -157,9 +159,6 @@ class MlflowObserver:
                 state.save(self.run_dir)
 
     def _tags(self, ctx: RunContext) -> dict[str, str]:
-        from gradloop import __version__
-        from gradloop.devices import device_name
-
         tags = {
             "gradloop.version": __version__,
             "torch.version": torch.__version__,

@@ -134,3 +134,14 @@ def test_resume_latest_continues_a_stopped_run(tmp_path):
     proc = run_cli("run", str(path), "--resume", "latest", "--set", "trainer.max_steps=12")
     assert proc.returncode == 0, proc.stderr
     assert "resuming at step 5" in proc.stderr
+
+
+def test_the_cli_and_the_http_policy_import_no_torch():
+    """Every command loads gradloop.cli.main and the HTTP policy's checks load limits: neither
+    imports torch (a command that trains, or a limit that counts a model, imports it then)."""
+    code = (
+        "import sys, gradloop.cli.main, gradloop.http_policy\n"
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True)
+    assert out.stdout.strip() == "[]"
