@@ -687,7 +687,8 @@ class Trainer:
             if not self.dist.is_main:
                 path = ckpt_dir / step_filename(self.step)
                 self.last_checkpoint, self._last_checkpoint_at = path, position
-                self.dist.barrier()  # returns once rank 0's file names the complete shards
+                if self._sharded:
+                    self.dist.barrier()  # returns once rank 0's file names the complete shards
                 return path
         path = write_checkpoint(ckpt_dir, self.step, {**self.state_dict(), **extra}, self.tc.keep_checkpoints)
         if self._sharded:
