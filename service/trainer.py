@@ -545,7 +545,7 @@ class Trainer:
                 if self._sharded:
                     # An FSDP forward all-gathers the weights: a rank that the last validation
                     # batches left without samples still runs as many forwards (on no samples).
-                    empty = val.example_input()[:0].to(self.device)
+                    empty = _no_samples(val.example_input(), self.device)
                     for _ in range(len(val.plan) - forwards):
                         with self._autocast():
                             self._eval_forward(empty)
@@ -681,7 +681,8 @@ class Trainer:
         if self.dist is not None:
             # Every rank's generators (dropout differs by rank), gathered; rank 0 writes the file.
             rng_ranks = self.dist.gather_objects(capture_rng_state())
-            extra = {"rng_ranks": rng_ranks, "world_size": self.world_size, "strategy": self.parallel.strategy}
+            extra = {"rng_ranks": rng_ranks, "world_size": self.world_size}
+            extra["strategy"] = self.config.distributed.strategy
             if self._sharded:
                 extra["sharded"] = self._save_shards(ckpt_dir)
             if not self.dist.is_main:
@@ -769,6 +770,13 @@ def _param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str
         for pi, p in enumerate(group["params"]):
             names.append(given[pi] if given and pi < len(given) else by_id.get(id(p), f"group{gi}.param{pi}"))
     return names
+
+
+def _no_samples(example: Any, device: torch.device) -> Any:
+    """An input batch of no samples, shaped like `example` (a tensor, or a mapping of them)."""
+    if isinstance(example, Mapping):
+        return {k: v[:0].to(device) if isinstance(v, torch.Tensor) else v for k, v in example.items()}
+    return example[:0].to(device)
 
 
 def _is_compile_error(exc: BaseException) -> bool:

@@ -103,9 +103,8 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: 
     # get_state_dict gives the target tensors (this rank's shards) that dcp.load fills in place;
     # an optimizer without state yet gets it initialised first, so its entries exist to be filled.
     model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(directory))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory))
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
 __all__ = [

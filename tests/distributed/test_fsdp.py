@@ -149,7 +149,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical_and_keeps_n_checkpoints(tm
     # A sharded checkpoint resumes only in an FSDP run, said before anything trains.
     single = _config(tmp_path / "cut", ranks=1, batch=16, **changes)
     with pytest.raises(CheckpointError, match="sharded FSDP checkpoint.*distributed.strategy is none"):
-        train(single, resume=str(cut.checkpoint_path))
+        train(single, resume=str(resumed.checkpoint_path))  # (the cut's own files are pruned by now)
 
 
 @pytest.fixture
