@@ -7,6 +7,7 @@ lr 3e-3, batch 64 per process, all 1797 digits, no validation, no logging, one t
     gradloop-1   gradloop.train(), one process          hand-1   a plain PyTorch loop
     gradloop-2   gradloop.train() with ddp x 2          hand-2   DDP + DistributedSampler, 2 ranks
     lightning-2  Lightning Trainer(strategy="ddp", devices=2, accelerator="cpu")
+    fsdp-2       gradloop.train() with fsdp x 2 (FSDP2 on gloo: a view of its cost, not a goal)
 
 Reported per variant: the median of wall time of the whole run (start to exit, what a user waits),
 CPU time of the process and its children, and training samples/s (samples / the time of the
@@ -33,10 +34,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 64, 3e-3
 CNN = {"in_channels": 1, "image_size": 8, "channels": [16, 32], "out_features": 10}
-VARIANTS = ("gradloop-1", "hand-1", "gradloop-2", "hand-2", "lightning-2")
+VARIANTS = ("gradloop-1", "hand-1", "gradloop-2", "hand-2", "lightning-2", "fsdp-2")
 
 
-def gradloop_config(epochs: int, out: str, ranks: int) -> dict[str, Any]:
+def gradloop_config(epochs: int, out: str, ranks: int, strategy: str = "ddp") -> dict[str, Any]:
     return {
         "name": "bench-ddp",
         "seed": 0,
@@ -53,7 +54,7 @@ def gradloop_config(epochs: int, out: str, ranks: int) -> dict[str, Any]:
         "optimizer": {"name": "adamw", "options": {"lr": LR}},
         "trainer": {"epochs": epochs, "val_every_epochs": 0, "checkpoint_at_end": False, "progress": "none"},
         "tracking": {"enabled": False},
-        "distributed": {"strategy": "ddp" if ranks > 1 else "none", "nproc_per_node": ranks},
+        "distributed": {"strategy": strategy if ranks > 1 else "none", "nproc_per_node": ranks},
     }
 
 
@@ -71,11 +72,11 @@ def data_and_model(epochs: int) -> tuple[Any, Any, Any]:
 # -- the variants, each run in a process of its own -------------------------------------------------
 
 
-def run_gradloop(epochs: int, ranks: int) -> dict[str, float]:
+def run_gradloop(epochs: int, ranks: int, strategy: str = "ddp") -> dict[str, float]:
     from gradloop import train
 
     with tempfile.TemporaryDirectory() as out:
-        result = train(gradloop_config(epochs, out, ranks))
+        result = train(gradloop_config(epochs, out, ranks, strategy))
     samples = 1797 * epochs
     return {"samples": samples, "train_s": result.duration_s}
 
@@ -175,7 +176,12 @@ def run_lightning(epochs: int, ranks: int) -> dict[str, float]:
 
 def one_variant(name: str, epochs: int) -> None:
     kind, ranks = name.rsplit("-", 1)
-    run = {"gradloop": run_gradloop, "hand": run_hand, "lightning": run_lightning}[kind]
+    run = {
+        "gradloop": run_gradloop,
+        "hand": run_hand,
+        "lightning": run_lightning,
+        "fsdp": lambda epochs, ranks: run_gradloop(epochs, ranks, "fsdp"),
+    }[kind]
     result = run(epochs, int(ranks))
     if result.pop("rank", 0) == 0:
         print("RESULT " + json.dumps(result), flush=True)
@@ -239,6 +245,7 @@ def main() -> None:
     print(f"\ngradloop-2 / hand-2 samples/s: {ratio('gradloop-2', 'hand-2')}")
     print(f"gradloop-2 / lightning-2 samples/s: {ratio('gradloop-2', 'lightning-2')}")
     print(f"lightning-2 / gradloop-2 wall: {ratio('lightning-2', 'gradloop-2', 'wall_s')}")
+    print(f"fsdp-2 / gradloop-2 samples/s: {ratio('fsdp-2', 'gradloop-2')}")
     for kind in ("gradloop", "hand"):
         if f"{kind}-1" in med and f"{kind}-2" in med:
             eff = med[f"{kind}-2"]["samples_per_s"] / (2 * med[f"{kind}-1"]["samples_per_s"])

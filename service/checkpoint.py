@@ -6,10 +6,14 @@ Layout of a run (the runner creates it; `latest` relies on it):
         config.yaml                                 the resolved config
         checkpoints/step-000040.pt                  every trainer.checkpoint_every_steps
         checkpoints/last.pt                         the newest checkpoint of the run
+        checkpoints/step-000040.dcp/                FSDP: the sharded model and optimizer state
+                                                    (torch.distributed.checkpoint), next to
+                                                    step-000040.pt, which holds the rest and names it
 
 A file appears only complete: it is written to a temporary file in the same directory, flushed
 and fsync'ed, then renamed over the target with os.replace (atomic on POSIX), so a crash or a
-full disk leaves the previous file as it was. Files hold only tensors and plain Python values and
+full disk leaves the previous file as it was. A sharded directory is written under a temporary
+name and renamed the same way, before the file that names it. Files hold only tensors and plain Python values and
 are loaded with `weights_only=True`: resuming from a checkpoint never runs pickled code.
 """
 
@@ -41,6 +45,11 @@ def step_filename(step: int) -> str:
     return f"step-{step:06d}.pt"
 
 
+def sharded_dirname(step: int) -> str:
+    """The directory of a step's sharded state (FSDP), beside its step file."""
+    return f"step-{step:06d}.dcp"
+
+
 def atomic_save(obj: Any, path: Path) -> Path:
     """torch.save `obj` to `path` so that `path` is never seen half-written."""
     path = Path(path)
@@ -61,7 +70,9 @@ def atomic_save(obj: Any, path: Path) -> Path:
 
 
 def write_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write step-NNNNNN.pt and point last.pt at it; keep the newest `keep` step files."""
+    """Write step-NNNNNN.pt and point last.pt at it; keep the newest `keep` step files (and
+    their sharded directories). A sharded checkpoint's state names its directory (`sharded`),
+    which must be complete already."""
     ckpt_dir = Path(ckpt_dir)
     payload = {"format": FORMAT, "version": VERSION, **state}
     path = atomic_save(payload, ckpt_dir / step_filename(step))
@@ -69,7 +80,17 @@ def write_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int
     for old in step_checkpoints(ckpt_dir)[:-keep]:
         with suppress(OSError):
             old.unlink()
+        shutil.rmtree(old.with_suffix(".dcp"), ignore_errors=True)
     return path
+
+
+def replace_dir(tmp: Path, target: Path) -> Path:
+    """Rename the complete directory `tmp` to `target` (replacing an older one), durably."""
+    if target.exists():
+        shutil.rmtree(target)  # a re-save of the same step: the new state replaces it whole
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return target
 
 
 def step_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -102,6 +123,14 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format version {state.get('version')}, this gradloop reads version {VERSION}"
         )
+    if state.get("sharded"):
+        # The sharded state sits beside the step file (last.pt is a link to one: same folder).
+        state["sharded_dir"] = path.parent / str(state["sharded"])
+        if not (state["sharded_dir"] / ".metadata").is_file():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} names sharded state {str(state['sharded_dir'])!r}, which is missing or "
+                "incomplete; resume from another checkpoint of the run"
+            )
     return state
 
 
@@ -171,12 +200,14 @@ def _fsync_dir(directory: Path) -> None:
 
 __all__ = [
     "atomic_save",
+    "replace_dir",
     "write_checkpoint",
     "load_checkpoint",
     "resolve_resume",
     "run_dir_of",
     "step_checkpoints",
     "step_filename",
+    "sharded_dirname",
     "CheckpointError",
     "LAST",
 ]

@@ -230,7 +230,8 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
     """Data, model, loss, optimizer and scheduler, in that order, all checked before any training.
 
     On several ranks, each rank's batches are its part of every global batch, and the model is
-    wrapped in DDP (after SyncBatchNorm conversion, before which the optimizer must not be built)."""
+    wrapped in DDP or sharded by FSDP (SyncBatchNorm conversion and FSDP's sharding come before
+    the optimizer is built, which must hold the final parameters)."""
     splits = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, cfg.data.root)
     check_compatible(cfg, splits, model)
@@ -255,7 +256,7 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
     model = model.to(device)  # before the optimizer, so its state is created on the device
     parallel = None
     if dist_ctx is not None:
-        model = prepare_model(model, cfg.distributed)
+        model = prepare_model(model, cfg.distributed, dist_ctx, device, cfg.trainer.precision)
     optimizer = build_optimizer_from_config(cfg.optimizer, model)
     if dist_ctx is not None:
         parallel = wrap_model(model, cfg.distributed, dist_ctx, device)
@@ -351,6 +352,13 @@ _RESUME_KEYS = (
 def _check_resumable(cfg: RunConfig, checkpoint: Mapping[str, Any], path: Path | None, world_size: int = 1) -> None:
     saved = checkpoint.get("config") or {}
     now = cfg.to_dict()
+    sharded, fsdp = bool(checkpoint.get("sharded")), cfg.distributed.strategy == "fsdp"
+    if sharded != fsdp:
+        kind = "a sharded FSDP checkpoint" if sharded else "a checkpoint of an unsharded run"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is {kind} and this run's distributed.strategy is "
+            f"{cfg.distributed.strategy}; resume with the strategy it was saved with"
+        )
     # The global batch (per-process batch x ranks) fixes which samples each step sees, so a run of
     # 2 ranks with batch b resumes in one process with batch 2b, and the other way round.
     saved_world = int(checkpoint.get("world_size", 1))

@@ -6,10 +6,13 @@ norm, the non-finite check, clipping, the optimizer step, zero_grad and the sche
 callback or observer decides any of it. Observers (MLflow, progress, tests) only watch, through
 service/observer.py's protocol.
 
-On several ranks (DDP) every rank runs this same loop: the backward passes before a window's
-last one run without gradient sync, so gradients are all-reduced once per window; train/loss and
-validation are summed over the ranks; a stop request takes effect once every rank knows of it
-(they agree at each logging step); rank 0 alone writes checkpoints (observers run on rank 0 only).
+On several ranks (DDP or FSDP) every rank runs this same loop: the backward passes before a
+window's last one run without gradient sync, so gradients are reduced once per window; train/loss
+and validation are summed over the ranks; a stop request takes effect once every rank knows of it
+(they agree at each logging step); rank 0 alone writes checkpoint files (observers run on rank 0
+only). Under FSDP each rank holds shards: the gradient norm is measured every step from the shards
+(one small all-reduce, so every rank clips and skips alike), and every rank writes its shards of a
+checkpoint (torch.distributed.checkpoint) beside rank 0's file.
 
 The trainer is handed built components (gradloop.runner builds them from a config); it owns the
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,9 +35,10 @@ import torch
 from torch import nn
 
 from gradloop.batching import Batch, Batches, Window
-from gradloop.checkpoint import CheckpointError, step_filename, write_checkpoint
+from gradloop.checkpoint import CheckpointError, replace_dir, sharded_dirname, step_filename, write_checkpoint
 from gradloop.config import RunConfig
 from gradloop.devices import autocast_dtype
+from gradloop.distributed import fsdp
 from gradloop.errors import ConfigError, TrainingError
 from gradloop.log_window import LogWindow
 from gradloop.observer import Observer, RunContext, RunStatus
@@ -60,7 +65,7 @@ class Components:
     closure: bool = False  # optimizer re-evaluates the loss (L-BFGS)
     metrics: MetricSet | None = None  # validation metrics (torchmetrics), updated batch by batch
     class_names: list[str] | None = None  # for the confusion matrix's axes
-    parallel: Parallel | None = None  # DDP and the process group, on several ranks
+    parallel: Parallel | None = None  # DDP or FSDP and the process group, on several ranks
 
 
 @dataclass
@@ -122,7 +127,14 @@ class Trainer:
         )
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none. A disabled
         # scaler passes everything through, so the loop below reads the same for all three.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
+        # Sharded gradients: each rank sees an overflow in its own shards only, so FSDP's scaler
+        # all-reduces it and every rank skips the same steps.
+        self._sharded = parts.parallel is not None and parts.parallel.sharded
+        self.scaler = (
+            fsdp.sharded_grad_scaler(device.type)
+            if self._sharded and self.tc.precision == "fp16"
+            else torch.amp.GradScaler(device.type, enabled=self.tc.precision == "fp16")
+        )
         # GradScaler skips optimizer.step() when the scaled gradients overflowed and tells
         # nobody; a post-step hook says whether the step ran, without a host sync. (Every
         # torch.optim.Optimizer has hooks; a duck-typed plugin without them is not counted.)
@@ -293,7 +305,7 @@ class Trainer:
                     # 2. Unscale (fp16), measure the pre-clip norm when something uses it
                     #    (clipping, or the logging window that ends here), decide whether to step.
                     self.scaler.unscale_(opt)
-                    measure = tc.grad_clip_norm is not None or log_window.is_log_step(step)
+                    measure = tc.grad_clip_norm is not None or log_window.is_log_step(step) or self._sharded
                     grad_norm = self._total_grad_norm() if measure else None
                     ok = self._check_finite(step, window_loss, grad_norm)
                     stats = (
@@ -409,6 +421,12 @@ class Trainer:
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return self._zero
+        if self._sharded:
+            # Every rank's optimizer holds all parameters (as shards) with gradients alike, so the
+            # ranks' lists match; the norms are of the whole gradients, for clipping and observers.
+            norms = fsdp.full_norms(grads)
+            self._step_grad_norms = norms if len(grads) == len(self.params) else None
+            return torch.linalg.vector_norm(norms)
         if self._same_dtype:
             # One fused kernel for the per-tensor norms: this runs every step, and the generic
             # helper's grouping by device and dtype costs more than the maths on small models.
@@ -465,7 +483,8 @@ class Trainer:
         if not bool(torch.isfinite(window_loss)):
             what.append(f"the loss is {float(window_loss)}")
         for name, p in zip(self.param_names, self.params):
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            # (This rank's shard under FSDP: a whole-tensor check would be a collective.)
+            if p.grad is not None and not bool(torch.isfinite(fsdp.local(p.grad)).all()):
                 what.append(f"the gradient of parameter {name!r} is not finite")
                 break
         if not what:
@@ -512,15 +531,24 @@ class Trainer:
         try:
             with torch.inference_mode():
                 loss_sum, n = self._zero, self._zero
+                forwards = 0
                 for x, y in val.epoch(0):
                     with self._autocast():
                         out = self._eval_forward(x)
                         loss = self.loss_fn(logits_of(out), y)
+                    forwards += 1
                     weight = units(y) if units is not None else len(y)
                     loss_sum = loss_sum + loss.float() * weight
                     n = n + weight
                     if metrics_set is not None:
                         metrics_set.update(out, y)
+                if self._sharded:
+                    # An FSDP forward all-gathers the weights: a rank that the last validation
+                    # batches left without samples still runs as many forwards (on no samples).
+                    empty = _no_samples(val.example_input(), self.device)
+                    for _ in range(len(val.plan) - forwards):
+                        with self._autocast():
+                            self._eval_forward(empty)
         finally:
             self.model.train(was_training)
         if self.dist is not None:  # sums over every rank's part of the validation set
@@ -595,8 +623,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs to continue exactly where this run is now."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            # Under FSDP the model and optimizer go to the sharded directory (save_checkpoint).
+            **({} if self._sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
@@ -617,8 +645,11 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint (already mapped onto this run's device)."""
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self._sharded:
+                fsdp.load_sharded(self.model, self.optimizer, Path(state["sharded_dir"]))
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
@@ -645,21 +676,43 @@ class Trainer:
         position = (self.step, self.epoch, self.batch_in_epoch)
         if self._last_checkpoint_at == position and self.last_checkpoint is not None:
             return self.last_checkpoint  # this exact state is on disk already
+        ckpt_dir = self.run_dir / "checkpoints"
+        extra: dict[str, Any] = {}
         if self.dist is not None:
             # Every rank's generators (dropout differs by rank), gathered; rank 0 writes the file.
             rng_ranks = self.dist.gather_objects(capture_rng_state())
+            extra = {"rng_ranks": rng_ranks, "world_size": self.world_size}
+            extra["strategy"] = self.config.distributed.strategy
+            if self._sharded:
+                extra["sharded"] = self._save_shards(ckpt_dir)
             if not self.dist.is_main:
-                path = self.run_dir / "checkpoints" / step_filename(self.step)
+                path = ckpt_dir / step_filename(self.step)
                 self.last_checkpoint, self._last_checkpoint_at = path, position
+                if self._sharded:
+                    self.dist.barrier()  # returns once rank 0's file names the complete shards
                 return path
-            state = {**self.state_dict(), "rng_ranks": rng_ranks, "world_size": self.world_size}
-        else:
-            state = self.state_dict()
-        path = write_checkpoint(self.run_dir / "checkpoints", self.step, state, self.tc.keep_checkpoints)
+        path = write_checkpoint(ckpt_dir, self.step, {**self.state_dict(), **extra}, self.tc.keep_checkpoints)
+        if self._sharded:
+            self.dist.barrier()  # type: ignore[union-attr]
         self.last_checkpoint, self._last_checkpoint_at = path, position
         for obs in self.observers:
             obs.log_checkpoint(path, self.step)
         return path
+
+    def _save_shards(self, ckpt_dir: Path) -> str:
+        """Every rank writes its shards of the model and optimizer into a temporary directory that
+        rank 0 renames once all are written; returns the directory's name (for rank 0's file)."""
+        assert self.dist is not None
+        name = sharded_dirname(self.step)
+        tmp = ckpt_dir / f".{name}.tmp"
+        if self.dist.is_main:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a run that died while writing
+        self.dist.barrier()
+        fsdp.save_sharded(self.model, self.optimizer, tmp)  # returns on every rank once all are written
+        if self.dist.is_main:
+            replace_dir(tmp, ckpt_dir / name)
+        return name
 
     # -- observers ----------------------------------------------------------------------------
     def _start_observers(self) -> None:
@@ -717,6 +770,13 @@ def _param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str
         for pi, p in enumerate(group["params"]):
             names.append(given[pi] if given and pi < len(given) else by_id.get(id(p), f"group{gi}.param{pi}"))
     return names
+
+
+def _no_samples(example: Any, device: torch.device) -> Any:
+    """An input batch of no samples, shaped like `example` (a tensor, or a mapping of them)."""
+    if isinstance(example, Mapping):
+        return {k: v[:0].to(device) if isinstance(v, torch.Tensor) else v for k, v in example.items()}
+    return example[:0].to(device)
 
 
 def _is_compile_error(exc: BaseException) -> bool:

@@ -7,10 +7,11 @@
 - process_group.py: a rank's view of the run: its rank and world size, the process group, and
   the few collectives the trainer uses (sums, an agreed stop, broadcasts).
 - sampler.py: which samples of each global batch belong to which rank (a partition, no padding).
-- wrap.py: DistributedDataParallel around the model, and gradient sync on or off inside an
-  accumulation window. (FSDP2, `strategy: fsdp`, is refused by checks.py until its sharded
-  checkpoints are written.)
+- wrap.py: DistributedDataParallel around the model, or FSDP2's sharding, and gradient sync on or
+  off inside an accumulation window.
+- fsdp.py: FSDP2 (`strategy: fsdp`): fully_shard, full gradient norms from the shards, and
+  sharded checkpoints through torch.distributed.checkpoint.
 
 The trainer (gradloop.trainer) runs the same loop on every rank; rank 0 alone logs and writes
-checkpoints.
+checkpoint files (under FSDP every rank writes its shards beside them).
 """

@@ -57,6 +57,10 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def barrier(self) -> None:
+        """Wait until every rank has come here."""
+        dist.barrier()
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (pickled: for small host values only)."""
         box = [obj]

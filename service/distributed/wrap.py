@@ -1,11 +1,12 @@
-"""The model as the ranks train it: DistributedDataParallel around it.
+"""The model as the ranks train it: DistributedDataParallel around it, or sharded by FSDP2.
 
 `Parallel` is what the trainer holds: the module to call forward on, and `grad_sync(on)` for the
-micro-batches of an accumulation window -- off before the last one (DDP's `no_sync`), so that
-gradients are all-reduced once per window. (FSDP2 is refused by the config checks until its
-sharded checkpoints and global gradient statistics are written.)
-The trainer keeps the unwrapped model for its state dict, so a DDP checkpoint has the same keys
-as a one-process checkpoint and loads in either.
+micro-batches of an accumulation window -- off before the last one (DDP's `no_sync`, FSDP's
+`set_requires_gradient_sync(False)`), so that gradients are reduced once per window.
+Under DDP the trainer keeps the unwrapped model for its state dict, so a DDP checkpoint has the
+same keys as a one-process checkpoint and loads in either. Under FSDP the model is sharded in
+place (before its optimizer is built, which must hold the sharded parameters) and its state goes
+to sharded checkpoints (gradloop.distributed.fsdp).
 """
 
 from __future__ import annotations
@@ -30,27 +31,50 @@ class Parallel:
 
     module: nn.Module  # call this for forward passes
     ctx: DistContext
-    strategy: str  # "ddp"
+    strategy: str  # "ddp" or "fsdp"
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters, gradients and optimizer state are DTensor shards (FSDP)."""
+        return self.strategy == "fsdp"
 
     @contextlib.contextmanager
     def grad_sync(self, on: bool) -> Iterator[None]:
-        """Whether the backward passes inside all-reduce the gradients (on: the window's last)."""
+        """Whether the backward passes inside reduce the gradients (on: the window's last)."""
         if on:
             yield
+        elif self.sharded:
+            # Without sync FSDP2 keeps each rank's unsharded gradients and adds the next
+            # micro-batch's to them; the window's last backward reduce-scatters the sum.
+            self.module.set_requires_gradient_sync(False)  # type: ignore[operator]
+            try:
+                yield
+            finally:
+                self.module.set_requires_gradient_sync(True)  # type: ignore[operator]
         else:
             with self.module.no_sync():  # type: ignore[operator]
                 yield
 
 
-def prepare_model(model: nn.Module, cfg: DistributedConfig) -> nn.Module:
-    """What must happen to the model before its optimizer is built (SyncBatchNorm layers)."""
+def prepare_model(
+    model: nn.Module, cfg: DistributedConfig, ctx: DistContext, device: torch.device, precision: str
+) -> nn.Module:
+    """What must happen to the model before its optimizer is built: SyncBatchNorm layers, and
+    under FSDP the sharding itself (the optimizer must hold the sharded parameters)."""
     if cfg.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.strategy == "fsdp":
+        from gradloop.distributed.fsdp import shard_model  # FSDP's modules: only for sharded runs
+
+        model = shard_model(model, ctx, device, precision)
     return model
 
 
 def wrap_model(model: nn.Module, cfg: DistributedConfig, ctx: DistContext, device: torch.device) -> Parallel:
-    """The model wrapped in DDP, which broadcasts rank 0's weights to every rank."""
+    """DDP: the model wrapped in DDP, which broadcasts rank 0's weights to every rank.
+    FSDP: the model prepare_model sharded, as it is (every rank built the same weights)."""
+    if cfg.strategy == "fsdp":
+        return Parallel(model, ctx, "fsdp")
     from torch.nn.parallel import DistributedDataParallel as DDP  # torch.distributed: ranks only
 
     ddp = DDP(

@@ -9,6 +9,11 @@ ops are loops of small kernels, a small model's weights go to updatering's ring 
 their norms are computed a batch of windows at a time. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
 a handful of float operations on the host, so it adds no kernels and no synchronisation.
+
+Sharded parameters (FSDP): the observer runs on rank 0 alone, so it cannot take part in a
+collective, and a shard's norm is not the layer's. The gradient norms are then the trainer's
+(RunContext.grad_norms: measured every step from all ranks' shards, so the full ones); the
+per-layer weight and update norms, which would need every rank's shards, are not logged.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from gradloop.distributed.fsdp import is_sharded
 from gradloop.torch_ops import foreach_copy_, foreach_norm, foreach_sub_
 from gradloop.tracking.updatering import PendingNorms, UpdateRing
 
@@ -59,6 +65,8 @@ class StatLayout:
     # per_layer modes on the CPU, where the parameters fit: windows' weights are copied into a
     # ring and reduced in batches instead (see updatering).
     ring: UpdateRing | None = field(init=False, default=None)
+    # DTensor shards (FSDP): only the trainer's full gradient norms are used (module docstring).
+    sharded: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.weights = [p.detach() for p in self.params]
@@ -76,12 +84,13 @@ class StatLayout:
         watched = [(n, p) for n, p in named if p.requires_grad]
         layout = cls([metric_safe(n) for n, _ in watched], [p for _, p in watched], mode)
         layout.all_params = len(watched) == len(named)  # the optimizer's parameters, all, in order
+        layout.sharded = any(is_sharded(p) for p in layout.params)
         if mode == "per_module":
             modules: dict[str, list[int]] = {}
             for i, name in enumerate(layout.names):
                 modules.setdefault(module_of(name), []).append(i)
             layout.groups, layout.members = list(modules), list(modules.values())
-        if layout.per_layer and UpdateRing.fits(layout.weights):
+        if layout.per_layer and not layout.sharded and UpdateRing.fits(layout.weights):
             layout.ring = UpdateRing(layout.weights)
         return layout
 
@@ -146,6 +155,8 @@ def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None
     if measured is not None and layout.all_params and len(measured) == len(layout.params):
         # The trainer measured every watched gradient (so none is missing): nothing to read.
         return _with_weights(GradSnapshot(step, measured, None), layout)
+    if layout.sharded:
+        return None  # a shard's norms are not the layer's, and the whole ones need every rank
     # .grad of a leaf is itself detached (short of create_graph), so it is read as it is.
     grads = [p.grad for p in layout.params if p.grad is not None]
     if not grads or len(grads) < len(layout.params):
@@ -156,6 +167,8 @@ def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None
 
 def _with_weights(snap: GradSnapshot, layout: StatLayout) -> GradSnapshot:
     """per_layer modes: the weights before the step, in the ring or in the layout's buffers."""
+    if layout.sharded:
+        return snap
     if layout.ring is not None:
         snap.pending = layout.ring.before_step()
     elif layout.per_layer:
@@ -191,10 +204,12 @@ def host_metrics(shape: SnapshotShape, values: list[float], layout: StatLayout) 
         "train/grad_norm": math.sqrt(sum(v * v for v in gn)),
         "train/grad_nonfinite": float(n - sum(map(math.isfinite, gn))),
     }
-    if with_updates and n == len(layout.params):
-        g, u, w = layout.group(gn), layout.group(values[n : 2 * n]), layout.group(values[2 * n : 3 * n])
-        grad_keys, weight_keys, ratio_keys = layout.metric_keys
-        out.update(zip(grad_keys, g))
+    if not layout.per_layer or n != len(layout.params):
+        return out
+    grad_keys, weight_keys, ratio_keys = layout.metric_keys
+    out.update(zip(grad_keys, layout.group(gn)))
+    if with_updates:
+        u, w = layout.group(values[n : 2 * n]), layout.group(values[2 * n : 3 * n])
         out.update(zip(weight_keys, w))
         # ||w_t - w_{t-1}|| / ||w_t||: how far one step moves a layer, relative to its size.
         out.update(zip(ratio_keys, [ui / wi if wi > 0 else 0.0 for ui, wi in zip(u, w)]))

@@ -207,7 +207,7 @@ def test_tracking_tags_the_gpu_and_logs_its_system_metrics(tmp_path, monkeypatch
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("strategy", ["ddp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_nccl_on_one_gpu_trains_like_one_process(tmp_path, strategy):
     """World size 1 through the launcher and NCCL: the same weights as a one-process run."""
     one = train(digits(tmp_path / "one", device="cuda", trainer__epochs=2))
@@ -220,7 +220,7 @@ def test_nccl_on_one_gpu_trains_like_one_process(tmp_path, strategy):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-@pytest.mark.parametrize("strategy", ["ddp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_nccl_on_two_gpus_matches_one_gpu_at_the_global_batch(tmp_path, strategy):
     one = train(digits(tmp_path / "one", device="cuda", trainer__epochs=2, data__batch_size=64))
     two = train(
@@ -234,3 +234,51 @@ def test_nccl_on_two_gpus_matches_one_gpu_at_the_global_batch(tmp_path, strategy
     )
     assert (two.status, two.steps, two.world_size) == ("FINISHED", one.steps, 2)
     assert two.metrics["val/accuracy"] == one.metrics["val/accuracy"]
+
+
+@pytest.fixture
+def nccl_rank(tmp_path) -> Iterator[object]:
+    """This process as the one rank of an NCCL group, on cuda:0."""
+    import torch.distributed as dist
+
+    from gradloop.distributed.process_group import DistContext
+
+    torch.cuda.set_device(0)
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, device_id=torch.device("cuda", 0)
+    )
+    yield DistContext(rank=0, world_size=1, local_rank=0, node_rank=0, backend="nccl")
+    dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_fsdp_mixed_precision_computes_in_its_dtype_and_keeps_fp32_shards(tmp_path, nccl_rank, precision, dtype):
+    """FSDP's MixedPrecisionPolicy: the layers see their weights in the compute dtype during the
+    forward (autocast alone would leave them float32), while the shards and the optimizer stay
+    float32; fp16 scales the loss with FSDP's scaler (its overflow check is all-reduced)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    from gradloop.config import load_config
+    from gradloop.runner import build_components
+    from gradloop.trainer import Trainer
+
+    cfg = load_config(
+        digits(
+            tmp_path, device="cuda", trainer__epochs=2, trainer__precision=precision, distributed={"strategy": "fsdp"}
+        )
+    )
+    device = torch.device("cuda", 0)
+    parts = build_components(cfg, device, nccl_rank)  # type: ignore[arg-type]
+    seen: set[torch.dtype] = set()
+    first = next(m for m in parts.model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_pre_hook(lambda module, args: seen.add(module.weight.dtype))
+    trainer = Trainer(cfg, parts, device=device, run_dir=Path(cfg.output_dir))
+    assert isinstance(trainer.scaler, ShardedGradScaler) == (precision == "fp16")
+    outcome = trainer.fit()
+    assert outcome.status == "FINISHED" and outcome.metrics["val/accuracy"] > 0.8
+    assert seen == {dtype}
+    assert {p.dtype for p in parts.model.parameters()} == {torch.float32}
+    assert {type(p).__name__ for p in parts.model.parameters()} == {"DTensor"}
+    state = h.model_state(outcome.checkpoint_path)
+    assert {v.dtype for v in state.values()} == {torch.float32}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,16 @@ def base_config(tmp_path: Path, **changes: Any) -> dict[str, Any]:
 
 
 def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    """The model's whole state dict in a checkpoint file, or in the shards an FSDP one names."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not state.get("sharded"):
+        return state["model"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # FSDP checkpoints only
+
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = Path(scratch) / "whole.pt"
+        dcp_to_torch_save(Path(checkpoint).parent / state["sharded"], whole)
+        return torch.load(whole, map_location="cpu", weights_only=True)["model"]
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
