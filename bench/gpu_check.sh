@@ -21,7 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?; echo "rc=$rc in $((SECONDS - t0)) s"; tail -n "${TAIL:-25}" "$OUT/$name.log"; }
 
-TAIL=15 step tests 240 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py tests/test_config.py tests/test_checkpoint_resume.py
+TAIL=15 step tests 240 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" tests/gpu/test_cuda.py tests/core/test_config.py tests/core/test_checkpoint_resume.py
 TAIL=12 step quickstart 60 python3 -m gradloop.cli.main run configs/quickstart.yaml
 TAIL=14 step throughput 120 python3 bench/throughput.py --device cuda --repeats 3 --epochs 5 --no-startup
-TAIL=8 step tracking 150 python3 bench/tracking.py --device cuda --repeats 3 --epochs 20
+TAIL=8 step tracking 150 python3 bench/tracking.py --pairs 3 --only mlp,close
