@@ -3,15 +3,21 @@
 Tests are grouped by what they cover: core/ (config, build, loop, checkpoints), plugins/, tracking/,
 jobs/ (store and durability), api/ (the HTTP service), cli/, packaging/ and gpu/. Helpers that
 tests import live in support/; fixtures are registered here through `pytest_plugins`.
+
+The suite runs in parallel (pytest-xdist, `--numprocesses=auto --dist=loadgroup` in pyproject.toml):
+each worker has its own temp dirs, MLflow stores and server ports (support/ports.py), and tests
+marked `marks.heavy` run one at a time. `pytest -n 0 tests/x.py` runs in one process (for -x,
+--pdb, print debugging); `-m "not server and not postgres and not slow"` selects as usual.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 
-from tests.support import marks
+from tests.support import marks, servers
 
 pytest_plugins = ["tests.support.mlflow_stores"]
 
@@ -23,10 +29,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.server)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many pytest-xdist workers `--numprocesses=auto` (pyproject.toml) starts: one more than
+    the CPUs, since most tests wait on servers and subprocesses; at most 8 (each worker imports
+    torch and MLflow). PYTEST_XDIST_AUTO_NUM_WORKERS=N sets N, and `-n 0` runs in this process."""
+    override = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")
+    if override.isdigit():
+        return int(override)
+    return min(len(os.sched_getaffinity(0)) + 1, 8)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the test's fixtures start anything: its markers, for tests/support/marks.require."""
     marks.current = frozenset(m.name for m in item.iter_markers())
+    _check_xdist_group(item)
+
+
+def _check_xdist_group(item: pytest.Item) -> None:
+    """Fail a grouped test when --dist=loadgroup would not keep its group on one worker.
+
+    pytest-xdist groups a test by appending "@group" to its node ID on each worker; pytest 9.2
+    drops that change (pytest-xdist issue 1386), and the heavy tests would then run side by side
+    without a word. pyproject.toml pins pytest below 9.2; this catches a venv with another one.
+    """
+    if not hasattr(item.config, "workerinput") or not item.config.getoption("loadgroup", False):
+        return
+    if any(True for _ in item.iter_markers("xdist_group")) and "@" not in item.nodeid:
+        pytest.fail(
+            f"pytest {pytest.__version__} drops pytest-xdist's group from the node ID, so --dist=loadgroup "
+            "does not keep this test's group on one worker; install pytest<9.2 (as pyproject.toml says)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers_the_test_left_running():
+    """A server that a test (or its function-scoped fixtures) started and did not stop is stopped
+    here, with a warning, instead of running on for the rest of the session."""
+    before = servers.snapshot()
+    yield
+    left = servers.stop_left_running(before)
+    if left:
+        warnings.warn(f"the test left running, now stopped: {', '.join(left)}", stacklevel=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_servers_left_at_the_end():
+    yield
+    servers.stop_left_running()
 
 
 @pytest.fixture(scope="session", autouse=True)
