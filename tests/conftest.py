@@ -22,11 +22,29 @@ from tests.support import marks, servers
 pytest_plugins = ["tests.support.mlflow_stores"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that takes the `mlflow_server` fixture starts a server: marked so here, once."""
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that takes the `mlflow_server` fixture starts a server: marked so here, once.
+
+    The tests of a module that share a server started by a module-scoped fixture go to one
+    xdist worker (a group of their module), else each worker would start that server again.
+    Under xdist the heavy group, the longest one, is handed out first so it does not end last.
+    """
     for item in items:
         if "mlflow_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)
+        if _shares_a_module_server(item) and not any(True for _ in item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group") != marks.heavy.mark)
+
+
+def _shares_a_module_server(item: pytest.Item) -> bool:
+    if item.get_closest_marker("server") is None:
+        return False
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the test's fixtures
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(d.scope in ("module", "package") for chain in defs for d in chain)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
