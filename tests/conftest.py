@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from tests.support import marks, servers
+from tests.support import empty_store, marks, servers
 
 pytest_plugins = ["tests.support.mlflow_stores"]
 
@@ -100,8 +100,10 @@ def _stop_servers_left_at_the_end():
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
-    """A session-wide sqlite store in a temp dir unless a test points elsewhere itself."""
+    """A session-wide sqlite store in a temp dir unless a test points elsewhere itself; and the
+    temp dir where support/empty_store.py keeps its template."""
     store = tmp_path_factory.mktemp("mlflow-default")
+    empty_store.folder = tmp_path_factory.mktemp("mlflow-template")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     yield

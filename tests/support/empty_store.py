@@ -2,8 +2,10 @@
 
 Creating a store runs all of MLflow's Alembic migrations: seconds of CPU, which every test that
 takes `sqlite_uri` and every `gradloop serve` the tests start (its fork server prepares the
-store) would otherwise pay again. The template is made on first use, in a temp folder removed
-when the process exits, so each pytest-xdist worker makes its own once.
+store) would otherwise pay again. The template is made on first use, so each pytest-xdist worker
+makes its own once: under pytest in `folder` (tests/conftest.py sets it to a pytest temp dir,
+which pytest cleans up; xdist workers end without running atexit), else in a temp folder
+removed when the process exits.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
+folder: Path | None = None
 _template: Path | None = None
 
 
@@ -22,9 +25,11 @@ def _make_template() -> Path:
     # Imported here: mlflow takes seconds to import, and only tests that make a store need it.
     from gradloop.tracking.mlflow_store import open_client
 
-    folder = Path(tempfile.mkdtemp(prefix="gradloop-test-store-"))
-    atexit.register(shutil.rmtree, folder, True)
-    path = folder / "mlflow.db"
+    where = folder
+    if where is None:
+        where = Path(tempfile.mkdtemp(prefix="gradloop-test-store-"))
+        atexit.register(shutil.rmtree, where, True)
+    path = where / "mlflow.db"
     open_client(f"sqlite:///{path}")  # tables made and WAL on, as gradloop does for a new store
     return path
 
