@@ -1,6 +1,7 @@
 # One-command set-up on a fresh machine with nothing but Python.
 #   make run    create .venv, install torch + gradloop, train configs/quickstart.yaml
-#   make test   same set-up plus dev extras, then the whole test suite
+#   make test   same set-up plus dev extras, then the whole test suite, in parallel (pytest-xdist;
+#               PYTEST_ARGS="-n 0 tests/x.py" runs one file in one process)
 #   make test-fast  the tests that start no server and need no PostgreSQL (markers in pyproject.toml)
 #   make lint / make typecheck   ruff (check + format --check) / mypy, configured in pyproject.toml
 # TORCH picks the torch build installed first (the CPU build on this disk by default), so the

@@ -7,7 +7,6 @@ several things: parity with one process at the global batch, metrics, checkpoint
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,10 +18,12 @@ import pytest
 import torch
 
 from gradloop import train
+from tests.support import marks
+from tests.support.ports import free_port
 from tests.support.trainer_helpers import assert_bitwise_equal, model_state
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # every test starts several processes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), marks.heavy]  # every test starts several processes
 
 
 def _config(tmp_path: Path, *, ranks: int = 2, batch: int = 8, **changes: Any) -> dict[str, Any]:
@@ -64,12 +65,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leftovers(marker: str) -> list[int]:
@@ -120,7 +115,7 @@ def test_two_nodes_then_stop_and_resume_are_bitwise_identical(tmp_path):
     changes = dict(model__options={"in_features": 8, "out_features": 3, "dropout": 0.3})
     cfg_file = tmp_path / "nodes.json"
     cfg_file.write_text(__import__("json").dumps(_config(tmp_path / "nodes", **changes)))
-    port = _free_port()
+    port = free_port()
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "gradloop", "run", str(cfg_file), "--nnodes", "2", "--node-rank", str(rank)]

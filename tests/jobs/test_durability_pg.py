@@ -30,6 +30,7 @@ from tests.support.durability import (
     thaw,
     wait_until,
 )
+from tests.support.empty_store import put_empty_store
 
 # A job's MLflow run can take tens of seconds to appear when other tests load the machine.
 WAIT_FOR_RUN_S = 240
@@ -47,7 +48,7 @@ class Cluster:
         self.jobs_dir = base / "shared-jobs"
         self.data_root = base / "shared-data"
         self.data_root.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
+        self.tracking_uri = f"sqlite:///{put_empty_store(base / 'mlflow.db')}"
         self.services: dict[str, Service] = {}
 
     def start(self, name: str, *, max_concurrent: int = 1, max_attempts: int = 3) -> Service:

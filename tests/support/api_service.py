@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,13 @@ from typing import Any
 
 import httpx
 
-from tests.support import marks
+from tests.support import marks, servers
+from tests.support.empty_store import put_empty_store
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PLUGINS = Path(__file__).resolve().parents[1] / "jobs_plugins"
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
@@ -44,6 +39,8 @@ class Service:
         self.data_root = base / "data"
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
+        if not (base / "mlflow.db").exists():
+            put_empty_store(base / "mlflow.db")  # the fork server's start then skips the migrations
         self.log_file = base / "serve.log"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(TEST_PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
@@ -71,11 +68,19 @@ class Service:
         self.proc = subprocess.Popen(args, cwd=base, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         headers = {"Authorization": f"Bearer {token.split(',')[0]}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        servers.track(self)
+
+    def __repr__(self) -> str:
+        return f"gradloop serve on port {self.port} (pid {self.proc.pid})"
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 90) -> Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(
                     f"gradloop serve exited with {self.proc.returncode}:\n{self.log_file.read_text()[-3000:]}"
                 )
@@ -85,6 +90,7 @@ class Service:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.stop()  # the fixture that made it gets no Service to stop
         raise RuntimeError(f"gradloop serve was not ready in {timeout} s:\n{self.log_file.read_text()[-3000:]}")
 
     def stop(self) -> None:

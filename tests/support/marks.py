@@ -8,6 +8,8 @@ pytest (bench/ scripts import these helpers too) nothing is checked.
 
 from __future__ import annotations
 
+import pytest
+
 current: frozenset[str] | None = None  # None: not under pytest
 
 
@@ -18,3 +20,9 @@ def require(mark: str, what: str) -> None:
             f"this test {what} but is not marked; add @pytest.mark.{mark} (or pytestmark) to it, "
             "so that `make test-fast` leaves it out"
         )
+
+
+# Under pytest-xdist (--dist=loadgroup) the tests in one xdist_group run one after another on one
+# worker. CPU-hungry tests (several torch processes, hundreds of requests) go in this group: two of
+# them at once on a small machine starve each other, and the other workers, into their timeouts.
+heavy = pytest.mark.xdist_group("heavy")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,13 @@ from torch import nn
 
 from gradloop.config import RunConfig
 from gradloop.observer import RunContext
-from tests.support import marks
+from tests.support import marks, servers
+from tests.support.empty_store import put_empty_store
+from tests.support.ports import free_port
 
 # `python -m mlflow` rather than the console script: the same interpreter and packages as the
 # tests, also where mlflow was installed with --target and has no script on PATH.
 MLFLOW_CLI = [sys.executable, "-m", "mlflow"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
@@ -45,6 +40,13 @@ class MlflowServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        servers.track(self)
+
+    def __repr__(self) -> str:
+        return f"mlflow server on port {self.port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
         marks.require("server", "starts `mlflow server`")
@@ -95,7 +97,8 @@ class MlflowServer:
 
 @pytest.fixture
 def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/mlflow.db"
+    """A sqlite store of the test's own in tmp_path, empty, its tables already made."""
+    return f"sqlite:///{put_empty_store(tmp_path / 'mlflow.db')}"
 
 
 @pytest.fixture(scope="module")

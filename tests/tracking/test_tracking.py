@@ -20,6 +20,7 @@ from PIL import Image
 from gradloop.tracking import make_observer
 from gradloop.tracking.jsonl import read_records, read_sent
 from gradloop.tracking.status import ERROR_MESSAGE_TAG, ERROR_TYPE_TAG
+from tests.support import marks
 from tests.support.mlflow_stores import hand_loop, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,7 +163,8 @@ FOUR_RUNS = textwrap.dedent("""
     import sys, warnings
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from tests.support.mlflow_stores import hand_loop, tiny_config
+    from tests.support import marks
+from tests.support.mlflow_stores import hand_loop, tiny_config
     from gradloop.tracking import make_observer
     uri, run_dir = sys.argv[1], Path(sys.argv[2])
     cfg = tiny_config(uri, log_model=False, histogram_every=0, log_every=1)
@@ -175,6 +177,7 @@ FOUR_RUNS = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@marks.heavy  # four processes, each importing torch and MLflow
 def test_four_concurrent_runs_share_one_sqlite_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # a fresh file: the four also race to create it
     script = FOUR_RUNS.format(root=str(ROOT))

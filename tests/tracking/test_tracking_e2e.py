@@ -27,6 +27,7 @@ from gradloop.tracking.sender import line_requests
 from gradloop.tracking.sync import SyncError, sync_run_dir
 from gradloop.tracking.tracking_observer import TrackingWarning
 from tests.support.mlflow_stores import MlflowServer
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -300,7 +301,6 @@ def test_the_training_process_never_imports_mlflow(tmp_path: Path, sqlite_uri: s
 
 def test_the_end_of_a_run_does_not_wait_for_a_store_known_to_be_down(tmp_path: Path) -> None:
     from gradloop.tracking.sender import Sender
-    from tests.support.mlflow_stores import free_port
 
     client = RemoteClient(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
