@@ -238,18 +238,25 @@ def test_ids_by_unique_prefix_and_json_output(service: Service, tmp_path) -> Non
     too_short = cli("status", job["id"][:3])
     assert too_short.returncode == 1 and "give at least 4 characters of its id" in too_short.stderr
 
+
+def test_the_jobs_table_cuts_no_cell_at_80_columns(service: Service) -> None:
+    import sys
+
     from tests.support.terminal import Terminal
 
-    env80 = {"GRADLOOP_SERVER": service.url}
-    narrow = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=80, env=env80)
+    done = service.wait_for(service.submit(iris_config("tracked-job", epochs=1)).json()["id"])
+    run_id = done["mlflow"]["run_id"]
+    assert run_id, done
+    env = {"GRADLOOP_SERVER": service.url}
+    narrow = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=80, env=env)
     assert narrow.finish() == 0
     # At 80 columns no cell is cut (rich marks a cut with "…"): the MLflow run id, which only
     # works whole, leaves the table instead, and the table says where to find it.
-    assert "…" not in narrow.screen and job["id"][:8] in narrow.screen, narrow.screen
+    assert "…" not in narrow.screen and done["id"][:8] in narrow.screen, narrow.screen
     assert "MLflow run ids: gradloop status ID, or --output json" in narrow.screen
     assert all(len(line) <= 80 for line in narrow.lines())
-    wide = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=200, env=env80)
-    assert wide.finish() == 0 and "mlflow run" in wide.screen and "…" not in wide.screen, wide.screen
+    wide = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=200, env=env)
+    assert wide.finish() == 0 and run_id in wide.screen and "…" not in wide.screen, wide.screen
 
 
 def test_a_metric_that_is_not_finite_is_null_never_an_older_number(service: Service, tmp_path) -> None:

@@ -270,3 +270,18 @@ def test_a_tracking_server_that_died_mid_run_is_not_waited_for_and_mlflow_logs_n
     (warning,) = [line for line in lines if "was unreachable" in line]
     assert warning.startswith(f"warning: MLflow at {server.uri} was unreachable") and "gradloop sync" in warning
     assert "TrackingWarning" not in output and ".py:" not in output  # no Python warning format
+
+
+def test_the_sweep_table_at_80_columns_cuts_no_value(tmp_path: Path) -> None:
+    """Two children whose labels differ only at their end stay told apart (issue 18, item 4):
+    the label folds onto more lines instead of being cut to `optimizer.options.momentum=0…`."""
+    sweep = {"optimizer.options.momentum": [0.0, 0.9], "optimizer.options.nesterov": [False]}
+    path = _config(tmp_path, name="swept", sweep=sweep, trainer={"epochs": 1, "progress": "none"})
+    term = Terminal([GRADLOOP, "run", str(path)], columns=80, cwd=tmp_path)
+    assert term.finish() == 0, term.screen[-3000:]
+    table = [line for line in term.lines() if line.startswith("│")]
+    assert table and "…" not in term.screen and all(len(line) <= 80 for line in table), term.screen
+    # The last column, read cell by cell down the table, holds each child's whole label.
+    cells = "".join(line.rstrip(" │").rsplit("│", 1)[1].strip() for line in table)
+    for momentum in ("0.0", "0.9"):
+        assert f"optimizer.options.momentum={momentum},optimizer.options.nesterov=false" in cells, term.screen
