@@ -34,6 +34,11 @@ def resolve_device(spec: str) -> torch.device:
     raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
 
 
+def cpu_if_no_cuda() -> torch.device | None:
+    """The CPU on a machine without CUDA (every valid device spec but mps resolves to it there), else None."""
+    return None if torch.cuda.is_available() else torch.device("cpu")
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 

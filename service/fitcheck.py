@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from gradloop.config import DataConfig, ModelConfig, PluginSpec, RunConfig
 from gradloop.config.loading import apply_overrides, overridden_keys, read_raw
-from gradloop.config.validation import line_for, validate_config
+from gradloop.config.validation import line_for, validate_config, without_bad_fields
 from gradloop.errors import ConfigError, FieldError, GradloopError
 
 
@@ -201,16 +201,32 @@ def checked(
 def _fit_errors_of_raw(raw: Any, known: list[FieldError], *, probe: bool) -> list[FieldError]:
     if not isinstance(raw, Mapping) or raw.get("sweep"):
         return []
-    if any(e.path == "" or e.path.split(".")[0] in ("model", "data", "loss", "seed") for e in known):
+    if any(_blocks_the_fit(e.path) for e in known):
         return []
     try:
         model = ModelConfig.model_validate(raw.get("model"))
-        data = DataConfig.model_validate(raw.get("data"))
+        # data.batch_size: 0 and the like say nothing about the data's shape: checked without them.
+        data = without_bad_fields(DataConfig, raw.get("data"))
+        if data is None:
+            return []
         loss = PluginSpec.model_validate(raw.get("loss"))
         seed = RunConfig.model_fields["seed"].default if raw.get("seed") is None else int(raw["seed"])
     except (ValidationError, TypeError, ValueError):
         return []
     return fit_errors(model, data, loss, seed, probe=probe)
+
+
+# The data fields the data's shape depends on; an error in another (batch_size, num_workers)
+# leaves the fit check to run.
+_SHAPE_FIELDS = ("data.name", "data.options", "data.val_fraction", "data.split_seed", "data.root")
+
+
+def _blocks_the_fit(path: str) -> bool:
+    """Whether an error at `path` leaves the fit check without what it reads."""
+    top = path.split(".")[0]
+    if top in ("model", "loss", "seed") or path in ("", "data"):
+        return True
+    return top == "data" and any(path == f or path.startswith(f + ".") for f in _SHAPE_FIELDS)
 
 
 def _with_lines(errors: list[FieldError], lines: Mapping[str, int] | None) -> list[FieldError]:

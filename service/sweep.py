@@ -89,7 +89,7 @@ def run_sweep(
     children = _validated_children(config, sweep_dir, check_child)
     train_one = train_one or _default_train_one(observers, job_id, stop_event)
     started = time.perf_counter()
-    parent = _Parent.open(config, children)
+    parent = _Parent.open(config, children, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     status = "FINISHED"
@@ -169,7 +169,7 @@ class _Parent:
         self.client, self.run_id = client, run_id
 
     @classmethod
-    def open(cls, config: RunConfig, children: list[SweepChild]) -> _Parent:
+    def open(cls, config: RunConfig, children: list[SweepChild], sweep_dir: Path) -> _Parent:
         if not config.tracking.enabled:
             return cls(None, None)
         # MLflow: a heavy import, only for a tracked sweep's parent run.
@@ -184,7 +184,9 @@ class _Parent:
                 "gradloop.sweep_size": str(len(children)),
                 "gradloop.config_hash": config.config_hash(),
             }
-            run = client.create_run(exp, tags=tags, run_name=f"{config.name}-sweep-{secrets.token_hex(3)}")
+            # Named with the sweep directory's short id, as a single run is with its run directory's.
+            short_id = sweep_dir.name.rsplit("-", 1)[-1]
+            run = client.create_run(exp, tags=tags, run_name=f"{config.name}-sweep-{short_id}")
             client.log_param(run.info.run_id, "sweep.grid", json.dumps(config.sweep)[:6000])
             return cls(client, run.info.run_id)
         except Exception as exc:

@@ -20,11 +20,19 @@ def _as_float(value: Any) -> float:
     return float(value.item()) if hasattr(value, "item") else float(value)
 
 
-def _fmt_value(value: float, digits: int) -> str:
-    """A metric for a person: never a NaN or infinity that reads like a number."""
+def _fmt_value(value: float, digits: int, *, short: bool = False) -> str:
+    """A metric for a person: never a NaN or infinity that reads like a number (short: for the bar)."""
     if not math.isfinite(value):
-        return f"{value} (not finite)"
+        return "not finite" if short else f"{value} (not finite)"
     return f"{value:.{digits}f}"
+
+
+def _window_loss(metrics: Mapping[str, Any], previous: float | None) -> float | None:
+    """train/loss of the logging window that just ended; NaN for a window whose every step was
+    skipped (it has no loss, and the one before it is stale), `previous` between windows."""
+    if "train/loss" in metrics:
+        return _as_float(metrics["train/loss"])
+    return float("nan") if metrics else previous
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -88,8 +96,7 @@ class LineProgress(_ProgressBase):
         self._print(f"training {ctx.config.name}: {self.total} steps, {self.epochs} epoch(s) on {ctx.device}{resumed}")
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
-        if "train/loss" in metrics:
-            self.loss = _as_float(metrics["train/loss"])
+        self.loss = _window_loss(metrics, self.loss)
         warning = self._skip_warning(step, metrics)
         if warning:
             self._print(warning)
@@ -163,8 +170,7 @@ class BarProgress(_ProgressBase):
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         if not metrics:
             return
-        if "train/loss" in metrics:
-            self.loss = _as_float(metrics["train/loss"])
+        self.loss = _window_loss(metrics, self.loss)
         warning = self._skip_warning(step, metrics)
         if warning:
             self._progress.console.print(warning, style="yellow", markup=False, highlight=False)
@@ -174,7 +180,7 @@ class BarProgress(_ProgressBase):
             self._task,
             completed=step,
             epoch=f"{min(epoch, self.epochs)}/{self.epochs}",
-            loss=_fmt_value(self.loss, 4) if self.loss is not None else "-",
+            loss=_fmt_value(self.loss, 4, short=True) if self.loss is not None else "-",
             rate=f"{rate:.0f}",
         )
 
@@ -182,7 +188,7 @@ class BarProgress(_ProgressBase):
         # The bar has room for one validation number: the loss (every val/ metric goes to MLflow
         # and to the summary at the end).
         if "val/loss" in metrics and self._task is not None:
-            self._progress.update(self._task, val=f"val {_fmt_value(_as_float(metrics['val/loss']), 3)}")
+            self._progress.update(self._task, val=f"val {_fmt_value(_as_float(metrics['val/loss']), 3, short=True)}")
 
     def finish(self, status: RunStatus, error: BaseException | None = None) -> None:
         self._progress.stop()

@@ -52,6 +52,7 @@ def _store(request: Request) -> JobStore:
 
 
 _PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
+_SHORT = re.compile(r"^[0-9a-f]{1,3}$")  # the start of an id, too short to take as one
 
 
 def _uuid(job_id: str, store: JobStore | None = None) -> str:
@@ -62,6 +63,11 @@ def _uuid(job_id: str, store: JobStore | None = None) -> str:
     except ValueError:
         pass
     prefix = job_id.lower()
+    if store is not None and _SHORT.match(prefix):
+        raise HTTPException(
+            404,
+            f"{job_id!r} is too short to name a job; give at least 4 characters of its id (gradloop jobs shows 8)",
+        )
     if store is None or not _PREFIX.match(prefix):
         raise HTTPException(404, f"no job has id {job_id!r}; job ids are UUIDs from POST /v1/jobs") from None
     found = store.ids_starting_with(prefix, limit=10)

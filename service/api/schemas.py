@@ -56,7 +56,10 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: Progress = Field(default_factory=Progress)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="last value of each metric; null when it was not finite (NaN or infinity: JSON has neither)",
+    )
     error: JobErrorOut | None = None
     mlflow: MlflowOut = Field(default_factory=MlflowOut)
     run_dir: str | None = None
@@ -100,7 +103,11 @@ def job_out(job: JobRecord, *, mlflow_ui: str | None = None, with_config: bool =
         started_at=_time(job.started_at),
         finished_at=_time(job.finished_at),
         progress=Progress.model_validate({k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}),
-        metrics={k: float(v) for k, v in (job.metrics or {}).items() if isinstance(v, (int, float))},
+        metrics={
+            k: None if v is None else float(v)
+            for k, v in (job.metrics or {}).items()
+            if v is None or isinstance(v, (int, float))
+        },
         error=error,
         mlflow=MlflowOut(
             experiment_id=job.mlflow_experiment_id,

@@ -23,6 +23,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gradloop.api.settings import DEFAULT_PORT, DEFAULT_STATE_DIR, ServiceSettings, tokens_from_env
 from gradloop.jobs.job_log import DEFAULT_MAX_LOG_BYTES
@@ -350,7 +351,8 @@ class Client:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # As text, not markup (a message may quote `[...]`); soft_wrap: a URL or path in it is never cut.
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -430,9 +432,9 @@ def _follow(client: Client, job_id: str) -> int:
         task = bar.add_task(f"job {job_id[:8]}", total=None, steps=status, info="")
         for _, event, data in client.events(job_id):
             if event == "progress":
-                loss = data.get("metrics", {}).get("train/loss")
+                metrics = data.get("metrics") or {}
                 info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (
-                    f" loss {_fmt_metric(loss)}" if isinstance(loss, (int, float)) else ""
+                    f" loss {_fmt_metric(metrics['train/loss'])}" if "train/loss" in metrics else ""
                 )
                 total = data.get("total_steps") or None
                 steps = _steps_text(total, data.get("step"), status)
@@ -449,8 +451,9 @@ def _follow(client: Client, job_id: str) -> int:
 
 
 def _fmt_metric(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value} (not finite)"
+    """A job's metric for a person; the service sends null for one that was not finite."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "not finite"
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
@@ -480,23 +483,33 @@ def jobs(
     if _output(output, as_json) == "json":
         print(json.dumps(page, indent=2))
         return
-    table = Table(title="jobs", title_justify="left")
-    for col in ("id", "name", "status", "attempt", "step", "created"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("mlflow run", overflow="fold")
-    for j in page["jobs"]:
+    out.print(_jobs_table(page["jobs"], with_mlflow=True) if _fits(page["jobs"]) else _jobs_table(page["jobs"]))
+
+
+def _jobs_table(listed: list[dict[str, Any]], *, with_mlflow: bool = False) -> Table:
+    """Ids, states and steps are never cut; a long name folds onto a second line. The MLflow run
+    id (32 characters, no prefix of it works in MLflow) is a column only where it fits whole."""
+    caption = None if with_mlflow or not listed else "MLflow run ids: gradloop status ID, or --output json"
+    table = Table(title="jobs", title_justify="left", caption=caption, caption_justify="left")
+    for col in ("id", "status", "attempt", "step", "created"):
+        table.add_column(col, no_wrap=True, min_width=SHORT_ID if col == "id" else None)
+    table.add_column("name", overflow="fold")
+    if with_mlflow:
+        table.add_column("mlflow run", no_wrap=True)
+    for j in listed:
         p = j.get("progress") or {}
         step = f"{p.get('step') or 0}/{p.get('total_steps')}" if p.get("total_steps") else "-"
-        table.add_row(
-            j["id"][:SHORT_ID],
-            j["name"],
-            j["status"],
-            str(j["attempt"]),
-            step,
-            j["created_at"][:19],
-            (j.get("mlflow") or {}).get("run_id") or "-",
-        )
-    out.print(table)
+        row = [j["id"][:SHORT_ID], j["status"], str(j["attempt"]), step, j["created_at"][:19], j["name"]]
+        if with_mlflow:
+            row.append((j.get("mlflow") or {}).get("run_id") or "-")
+        table.add_row(*row)
+    return table
+
+
+def _fits(listed: list[dict[str, Any]]) -> bool:
+    """Whether the table with its MLflow column fits the terminal without cutting a cell."""
+    unbounded = out.options.update_width(100_000)  # the table's natural width, not the terminal's
+    return out.measure(_jobs_table(listed, with_mlflow=True), options=unbounded).maximum <= out.width
 
 
 SHORT_ID = 8  # as `gradloop jobs` shows ids; status, cancel and logs take any unique prefix

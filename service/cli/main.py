@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gradloop import registry
 from gradloop.cli import job_commands
@@ -45,7 +46,8 @@ def _report_error(exc: BaseException, source: str | None = None) -> None:
     text = str(exc)
     if source and isinstance(exc, ConfigError) and not exc.source:
         text = f"{source}: {text}"
-    err.print(f"[bold red]error:[/] {text}", highlight=False, markup=True, soft_wrap=True)
+    # The message as text, never as markup: a value such as `[bold]` or `a[1]` is printed as given.
+    err.print(Text.assemble(("error:", "bold red"), " ", text), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -315,15 +317,21 @@ def sync(
 app.registered_commands.extend(job_commands.app.registered_commands)
 
 
+# gradloop's own code (service/ and plugins/ are installed as one package): its warnings speak to the user.
+_OWN_CODE = str(Path(registry.__file__).resolve().parent.parent)
+
+
 def _one_line_warnings() -> None:
-    """A plugin that failed to load is one line naming it, its package and its error, printed
-    once; Python's default would add the source line of the warnings.warn call."""
+    """gradloop's warnings (a plugin that failed to load, a tracking server that is down, a resume
+    with other settings) are one line each, `warning: ...`, printed once; Python's default would
+    add the file, line and source line of the warnings.warn call. Other packages' keep Python's form."""
     previous = warnings.showwarning
     shown: set[str] = set()
 
-    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if not issubclass(category, registry.PluginLoadWarning):
-            previous(message, category, *args, **kwargs)
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
+        ours = category.__module__.startswith("gradloop") or str(Path(filename).resolve()).startswith(_OWN_CODE)
+        if not ours:
+            previous(message, category, filename, lineno, *args, **kwargs)
         elif str(message) not in shown:
             shown.add(str(message))
             err.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)

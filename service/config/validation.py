@@ -156,13 +156,28 @@ def _valid_sections(raw: Any) -> dict[str, Any]:
         if value is None and name in ("trainer", "scheduler"):
             found[name] = TrainerConfig() if name == "trainer" else None
             continue
-        try:
-            found[name] = model.model_validate(value)
-        except ValidationError:
-            pass
+        found[name] = without_bad_fields(model, value)
     device = raw.get("device", "auto")
     found["device"] = device if isinstance(device, str) and re.match(DEVICE_PATTERN, device) else None
     return found
+
+
+def without_bad_fields(model: type[BaseModel], value: Any) -> BaseModel | None:
+    """The section validated with its invalid fields left at their defaults, so that one bad
+    field (trainer.epochs: 0) does not hide the checks that read its neighbours
+    (grad_clip_norm with grad_clip_value); None when a required field itself is wrong."""
+    if not isinstance(value, Mapping):
+        return None
+    kept = dict(value)
+    while True:
+        try:
+            return model.model_validate(kept)
+        except ValidationError as exc:
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]} & kept.keys()
+            if not bad:
+                return None  # a required field is missing or the section as a whole is wrong
+            for key in bad:
+                del kept[key]
 
 
 def _check_import_path(name: str, allowed: bool, err: Any) -> None:
@@ -263,18 +278,26 @@ def _cross_field_checks(sections: Mapping[str, Any], err: Any) -> None:
 
 def _runtime_checks(sections: Mapping[str, Any], err: Any) -> None:
     """Checks that depend on this machine: is the asked-for device here, and its precision?"""
-    from gradloop.devices import DeviceError, resolve_device  # torch: the API process validates without it
+    # torch: the API process validates without it
+    from gradloop.devices import DeviceError, cpu_if_no_cuda, resolve_device
 
     if sections.get("device") is None:
         return  # the structural pass has reported it
+    device_failed = False
     try:
         device = resolve_device(sections["device"])
     except DeviceError as exc:
+        device_failed = True
         err("device", str(exc))
-        return
+        # The device a fixed config gets here: with no CUDA at all, the CPU whatever it names,
+        # so a CPU-only problem (fp16) is reported now rather than in a second round.
+        device = cpu_if_no_cuda()
+        if device is None:
+            return
     trainer = sections.get("trainer")
     if trainer is not None and trainer.precision == "fp16" and device.type != "cuda":
-        err("trainer.precision", f"fp16 needs a CUDA device (this run uses {device}); use bf16 or fp32 on CPU")
+        where = "this machine has none" if device_failed else f"this run uses {device}"
+        err("trainer.precision", f"fp16 needs a CUDA device ({where}); use bf16 or fp32 on CPU")
     cfg = sections.get("config")  # the whole config, when it is valid: the distributed checks read all of it
     if cfg is not None and cfg.distributed.enabled:
         from gradloop.distributed.checks import check_distributed  # torch.distributed only when asked for

@@ -31,10 +31,9 @@ EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere
 
 def _number(value: Any) -> float | None:
     try:
-        out = float(value.item()) if hasattr(value, "item") else float(value)
+        return float(value.item()) if hasattr(value, "item") else float(value)
     except (TypeError, ValueError):
         return None
-    return out if math.isfinite(out) else None  # JSON has no NaN; a missing value is honest
 
 
 class JobProgressObserver(NullObserver):
@@ -57,7 +56,7 @@ class JobProgressObserver(NullObserver):
         self.start_step = 0
         self.step = 0
         self.epoch = 0
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, float | None] = {}
         self.mlflow_run_id: str | None = None
         self.mlflow_experiment_id: str | None = None
         self.fenced = False
@@ -89,22 +88,28 @@ class JobProgressObserver(NullObserver):
         now = time.perf_counter()
         if self._t_first is None:
             self._t_first, self._step_first = now, step
-        for key, value in metrics.items():
-            number = _number(value)
-            if number is not None:
-                self.metrics[metric_safe(key)] = number  # the name MLflow has (train/lr/layers.0._)
-        if "epoch" in self.metrics:
-            self.epoch = int(self.metrics["epoch"]) + 1  # the trainer counts from 0; people from 1
+        self._record(metrics)
+        if metrics and "train/loss" not in metrics and "train/loss" in self.metrics:
+            # A logging window whose every step was skipped has no loss; the last one is stale.
+            self.metrics["train/loss"] = None
+        epoch = self.metrics.get("epoch")
+        if epoch is not None:
+            self.epoch = int(epoch) + 1  # the trainer counts from 0; people from 1
         first = step == self.start_step + 1
         if first or step >= self.total_steps or now - self._last_write >= self.min_interval_s:
             self._write(event=True)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        self._record(metrics)
+        self._write(event=True)
+
+    def _record(self, metrics: Mapping[str, Any]) -> None:
         for key, value in metrics.items():
             number = _number(value)
             if number is not None:
-                self.metrics[metric_safe(key)] = number
-        self._write(event=True)
+                # The name MLflow has (train/lr/layers.0._). JSON has no NaN: a value that is not
+                # finite is null, never the last finite one, which would read as current.
+                self.metrics[metric_safe(key)] = number if math.isfinite(number) else None
 
     def log_checkpoint(self, path: Path, step: int) -> None:
         self._write(event=False, checkpoint_path=str(path))

@@ -155,7 +155,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
         "mlflow_run_id": result.mlflow_run_id,
         "mlflow_experiment_id": _experiment_of(result.run_dir, result.mlflow_run_id),
         # The last value of every metric the job reported (train/lr/<group>...), then the final ones.
-        "metrics": _finite({**observer.metrics, **result.metrics}),
+        "metrics": _json_metrics({**observer.metrics, **result.metrics}),
         "progress": {
             **observer.progress(),
             "step": result.steps,
@@ -258,15 +258,19 @@ def _error(exc: BaseException, observer: JobProgressObserver, with_trace: bool =
     return error
 
 
-def _finite(metrics: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _json_metrics(metrics: Any) -> dict[str, float | None]:
+    """Numbers as JSON holds them: a value that is not finite (or was reported as such: None) is
+    null, so that a NaN loss is never left out and never shown as an older number."""
+    out: dict[str, float | None] = {}
     for key, value in dict(metrics or {}).items():
+        if value is None:
+            out[str(key)] = None
+            continue
         try:
             number = float(value.item()) if hasattr(value, "item") else float(value)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(number):
-            out[str(key)] = number
+        out[str(key)] = number if math.isfinite(number) else None
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -234,6 +235,49 @@ def test_ids_by_unique_prefix_and_json_output(service: Service, tmp_path) -> Non
     assert job["id"] in {j["id"] for j in json.loads(listed.stdout)["jobs"]}
     table = cli("jobs")
     assert job["id"][:8] in table.stdout and job["id"] not in table.stdout  # short ids, copyable
+    too_short = cli("status", job["id"][:3])
+    assert too_short.returncode == 1 and "give at least 4 characters of its id" in too_short.stderr
+
+
+def test_the_jobs_table_cuts_no_cell_at_80_columns(service: Service) -> None:
+    import sys
+
+    from tests.support.terminal import Terminal
+
+    done = service.wait_for(service.submit(iris_config("tracked-job", epochs=1)).json()["id"])
+    run_id = done["mlflow"]["run_id"]
+    assert run_id, done
+    env = {"GRADLOOP_SERVER": service.url}
+    narrow = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=80, env=env)
+    assert narrow.finish() == 0
+    # At 80 columns no cell is cut (rich marks a cut with "…"): the MLflow run id, which only
+    # works whole, leaves the table instead, and the table says where to find it.
+    assert "…" not in narrow.screen and done["id"][:8] in narrow.screen, narrow.screen
+    assert "MLflow run ids: gradloop status ID, or --output json" in narrow.screen
+    assert all(len(line) <= 80 for line in narrow.lines())
+    wide = Terminal([sys.executable, "-m", "gradloop", "jobs"], columns=200, env=env)
+    assert wide.finish() == 0 and run_id in wide.screen and "…" not in wide.screen, wide.screen
+
+
+def test_a_metric_that_is_not_finite_is_null_never_an_older_number(service: Service, tmp_path) -> None:
+    """lr 1e30 with skip_step: every window after the first has no finite loss. The job's
+    train/loss is null (JSON has no NaN), not the first window's number; status says so."""
+    import subprocess
+    import sys
+
+    cfg = iris_config("blows-up", epochs=1, tracking=False, on_nonfinite="skip_step", max_skipped_fraction=1.0)
+    cfg["optimizer"]["options"]["lr"] = 1.0e30
+    done = service.wait_for(service.submit(cfg).json()["id"])
+    assert done["status"] == "succeeded" and done["metrics"]["train/skipped_steps"] > 0
+    assert "train/loss" in done["metrics"] and done["metrics"]["train/loss"] is None, done["metrics"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "gradloop", "status", done["id"]],
+        env={**os.environ, "GRADLOOP_SERVER": service.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and re.search(r"train/loss\s+not finite", shown.stdout), shown.stdout
 
 
 def test_submit_wait_at_80_columns_then_ctrl_c_detaches(service: Service, tmp_path) -> None:

@@ -89,6 +89,10 @@ def test_sweep_children_nest_under_a_parent_with_a_summary(tmp_path: Path, sqlit
     exp = parent.info.experiment_id
     kids = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(kids) == 3 and all(k.info.status == "FINISHED" for k in kids)
+    # One short id per run, in MLflow and on disk (issue 18, item 11): the parent's is its sweep directory's.
+    assert parent.info.run_name == f"{cfg.name}-sweep-{result.run_dir.name.rsplit('-', 1)[1]}"
+    dirs = {c.result.mlflow_run_id: c.result.run_dir for c in result.children if c.result is not None}
+    assert all(k.info.run_name.endswith("-" + dirs[k.info.run_id].name.rsplit("-", 1)[1]) for k in kids)
 
     best = result.best
     assert best is not None and best.result is not None

@@ -319,3 +319,6 @@ def test_a_unique_id_prefix_names_a_job_and_an_ambiguous_one_lists_candidates(st
     with pytest.raises(HTTPException) as odd:
         _uuid("ab%_", store)  # not hex: never a query pattern
     assert odd.value.status_code == 404
+    with pytest.raises(HTTPException) as short:
+        _uuid("abc", store)  # not "no such job": the start of one, too short to take
+    assert short.value.status_code == 404 and "at least 4 characters" in short.value.detail
