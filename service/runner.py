@@ -19,6 +19,7 @@ a resumed run continues in the directory of the checkpoint it resumes from.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import threading
@@ -258,14 +259,20 @@ def _rank_run(
     with stop_on_signals() as stop:
         # Only rank 0 reports (the trainer gives observers to rank 0 alone); the others build none.
         observers = rank_observers(stop) if rank_observers is not None and os.environ.get("RANK") == "0" else ()
-        return _train(
-            load_config(config),
-            resume=resume,
-            observers=observers,
-            job_id=job_id,
-            stop_event=stop,
-            run_dir=Path(run_dir),
-        )
+        try:
+            return _train(
+                load_config(config),
+                resume=resume,
+                observers=observers,
+                job_id=job_id,
+                stop_event=stop,
+                run_dir=Path(run_dir),
+            )
+        finally:
+            # The process ends next, and the launcher (and a job's outcome) waits for it: frozen
+            # objects are skipped by the interpreter's last collection, which would otherwise
+            # walk the whole heap (torch, MLflow) for seconds of CPU on a busy machine.
+            gc.freeze()
 
 
 def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext | None = None) -> Components:

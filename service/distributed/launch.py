@@ -84,12 +84,16 @@ def launch(
         start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=str(run_dir / "logs"), redirects=Std.ALL, tee={0: Std.ALL}),
     )
-    if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+    fields = {f.name for f in dataclasses.fields(LaunchConfig)}
+    if "shutdown_timeout" in fields:
         options["shutdown_timeout"] = SHUTDOWN_TIMEOUT_S
+    agent_signals = _AGENT_SIGNALS_NOT_TERM if group_signalled else None
+    if agent_signals is not None and "signals_to_handle" in fields:
+        options["signals_to_handle"] = agent_signals  # (older torch reads only the variable)
     # The agent narrates every rendezvous round at INFO/WARNING; the run's own output says enough.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     try:
-        with _agent_signals(_AGENT_SIGNALS_NOT_TERM if group_signalled else None):
+        with _agent_signals(agent_signals):
             return dict(elastic_launch(LaunchConfig(**options), entry)(*args))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
