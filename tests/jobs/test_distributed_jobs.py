@@ -38,7 +38,7 @@ def ddp_config(name: str, *, steps: int | None = None, sleep_s: float = 0.0, ran
     config["distributed"] = {"strategy": "ddp", "nproc_per_node": ranks}
     if steps is not None:
         config["trainer"].update(
-            epochs=-(-steps // 10), max_steps=steps, checkpoint_every_steps=20, keep_checkpoints=3
+            epochs=-(-steps // 8), max_steps=steps, checkpoint_every_steps=20, keep_checkpoints=3
         )
     if sleep_s:
         config["loss"] = {"name": "slow_loss", "options": {"sleep_s": sleep_s}}
