@@ -106,12 +106,13 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         if service.proc.poll() is None:
             service.stop()
     state_dir = tmp_path / "state"
-    wait_until(lambda: not test_processes(state_dir), 30, "every process of the test to end")
+    wait_until(lambda: not test_processes(state_dir), 90, "every process of the test to end")
 
 
 def _running_past(service: Service, job_id: str, step: int) -> tuple[dict[str, Any], list[int]]:
     """The job trains past `step` with its two ranks (and the agent that launched them) alive."""
-    job = service.wait_for(job_id, {"running"}, timeout=120, step_at_least=step)
+    # (two spawned interpreters import torch first: on a busy machine that alone takes a minute)
+    job = service.wait_for(job_id, {"running"}, timeout=300, step_at_least=step)
     pids = job_processes(service.state_dir, job_id)
     assert len(pids) >= 3, f"the agent and two ranks, in the job's process group: {pids}"
     return job, pids
@@ -255,7 +256,7 @@ def test_drain_and_kill_9_resume_the_ranks_from_their_checkpoints(start: Callabl
 def test_a_lost_lease_stops_every_rank(start: Callable[..., Service]) -> None:
     """Another service taking the job over (its worker id in the record, as a takeover writes it)
     ends this attempt's agent and ranks at once; the job later comes back to this service."""
-    service = start("--slots", "2", "--lease", "2")
+    service = start("--slots", "2", "--lease", "3")
     job_id = service.submit(ddp_config("lease", steps=300, sleep_s=0.02)).json()["id"]
     _, pids = _running_past(service, job_id, 30)
     with sqlite3.connect(service.state_dir / "jobs.db", timeout=30) as db:
