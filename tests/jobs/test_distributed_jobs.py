@@ -37,9 +37,7 @@ def ddp_config(name: str, *, steps: int | None = None, sleep_s: float = 0.0, ran
     config["tracking"]["experiment"] = "durability"
     config["distributed"] = {"strategy": "ddp", "nproc_per_node": ranks}
     if steps is not None:
-        config["trainer"].update(
-            epochs=-(-steps // 8), max_steps=steps, checkpoint_every_steps=20, keep_checkpoints=3
-        )
+        config["trainer"].update(epochs=-(-steps // 8), max_steps=steps, checkpoint_every_steps=20, keep_checkpoints=3)
     if sleep_s:
         config["loss"] = {"name": "slow_loss", "options": {"sleep_s": sleep_s}}
     return config
@@ -99,7 +97,7 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     def start_one(*args: str) -> Service:
         service = Service(tmp_path, extra_args=["--cancel-grace", str(GRACE_S), *args])
         started.append(service)
-        return service.wait_ready()
+        return service.wait_ready(timeout=240)  # (start-up imports torch: slow on a busy machine)
 
     yield start_one
     for service in started:
