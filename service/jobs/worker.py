@@ -128,6 +128,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
         return 0
     observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event, exit_on_fence=True)
     print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
+    ranks = False  # a distributed job: its ranks run in processes of their own
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
         from gradloop.dispatch import run  # the training core: only in the job's child
@@ -164,6 +165,11 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
         return 0
     except GradloopError as exc:
+        if ranks and stop_event.is_set():
+            # A rank still starting when the stop signal came has no handler yet and dies of it;
+            # the launcher then reports a failed rank, but the job was only asked to stop.
+            print(f"gradloop: job {job_id} stopped while its ranks started: {exc}", flush=True)
+            return _record_stopped(store, job_id, fence, observer.step or None)
         print(f"gradloop: job {job_id} failed: {capped_text(str(exc), LOG_ERROR_BYTES)}", flush=True)
         return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer))
     except BaseException as exc:  # the job's own bug or the plugin's: record it, never hang
@@ -191,29 +197,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
     if result.status == "FINISHED":
         return _record(store, job_id, fence, JobState.succeeded.value, **values)
     if result.status == "KILLED":
-        current = store.get(job_id)
-        if current is not None and current.status == JobState.cancelling.value:
-            return _record(
-                store,
-                job_id,
-                fence,
-                JobState.cancelled.value,
-                error={"type": "Cancelled", "message": "cancelled on request", "step": result.steps},
-                **values,
-            )
-        # Stopped by the service shutting down: back to the queue, to resume from the checkpoint.
-        return _record(
-            store,
-            job_id,
-            fence,
-            JobState.queued.value,
-            error={
-                "type": "Interrupted",
-                "message": "the service stopped; the job resumes from its checkpoint",
-                "step": result.steps,
-            },
-            **values,
-        )
+        return _record_stopped(store, job_id, fence, result.steps, **values)
     message = str(getattr(result, "error", "") or "training failed")
     return _record(
         store,
@@ -259,6 +243,17 @@ def close_job_runs(
     except Exception as exc:
         print(f"gradloop: could not close the MLflow runs of job {job.id}: {type(exc).__name__}: {exc}", flush=True)
     return closed
+
+
+def _record_stopped(store: JobStore, job_id: str, fence: Fence, step: int | None, **values: Any) -> int:
+    """The run stopped because the service asked: cancelled on request, else (the service is
+    stopping) back to the queue, to resume from its checkpoint."""
+    current = store.get(job_id)
+    if current is not None and current.status == JobState.cancelling.value:
+        error = {"type": "Cancelled", "message": "cancelled on request", "step": step}
+        return _record(store, job_id, fence, JobState.cancelled.value, error=error, **values)
+    error = {"type": "Interrupted", "message": "the service stopped; the job resumes from its checkpoint", "step": step}
+    return _record(store, job_id, fence, JobState.queued.value, error=error, **values)
 
 
 def _record(store: JobStore, job_id: str, fence: Fence, status: str, **kwargs: Any) -> int:
