@@ -30,13 +30,17 @@ GRACE_S = 60  # the ranks stop by themselves well before; SIGKILL is only the ba
 
 
 def ddp_config(name: str, *, steps: int | None = None, sleep_s: float = 0.0, ranks: int = 2) -> dict[str, Any]:
-    """Iris on `ranks` ranks (batch 8 each). With `steps`, a checkpoint every 20 steps and a loss
-    that sleeps `sleep_s` per call, so the job is still running when a test stops it."""
+    """Iris on `ranks` ranks (batch 8 each). With `steps`, a checkpoint every 20 steps, no
+    validation, and a loss that sleeps `sleep_s` per call, so the job is still running when a
+    test stops it."""
     config = iris_config(name, epochs=2)
     config["data"]["batch_size"] = 8
     config["tracking"]["experiment"] = "durability"
     config["distributed"] = {"strategy": "ddp", "nproc_per_node": ranks}
     if steps is not None:
+        # No validation split: the ranks then never import torchmetrics, the slowest part of a
+        # rank's start (each rank is a fresh interpreter).
+        config["data"]["val_fraction"] = 0.0
         config["trainer"].update(epochs=-(-steps // 8), max_steps=steps, checkpoint_every_steps=20, keep_checkpoints=3)
     if sleep_s:
         config["loss"] = {"name": "slow_loss", "options": {"sleep_s": sleep_s}}
