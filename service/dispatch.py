@@ -16,7 +16,7 @@ from gradloop.config import RunConfig
 from gradloop.fitcheck import load_checked
 from gradloop.observer import Observer
 from gradloop.result import RunResult
-from gradloop.runner import train_validated
+from gradloop.runner import RankObservers, train_validated
 from gradloop.sweep import CheckChild, run_sweep
 
 
@@ -29,17 +29,28 @@ def run(
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
     check_child: CheckChild | None = None,
+    rank_observers: RankObservers | None = None,
+    group_signalled: bool = False,
 ) -> RunResult:
     """Train `config`: a config with a `sweep:` block trains each of its children (and returns a
     gradloop.sweep.SweepResult), any other config is one `train()`. The arguments are train()'s;
     check_child: for a sweep, what validates each child's raw config (the job service passes its
-    HTTP policy), see run_sweep."""
+    HTTP policy), see run_sweep; rank_observers and group_signalled: for a distributed config,
+    see train_validated (a sweep's children take neither)."""
     cfg = load_checked(config, overrides, fit="on_error")  # the fit itself is checked once the data is built
     if cfg.sweep:
         return run_sweep(
             cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event, check_child=check_child
         )
-    return train_validated(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
+    return train_validated(
+        cfg,
+        resume=resume,
+        observers=observers,
+        job_id=job_id,
+        stop_event=stop_event,
+        rank_observers=rank_observers,
+        group_signalled=group_signalled,
+    )
 
 
 __all__ = ["run"]

@@ -12,7 +12,10 @@ rules, to every child of its sweep:
 - MLflow: the service's own store, or an address the operator allows (--allow-tracking-uri);
 - output_dir is the service's to pick: a config that names one is refused;
 - every --max-* limit (gradloop.limits), and the size of a sweep's grid, counted from the
-  lengths of its lists before a single child is built.
+  lengths of its lists before a single child is built;
+- a `distributed` block: all of a job's ranks run on the host that claims it, so one machine
+  (nnodes 1) with a rendezvous the service picks, at most --max-procs-per-job processes, and not
+  inside a sweep.
 
 All problems come back in one ConfigError; a child's problems name the child.
 """
@@ -73,7 +76,7 @@ def check_http_config(
             ],
             source,
         )
-    config, errors = _check_one(raw, policy, root, lines)
+    config, errors = _check_one(raw, policy, root, lines, in_sweep=bool(raw.get("sweep")))
     if config is not None and config.sweep:
         errors += _children_errors(config, policy, root, lines, errors)
     if errors or config is None:
@@ -82,10 +85,10 @@ def check_http_config(
 
 
 def _check_one(
-    raw: dict[str, Any], policy: HttpPolicy, root: Path, lines: Mapping[str, int]
+    raw: dict[str, Any], policy: HttpPolicy, root: Path, lines: Mapping[str, int], *, in_sweep: bool = False
 ) -> tuple[RunConfig | None, list[FieldError]]:
     """One config (a top-level one or a sweep child) under every rule: the config, if it
-    validates, and the problems found."""
+    validates, and the problems found. in_sweep: it is a sweep or one of its children."""
     errors: list[FieldError] = []
     _non_finite(raw, "", errors)
     if "output_dir" in raw:
@@ -103,7 +106,8 @@ def _check_one(
     except ConfigError as exc:
         return None, errors + exc.errors
     outside = paths_outside(config, root)
-    errors += [FieldError(e.path, e.message, line_for(e.path, lines)) for e in outside]
+    found = [*_distributed_rule(config, policy, in_sweep), *outside]
+    errors += [FieldError(e.path, e.message, line_for(e.path, lines)) for e in found]
     if paths_ok and not outside:
         # Only now: the limits look at the dataset's files and the model's, all under the root.
         errors += [
@@ -160,6 +164,64 @@ def _tracking_rule(raw: dict[str, Any], policy: HttpPolicy, lines: Mapping[str, 
     errors.append(FieldError("tracking.uri", message, line_for("tracking.uri", lines)))
 
 
+def job_procs(config: RunConfig) -> int:
+    """The processes a job starts, which is what it takes of a host's --slots: its ranks, or 1."""
+    if not config.distributed.enabled:
+        return 1
+    # (torch is already loaded here: validation's machine checks and the model count use it)
+    from gradloop.distributed.checks import nproc_per_node
+
+    return nproc_per_node(config)
+
+
+def _distributed_rule(config: RunConfig, policy: HttpPolicy, in_sweep: bool) -> list[FieldError]:
+    """A distributed job runs every rank on the host that claims it, within the operator's limit."""
+    d = config.distributed
+    if not d.enabled:
+        return []
+    errors: list[FieldError] = []
+    if in_sweep:
+        errors.append(
+            FieldError(
+                "distributed.strategy",
+                "the job service cannot run a sweep of distributed runs; submit each distributed run as its own job, "
+                "or sweep with strategy: none",
+            )
+        )
+    if d.node_range()[1] > 1:
+        errors.append(
+            FieldError(
+                "distributed.nnodes",
+                f"nnodes {d.nnodes}: the job service runs all of a job's ranks on the one host that claims it "
+                "(multi-node jobs over HTTP are not supported); set nnodes: 1, or launch on several machines "
+                "with `gradloop run --nnodes N` or torchrun",
+            )
+        )
+    if d.rdzv_endpoint is not None:
+        errors.append(
+            FieldError(
+                "distributed.rdzv_endpoint",
+                "the job service picks a free local port for a job's rendezvous; leave rdzv_endpoint out",
+            )
+        )
+    if d.node_rank is not None:
+        errors.append(
+            FieldError("distributed.node_rank", "a job runs on one machine, which has no node rank; leave it out")
+        )
+    limit = policy.limits.max_procs_per_job
+    procs = job_procs(config)
+    if limit is not None and procs > limit:
+        asked = f"{procs} processes" + (" (auto: one per visible GPU)" if d.nproc_per_node == "auto" else "")
+        errors.append(
+            FieldError(
+                "distributed.nproc_per_node",
+                f"{asked} is over this service's limit of {limit} processes per job (--max-procs-per-job); "
+                f"ask for at most {limit}",
+            )
+        )
+    return errors
+
+
 def tracking_uri_allowed(uri: str, policy: HttpPolicy) -> bool:
     """The service's own store, or exactly one the operator allows (a trailing slash aside)."""
     allowed = {u.rstrip("/") for u in policy.allowed_tracking_uris}
@@ -178,7 +240,7 @@ def _children_errors(
     try:
         for label, _, child in sweep_children(config):
             count += 1
-            child_config, child_errors = _check_one(child, policy, root, {})
+            child_config, child_errors = _check_one(child, policy, root, {}, in_sweep=True)
             for e in child_errors:
                 if (e.path, e.message) not in seen:
                     found.setdefault((e.path, e.message), []).append(label)
@@ -231,4 +293,4 @@ def _non_finite(value: Any, path: str, out: list[FieldError]) -> None:
             _non_finite(v, f"{path}.{i}" if path else str(i), out)
 
 
-__all__ = ["HttpPolicy", "check_http_config", "tracking_uri_allowed"]
+__all__ = ["HttpPolicy", "check_http_config", "job_procs", "tracking_uri_allowed"]

@@ -64,6 +64,9 @@ class ServiceLimits(BaseModel):
         description="bytes a job may write, by an upper estimate (see job_disk_bytes); a sweep counts all its children",
     )
     max_sweep_children: int = Field(256, ge=1, description="combinations a sweep's grid may have")
+    max_procs_per_job: int | None = Field(
+        None, ge=1, description="processes (ranks) one job may start; None: the host's slots (serve fills it in)"
+    )
 
 
 def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> list[FieldError]:
@@ -116,16 +119,6 @@ def check_limits(config: RunConfig, limits: ServiceLimits, data_root: Path) -> l
                 "data.options.path",
                 f"the dataset's files are {data_bytes} bytes, over this service's limit of {limits.max_dataset_bytes}; "
                 "use a smaller dataset",
-            )
-        )
-
-    if config.distributed.enabled:
-        # A job runs in one forked child; its ranks would escape the pool's process accounting.
-        errors.append(
-            FieldError(
-                "distributed.strategy",
-                f"this service runs each job in one process and cannot run strategy {config.distributed.strategy}; "
-                "set distributed.strategy: none, or train on several processes with `gradloop run` or torchrun",
             )
         )
 

@@ -19,12 +19,13 @@ a resumed run continues in the directory of the checkpoint it resumes from.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,6 +53,10 @@ from gradloop.terminal_progress import make_progress_observer
 from gradloop.tracking import make_observer, prestart
 from gradloop.trainer import Components, Trainer
 from gradloop.val_metrics import build_metric_set
+
+# What rank 0 of a launched run builds in its own process, given its stop event: observers that
+# cannot cross from the launching process (a job's progress writer). Picklable: ranks are spawned.
+RankObservers = Callable[[threading.Event], Sequence[Observer]]
 
 
 def train(
@@ -88,11 +93,24 @@ def train_validated(
     observers: Sequence[Observer] = (),
     job_id: str | None = None,
     stop_event: threading.Event | None = None,
+    rank_observers: RankObservers | None = None,
+    group_signalled: bool = False,
 ) -> RunResult:
-    """train() of a config that load_checked() already validated (gradloop.dispatch.run's path)."""
+    """train() of a config that load_checked() already validated (gradloop.dispatch.run's path).
+
+    For a distributed config that this process launches: rank_observers builds rank 0's own
+    observers in its process; group_signalled: the caller's stop signals reach every rank through
+    their process group (a job of the service, see gradloop.distributed.launch)."""
     if cfg.distributed.enabled:
         if not in_worker():
-            return _launch_ranks(cfg, resume=resume, observers=observers, job_id=job_id)
+            return _launch_ranks(
+                cfg,
+                resume=resume,
+                observers=observers,
+                job_id=job_id,
+                rank_observers=rank_observers,
+                group_signalled=group_signalled,
+            )
     return _train(cfg, resume=resume, observers=observers, job_id=job_id, stop_event=stop_event)
 
 
@@ -195,7 +213,13 @@ def _train_on(
 
 
 def _launch_ranks(
-    cfg: RunConfig, *, resume: str | os.PathLike[str] | None, observers: Sequence[Observer], job_id: str | None
+    cfg: RunConfig,
+    *,
+    resume: str | os.PathLike[str] | None,
+    observers: Sequence[Observer],
+    job_id: str | None,
+    rank_observers: RankObservers | None = None,
+    group_signalled: bool = False,
 ) -> RunResult:
     """Start the ranks of this machine through torch's elastic launcher; rank 0's result."""
     if observers:
@@ -205,25 +229,50 @@ def _launch_ranks(
         )
     checkpoint_path = resolve_resume(resume, cfg.output_dir, cfg.name) if resume is not None else None
     run_dir = (run_dir_of(checkpoint_path) if checkpoint_path is not None else None) or new_run_dir(cfg)
-    args = (cfg.to_dict(), str(checkpoint_path) if checkpoint_path else None, str(run_dir), job_id)
-    results = launch(cfg, _rank_main, args, run_dir=run_dir)
+    args = (cfg.to_dict(), str(checkpoint_path) if checkpoint_path else None, str(run_dir), job_id, rank_observers)
+    results = launch(cfg, _rank_main, args, run_dir=run_dir, group_signalled=group_signalled)
     return results[min(results)]  # global rank 0 on the first machine; this machine's first rank elsewhere
 
 
-def _rank_main(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:
+def _rank_main(
+    config: dict[str, Any],
+    resume: str | None,
+    run_dir: str,
+    job_id: str | None,
+    rank_observers: RankObservers | None = None,
+) -> RunResult:
     """What the launcher runs in each worker process (module level: the workers are spawned)."""
     from torch.distributed.elastic.multiprocessing.errors import record  # in the worker only
 
     # record() writes the exception where the launcher reads it, to name the failed rank's error.
-    return record(_rank_run)(config, resume, run_dir, job_id)  # type: ignore[return-value]
+    return record(_rank_run)(config, resume, run_dir, job_id, rank_observers)  # type: ignore[return-value]
 
 
-def _rank_run(config: dict[str, Any], resume: str | None, run_dir: str, job_id: str | None) -> RunResult:
+def _rank_run(
+    config: dict[str, Any],
+    resume: str | None,
+    run_dir: str,
+    job_id: str | None,
+    rank_observers: RankObservers | None = None,
+) -> RunResult:
     # A rank is its process's entry point: the launcher stops the ranks with SIGTERM.
     with stop_on_signals() as stop:
-        return _train(
-            load_config(config), resume=resume, observers=(), job_id=job_id, stop_event=stop, run_dir=Path(run_dir)
-        )
+        # Only rank 0 reports (the trainer gives observers to rank 0 alone); the others build none.
+        observers = rank_observers(stop) if rank_observers is not None and os.environ.get("RANK") == "0" else ()
+        try:
+            return _train(
+                load_config(config),
+                resume=resume,
+                observers=observers,
+                job_id=job_id,
+                stop_event=stop,
+                run_dir=Path(run_dir),
+            )
+        finally:
+            # The process ends next, and the launcher (and a job's outcome) waits for it: frozen
+            # objects are skipped by the interpreter's last collection, which would otherwise
+            # walk the whole heap (torch, MLflow) for seconds of CPU on a busy machine.
+            gc.freeze()
 
 
 def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext | None = None) -> Components:
@@ -402,4 +451,12 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["train", "train_validated", "RunResult", "build_components", "new_run_dir", "default_observers"]
+__all__ = [
+    "train",
+    "train_validated",
+    "RankObservers",
+    "RunResult",
+    "build_components",
+    "new_run_dir",
+    "default_observers",
+]

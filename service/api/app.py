@@ -35,7 +35,8 @@ PARSE_THREADS = 4
 
 
 def default_slots() -> tuple[int, list[str]]:
-    """One job per visible GPU, else one; the GPUs as CUDA_VISIBLE_DEVICES values."""
+    """One job per visible GPU, else one; the GPUs as CUDA_VISIBLE_DEVICES values. (Jobs at once;
+    the processes at once are host_slots'.)"""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
@@ -47,6 +48,16 @@ def default_slots() -> tuple[int, list[str]]:
         except Exception:
             gpus = []
     return (len(gpus) or 1), gpus
+
+
+def host_slots(settings: ServiceSettings, gpus: list[str]) -> ServiceSettings:
+    """`settings` with this host's slots filled in: --slots, else one per visible GPU, else one
+    per CPU; and --max-procs-per-job, else the slots (a job that could never fit is refused)."""
+    slots = settings.slots or len(gpus) or os.cpu_count() or 1
+    limit = settings.limits.max_procs_per_job or slots
+    return settings.model_copy(
+        update={"slots": slots, "limits": settings.limits.model_copy(update={"max_procs_per_job": limit})}
+    )
 
 
 def _load_plugins() -> None:
@@ -61,6 +72,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        nonlocal settings
         assert settings.db and settings.jobs_dir
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +84,8 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         app.state.store = store
         pool = None
         slots, gpus = default_slots()
+        # The submit route's policy reads the limits from here: --max-procs-per-job's default too.
+        app.state.settings = settings = host_slots(settings, gpus)
         max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
         lock = None
         if max_concurrent > 0 and pool_lock is not None:
@@ -93,6 +107,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
                 ),
                 PoolSettings(
                     max_concurrent=max_concurrent,
+                    slots=settings.slots,
                     lease_s=settings.lease_s,
                     cancel_grace_s=settings.cancel_grace_s,
                     gpus=gpus,

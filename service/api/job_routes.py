@@ -30,7 +30,7 @@ from gradloop.api.submit import (
 )
 from gradloop.config import RunConfig
 from gradloop.fitcheck import checked
-from gradloop.http_policy import check_http_config
+from gradloop.http_policy import check_http_config, job_procs
 from gradloop.jobs.events import job_events
 from gradloop.jobs.store import JobStore
 from gradloop.jobs.worker import job_dir, log_path
@@ -137,6 +137,7 @@ async def submit_job(
         "priority": priority,
         "idempotency_key": idempotency_key,
         "max_attempts": settings.max_attempts,
+        "procs": job_procs(config),
     }
     fields = config.to_dict()
     # SQLite: written in place (if another process is writing, after a kernel hand-off of its

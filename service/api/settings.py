@@ -38,6 +38,12 @@ class ServiceSettings(BaseModel):
     max_concurrent: int | None = Field(
         None, ge=0, description="jobs at once; default: one per visible GPU, else 1; 0: no workers"
     )
+    slots: int | None = Field(
+        None,
+        ge=1,
+        description="processes this host runs at once (a job takes one per rank); "
+        "default: one per visible GPU, else one per CPU",
+    )
     lease_s: float = Field(30.0, gt=0)
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1)

@@ -65,6 +65,19 @@ def serve(
     max_concurrent: int | None = typer.Option(
         None, "--max-concurrent", min=0, help="jobs at once (default: one per visible GPU, else 1; 0: submit-only)"
     ),
+    slots: int | None = typer.Option(
+        None,
+        "--slots",
+        min=1,
+        help="processes this host runs at once; a job takes one per rank "
+        "(default: one per visible GPU, else one per CPU)",
+    ),
+    max_procs_per_job: int | None = typer.Option(
+        None,
+        "--max-procs-per-job",
+        min=1,
+        help="limit: processes (distributed.nproc_per_node) one job may start (default: the host's slots)",
+    ),
     cancel_grace: float = typer.Option(
         30.0,
         "--cancel-grace",
@@ -145,6 +158,7 @@ def serve(
         tokens=tokens_from_env(),
         max_body_bytes=max_body,
         max_concurrent=max_concurrent,
+        slots=slots,
         lease_s=lease,
         cancel_grace_s=cancel_grace,
         max_attempts=max_attempts,
@@ -161,6 +175,7 @@ def serve(
             min_histogram_every=min_histogram_every,
             max_job_disk=max_job_disk,
             max_sweep_children=max_sweep_children,
+            max_procs_per_job=max_procs_per_job,
         ),
         allowed_tracking_uris=allow_tracking_uri or [],
         **({"data_root": data_root} if data_root is not None else {}),
@@ -198,6 +213,10 @@ def _print_banner(settings: Any, *, host: str, port: int, workers: int) -> None:
         (
             "jobs at once",
             "one per visible GPU, else 1" if settings.max_concurrent is None else str(settings.max_concurrent),
+        ),
+        (
+            "slots",
+            "one per visible GPU, else one per CPU" if settings.slots is None else str(settings.slots),
         ),
     ]
     err.print("gradloop serve", style="bold", highlight=False)

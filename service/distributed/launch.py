@@ -6,14 +6,22 @@ watches them, restarts the whole group up to `max_restarts` times, and stops eve
 one fails -- so a failed rank ends the run within seconds, not after the collective timeout.
 Each worker writes `{run_dir}/logs/.../{local_rank}/stdout.log` and `stderr.log`; local rank 0's
 output is also shown on this terminal.
+
+In a job of the job service, the launcher runs inside the job's process: its workers stay in that
+process's group, so the service's SIGTERM (cancel, drain) reaches every rank at once, and SIGKILL
+(after the grace period, or a lost lease) leaves none behind. There the agent leaves SIGTERM to
+the ranks (`group_signalled`): they agree to stop at the next logging step and write a checkpoint,
+which torch's own handling (SIGTERM the workers, SIGKILL 3 s later) could cut short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +34,24 @@ if TYPE_CHECKING:
 # How long stopped workers get to exit before SIGKILL: a worker blocked in a collective cannot
 # run its SIGTERM handler, and torch's default (30 s) is what "within seconds" rules out.
 SHUTDOWN_TIMEOUT_S = 3
+# The signals torch's agent turns into "stop the workers now" (torch reads this variable).
+_AGENT_SIGNALS_VAR = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+_AGENT_SIGNALS_NOT_TERM = "SIGINT,SIGHUP,SIGQUIT"
 
 
-def launch(cfg: RunConfig, entry: Callable[..., Any], args: tuple[Any, ...], *, run_dir: Path) -> dict[int, Any]:
+def launch(
+    cfg: RunConfig,
+    entry: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    run_dir: Path,
+    group_signalled: bool = False,
+) -> dict[int, Any]:
     """Run `entry(*args)` on every rank of this machine; return {global rank: return value}.
 
+    group_signalled: SIGTERM reaches the workers through their process group (a job of the
+    service), so this process's own SIGTERM handler (the caller's) stays in place and the agent
+    waits for the workers to stop by themselves, with their checkpoint.
     Raises TrainingError naming the first failed rank and its error when the group fails (after
     the restarts the config allows)."""
     # torch's elastic launcher: only when a run starts ranks (the checks above need none of it).
@@ -63,12 +84,17 @@ def launch(cfg: RunConfig, entry: Callable[..., Any], args: tuple[Any, ...], *, 
         start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=str(run_dir / "logs"), redirects=Std.ALL, tee={0: Std.ALL}),
     )
-    if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+    fields = {f.name for f in dataclasses.fields(LaunchConfig)}
+    if "shutdown_timeout" in fields:
         options["shutdown_timeout"] = SHUTDOWN_TIMEOUT_S
+    agent_signals = _AGENT_SIGNALS_NOT_TERM if group_signalled else None
+    if agent_signals is not None and "signals_to_handle" in fields:
+        options["signals_to_handle"] = agent_signals  # (older torch reads only the variable)
     # The agent narrates every rendezvous round at INFO/WARNING; the run's own output says enough.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     try:
-        return dict(elastic_launch(LaunchConfig(**options), entry)(*args))
+        with _agent_signals(agent_signals):
+            return dict(elastic_launch(LaunchConfig(**options), entry)(*args))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         message = failure.message if isinstance(failure.message, str) else str(failure.message)
@@ -78,6 +104,23 @@ def launch(cfg: RunConfig, entry: Callable[..., Any], args: tuple[Any, ...], *, 
             f"rank {rank} failed: {message.strip().splitlines()[-1] if message.strip() else message}"
             f" (logs: {run_dir / 'logs'})"
         ) from None
+
+
+@contextlib.contextmanager
+def _agent_signals(names: str | None) -> Iterator[None]:
+    """While inside, torch's agent handles only `names` (None: torch's default set)."""
+    if names is None:
+        yield
+        return
+    previous = os.environ.get(_AGENT_SIGNALS_VAR)
+    os.environ[_AGENT_SIGNALS_VAR] = names
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_AGENT_SIGNALS_VAR, None)
+        else:
+            os.environ[_AGENT_SIGNALS_VAR] = previous
 
 
 __all__ = ["launch", "SHUTDOWN_TIMEOUT_S"]

@@ -8,6 +8,10 @@ of its attempts were lost that way. Writes from the old attempt are then refused
 PostgreSQL: several services share one queue; SELECT ... FOR UPDATE SKIP LOCKED lets each take
 a different job without waiting on the others. SQLite: one host; a single UPDATE ... RETURNING
 on the head of the queue is atomic under SQLite's one-writer lock.
+
+Slots: a job takes `procs` of a host's slots (its ranks, or 1). A host claims the head of the
+queue among the jobs that can ever fit it, and only once it has that many slots free: a 2-rank
+job at the head waits for two free slots rather than let 1-process jobs behind it pass forever.
 """
 
 from __future__ import annotations
@@ -25,8 +29,19 @@ from gradloop.jobs.store import JobStore, append_event
 _QUEUE_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
 
 
-def claim_next(store: JobStore, worker_id: str, lease_s: float, *, pid: int | None = None) -> JobRecord | None:
-    """Take the highest-priority, oldest queued job for `worker_id`, or None when none waits."""
+def claim_next(
+    store: JobStore,
+    worker_id: str,
+    lease_s: float,
+    *,
+    pid: int | None = None,
+    free_slots: int | None = None,
+    host_slots: int | None = None,
+) -> JobRecord | None:
+    """Take the highest-priority, oldest queued job for `worker_id`, or None when none waits.
+
+    free_slots / host_slots (None: no limit): only jobs of at most host_slots processes are
+    considered, and the first of them is taken only if it needs at most free_slots."""
     now = time.time()
     values: dict[str, Any] = {
         "status": JobState.running.value,
@@ -41,16 +56,20 @@ def claim_next(store: JobStore, worker_id: str, lease_s: float, *, pid: int | No
         "finished_at": None,
     }
     with store.write() as conn:
-        head = select(jobs.c.id).where(jobs.c.status == JobState.queued.value).order_by(*_QUEUE_ORDER).limit(1)
+        queued = jobs.c.status == JobState.queued.value
+        fits_host = [jobs.c.procs <= host_slots] if host_slots is not None else []
+        fits_now = [jobs.c.procs <= free_slots] if free_slots is not None else []
+        head = select(jobs.c.id).where(queued, *fits_host).order_by(*_QUEUE_ORDER).limit(1)
         if store.is_sqlite:
             claimed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == head.scalar_subquery(), jobs.c.status == JobState.queued.value)
+                .where(jobs.c.id == head.scalar_subquery(), queued, *fits_now)
                 .values(**values)
                 .returning(jobs.c.id, jobs.c.attempt)
             ).first()
         else:
-            job_id = conn.execute(head.with_for_update(skip_locked=True)).scalar()
+            first = conn.execute(head.add_columns(jobs.c.procs).with_for_update(skip_locked=True)).first()
+            job_id = first.id if first is not None and (free_slots is None or first.procs <= free_slots) else None
             claimed = None
             if job_id is not None:
                 claimed = conn.execute(

@@ -9,7 +9,8 @@ write is refused, so a worker whose lease ran out cannot overwrite its successor
 `lost_attempts` counts only the attempts whose worker vanished (a crash, a dead host, a killed
 service): those are what `max_attempts` limits. A job drained by a graceful stop goes back to the
 queue without using one up. `host` is where the current attempt runs, so that a service restarting
-on that host can find the attempt's process if it outlived its service.
+on that host can find the attempt's process if it outlived its service. `procs` is how many
+processes the job starts (its ranks, or 1): what it takes of a host's slots when claimed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ jobs = Table(
     Column("attempt", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False, default=3),
     Column("lost_attempts", Integer, nullable=False, default=0),
+    Column("procs", Integer, nullable=False, default=1),
     Column("created_at", Float, nullable=False),
     Column("started_at", Float),
     Column("finished_at", Float),

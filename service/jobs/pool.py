@@ -9,7 +9,8 @@ tick it
   - sends SIGTERM to the process group of a job being cancelled, SIGKILL after the grace period;
   - renews the leases it holds (a lost lease means another service took the job: kill ours);
   - re-queues jobs whose lease expired elsewhere (a dead host), and claims queued jobs while it
-    has free slots.
+    has room: fewer than max_concurrent jobs, and free slots for the job's processes (`slots`:
+    processes at once on this host; a distributed job takes one per rank, see claims.py).
 The API calls wake() after a submit or a cancel so neither waits for the next tick.
 """
 
@@ -50,10 +51,11 @@ SERVICE_ONLY_ENV = frozenset(
 @dataclass
 class PoolSettings:
     max_concurrent: int = 1
+    slots: int | None = None  # processes at once on this host (None: only max_concurrent limits)
     lease_s: float = 30.0
     cancel_grace_s: float = 30.0
     tick_s: float = 0.25
-    gpus: list[str] = field(default_factory=list)  # one job per listed GPU when set
+    gpus: list[str] = field(default_factory=list)  # slot i runs on gpus[i % len(gpus)] when set
     worker_id: str = ""
 
 
@@ -61,7 +63,7 @@ class PoolSettings:
 class _Running:
     job_id: str
     fence: Fence
-    slot: int
+    slots: tuple[int, ...]  # the host slots its processes hold (one per rank)
     started: float
     pid: int | None = None
     term_sent: float | None = None
@@ -117,7 +119,8 @@ class WorkerPool:
         if not settings.worker_id:
             settings.worker_id = default_worker_id()
         self.worker_id = settings.worker_id
-        self.slots = max(1, settings.max_concurrent)
+        self.max_jobs = max(1, settings.max_concurrent)
+        self.slots = settings.slots if settings.slots is not None else self.max_jobs
         self.on_job_end = on_job_end
         self._running: dict[str, _Running] = {}
         self._messages: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -348,16 +351,21 @@ class WorkerPool:
             self._claim()
 
     def _claim(self) -> None:
-        while len(self._running) < self.slots:
-            slot = min(set(range(self.slots)) - {r.slot for r in self._running.values()})
-            job = claim_next(self.store, self.worker_id, self.settings.lease_s)
+        while len(self._running) < self.max_jobs:
+            held = {slot for run in self._running.values() for slot in run.slots}
+            free = [slot for slot in range(self.slots) if slot not in held]
+            job = claim_next(
+                self.store, self.worker_id, self.settings.lease_s, free_slots=len(free), host_slots=self.slots
+            )
             if job is None:
                 return
-            run = _Running(job.id, job.fence, slot, time.monotonic())
+            run = _Running(job.id, job.fence, tuple(free[: job.procs]), time.monotonic())
             self._running[job.id] = run
             env = {}
             if self.settings.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = self.settings.gpus[slot % len(self.settings.gpus)]
+                gpus = self.settings.gpus
+                # One GPU per rank (rank i takes the i-th visible one), each slot's own.
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(gpus[slot % len(gpus)] for slot in run.slots))
             command = {"op": "start", "job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id, "env": env}
             try:
                 assert self._proc is not None and self._proc.stdin is not None

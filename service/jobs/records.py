@@ -59,6 +59,7 @@ class JobRecord(BaseModel):
     attempt: int
     max_attempts: int
     lost_attempts: int = 0
+    procs: int = 1
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

@@ -159,13 +159,16 @@ class JobStore:
         idempotency_key: str | None = None,
         max_attempts: int = 3,
         job_id: str | None = None,
+        procs: int = 1,
     ) -> tuple[JobRecord, bool]:
         """Queue a job; returns (job, created). One Idempotency-Key makes at most one job.
 
         The insert comes first and the key's unique index decides: a retry with a known key
         finds its job through the IntegrityError, so a new job costs one round of two inserts
         and no read. The job's first event (queued, number 1) is written with it."""
-        row, first_event = _new_job(config, request_hash, name, device, priority, idempotency_key, max_attempts, job_id)
+        row, first_event = _new_job(
+            config, request_hash, name, device, priority, idempotency_key, max_attempts, job_id, procs
+        )
         try:
             with self.write() as conn:
                 _insert_job(conn, row, first_event)
@@ -183,6 +186,7 @@ class JobStore:
         priority: int = 0,
         idempotency_key: str | None = None,
         max_attempts: int = 3,
+        procs: int = 1,
     ) -> tuple[JobRecord, bool] | None:
         """`submit` on the caller's own thread, unless another thread of this process is
         writing (it may itself be waiting for another process): then None, and the caller
@@ -193,7 +197,7 @@ class JobStore:
             return None
         try:
             row, first_event = _new_job(
-                config, request_hash, name, device, priority, idempotency_key, max_attempts, None
+                config, request_hash, name, device, priority, idempotency_key, max_attempts, None, procs
             )
             with self._sqlite_write() as conn:
                 _insert_job(conn, row, first_event)
@@ -443,8 +447,9 @@ def _new_job(
     idempotency_key: str | None,
     max_attempts: int,
     job_id: str | None,
+    procs: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A queued job's row and its first event (number 1)."""
+    """A queued job's row and its first event (number 1). procs: the processes it starts."""
     now = time.time()
     row = {
         "id": job_id or str(uuid.uuid4()),
@@ -458,6 +463,7 @@ def _new_job(
         "attempt": 0,
         "max_attempts": max_attempts,
         "lost_attempts": 0,
+        "procs": procs,
         "created_at": now,
         "event_seq": 1,
     }

@@ -10,6 +10,12 @@ the job's attempt, so an attempt that lost its lease cannot record anything (see
 the first refused write ends the process at once, before it writes another checkpoint or touches
 the MLflow run that its successor now continues.
 
+A job with a `distributed` block launches its ranks from here, through the same elastic launcher
+as `gradloop run` (gradloop.distributed.launch). They stay in this process's group, so the
+pool's SIGTERM and SIGKILL reach every rank. Rank 0 writes the job's progress and metrics from
+its own process (RankJobObservers), fenced by the attempt like a one-process job; this process
+records the outcome from rank 0's result.
+
 A later attempt resumes from the checkpoint the job record names, in the same run directory and
 the same MLflow run (the checkpoint carries the run id). MLflow runs of the job that no attempt
 will continue (an attempt lost before its first checkpoint, a job failed for good) are closed
@@ -76,6 +82,21 @@ class WorkerSettings:
         )
 
 
+@dataclass(frozen=True)
+class RankJobObservers:
+    """What rank 0 of a distributed job builds in its own process: the job's progress writer.
+    (Picklable: the launcher spawns the ranks and sends them this.)"""
+
+    db_url: str
+    job_id: str
+    fence: Fence
+
+    def __call__(self, stop_event: threading.Event) -> tuple[JobProgressObserver]:
+        store = JobStore(self.db_url, pooled=False)
+        # A refused write ends rank 0 at once; the launcher then stops the other ranks.
+        return (JobProgressObserver(store, self.job_id, self.fence, stop_event=stop_event, exit_on_fence=True),)
+
+
 def job_dir(jobs_dir: str | Path, job_id: str) -> Path:
     return Path(jobs_dir) / job_id
 
@@ -110,6 +131,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
         return 0
     observer = JobProgressObserver(store, job_id, fence, stop_event=stop_event, exit_on_fence=True)
     print(f"gradloop: job {job_id} attempt {fence.attempt} starting in process {os.getpid()}", flush=True)
+    ranks = False  # a distributed job: its ranks run in processes of their own
     try:
         store.report(job_id, fence, pid=os.getpid(), log_path=str(log_path(settings.jobs_dir, job_id)))
         from gradloop.dispatch import run  # the training core: only in the job's child
@@ -131,33 +153,46 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
             close_job_runs(job, settings, "KILLED", keep=job.mlflow_run_id if resume else None, config=config)
         # A sweep's children go through the policy too, as the sweep builds them (see gradloop.sweep).
         policy = settings.policy()
+        ranks = config.distributed.enabled
         result = run(
             config,
             resume=resume,
-            observers=(observer,),
+            observers=() if ranks else (observer,),
             job_id=job_id,
             stop_event=stop_event,
             check_child=lambda child: check_http_config(child, policy, source=f"job {job_id}"),
+            rank_observers=RankJobObservers(settings.db_url, job_id, fence) if ranks else None,
+            group_signalled=ranks,
         )
     except StaleAttemptError:
         print(f"gradloop: job {job_id} attempt {fence.attempt} was taken over; stopping", flush=True)
         return 0
     except GradloopError as exc:
+        if ranks and stop_event.is_set():
+            # A rank still starting when the stop signal came has no handler yet and dies of it;
+            # the launcher then reports a failed rank, but the job was only asked to stop.
+            print(f"gradloop: job {job_id} stopped while its ranks started: {exc}", flush=True)
+            return _record_stopped(store, job_id, fence, observer.step or None)
         print(f"gradloop: job {job_id} failed: {capped_text(str(exc), LOG_ERROR_BYTES)}", flush=True)
         return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer))
     except BaseException as exc:  # the job's own bug or the plugin's: record it, never hang
         print(capped_text("".join(traceback.format_exception(exc)), LOG_ERROR_BYTES), file=sys.stderr, flush=True)
         return _record(store, job_id, fence, JobState.failed.value, error=_error(exc, observer, with_trace=True))
 
+    reported_metrics, reported_progress = observer.metrics, observer.progress()
+    if ranks:  # rank 0 reported them from its process: what it last wrote is in the job record
+        current = store.get(job_id)
+        reported_metrics = dict((current.metrics if current else None) or {})
+        reported_progress = dict((current.progress if current else None) or {})
     values: dict[str, Any] = {
         "run_dir": str(result.run_dir) if result.run_dir else None,
         "checkpoint_path": str(result.checkpoint_path) if result.checkpoint_path else None,
         "mlflow_run_id": result.mlflow_run_id,
         "mlflow_experiment_id": _experiment_of(result.run_dir, result.mlflow_run_id),
         # The last value of every metric the job reported (train/lr/<group>...), then the final ones.
-        "metrics": _json_metrics({**observer.metrics, **result.metrics}),
+        "metrics": _json_metrics({**reported_metrics, **result.metrics}),
         "progress": {
-            **observer.progress(),
+            **reported_progress,
             "step": result.steps,
             "eta_s": 0.0 if result.status == "FINISHED" else None,
         },
@@ -165,29 +200,7 @@ def run_job(settings: WorkerSettings, job_id: str, fence: Fence, stop_event: thr
     if result.status == "FINISHED":
         return _record(store, job_id, fence, JobState.succeeded.value, **values)
     if result.status == "KILLED":
-        current = store.get(job_id)
-        if current is not None and current.status == JobState.cancelling.value:
-            return _record(
-                store,
-                job_id,
-                fence,
-                JobState.cancelled.value,
-                error={"type": "Cancelled", "message": "cancelled on request", "step": result.steps},
-                **values,
-            )
-        # Stopped by the service shutting down: back to the queue, to resume from the checkpoint.
-        return _record(
-            store,
-            job_id,
-            fence,
-            JobState.queued.value,
-            error={
-                "type": "Interrupted",
-                "message": "the service stopped; the job resumes from its checkpoint",
-                "step": result.steps,
-            },
-            **values,
-        )
+        return _record_stopped(store, job_id, fence, result.steps, **values)
     message = str(getattr(result, "error", "") or "training failed")
     return _record(
         store,
@@ -232,6 +245,17 @@ def close_job_runs(
     except Exception as exc:
         print(f"gradloop: could not close the MLflow runs of job {job.id}: {type(exc).__name__}: {exc}", flush=True)
     return closed
+
+
+def _record_stopped(store: JobStore, job_id: str, fence: Fence, step: int | None, **values: Any) -> int:
+    """The run stopped because the service asked: cancelled on request, else (the service is
+    stopping) back to the queue, to resume from its checkpoint."""
+    current = store.get(job_id)
+    if current is not None and current.status == JobState.cancelling.value:
+        error = {"type": "Cancelled", "message": "cancelled on request", "step": step}
+        return _record(store, job_id, fence, JobState.cancelled.value, error=error, **values)
+    error = {"type": "Interrupted", "message": "the service stopped; the job resumes from its checkpoint", "step": step}
+    return _record(store, job_id, fence, JobState.queued.value, error=error, **values)
 
 
 def _record(store: JobStore, job_id: str, fence: Fence, status: str, **kwargs: Any) -> int:

@@ -42,6 +42,7 @@ LIMITS = ServiceLimits(
     min_histogram_every=10,
     max_job_disk=5_000_000,
     max_sweep_children=12,
+    max_procs_per_job=2,
 )
 ALLOWED = "http://mlflow.allowed.example:5000"
 
@@ -260,7 +261,11 @@ def assert_within_rules(config: RunConfig, policy: HttpPolicy) -> None:
     assert data.num_workers <= LIMITS.max_num_workers
     assert trainer.keep_checkpoints <= LIMITS.max_keep_checkpoints
     assert config.tracking.histogram_every == 0 or config.tracking.histogram_every >= LIMITS.min_histogram_every
-    assert not config.distributed.enabled
+    d = config.distributed
+    if d.enabled:  # every rank on the one host that claims the job, within the operator's limit
+        assert d.node_range() == (1, 1) and d.rdzv_endpoint is None and d.node_rank is None
+        assert d.nproc_per_node == "auto" or d.nproc_per_node <= LIMITS.max_procs_per_job  # (no GPU: auto is 1)
+        assert not config.sweep
     for key in ("n_samples", "max_samples"):
         value = data.options.get(key)
         assert not isinstance(value, int) or value <= LIMITS.max_dataset_samples

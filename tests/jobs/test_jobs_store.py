@@ -167,6 +167,26 @@ def test_claim_takes_priority_then_age_and_counts_attempts(store: JobStore) -> N
     assert claim_next(store, "w1", lease_s=30) is None
 
 
+def test_claim_waits_until_the_head_of_the_queue_fits_the_free_slots(store: JobStore) -> None:
+    def submit(body: str, procs: int):
+        return store.submit({"name": body}, request_hash=body, name=body, device="cpu", procs=procs)[0]
+
+    huge = submit("huge", 8)  # more than this host ever has: left for a bigger host
+    pair = submit("pair", 2)
+    single = submit("single", 1)
+    assert store.require(pair.id).procs == 2
+    # One slot free: the 2-process job at the head waits, and the 1-process job behind it waits too.
+    assert claim_next(store, "w", lease_s=30, free_slots=1, host_slots=2) is None
+    taken = claim_next(store, "w", lease_s=30, free_slots=2, host_slots=2)
+    assert taken is not None and taken.id == pair.id
+    taken = claim_next(store, "w", lease_s=30, free_slots=1, host_slots=2)
+    assert taken is not None and taken.id == single.id
+    assert claim_next(store, "w", lease_s=30, free_slots=2, host_slots=2) is None
+    assert store.require(huge.id).status == "queued"
+    bigger = claim_next(store, "big-host", lease_s=30, free_slots=8, host_slots=8)
+    assert bigger is not None and bigger.id == huge.id
+
+
 def test_concurrent_claims_never_hand_one_job_to_two_workers(store: JobStore) -> None:
     for i in range(12):
         _submit(store, body=f"c{i}")

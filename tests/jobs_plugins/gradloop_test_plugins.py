@@ -5,6 +5,7 @@ service's PYTHONPATH."""
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,3 +57,21 @@ class _Noisy(torch.nn.Module):
 
 
 noisy_loss = Plugin("noisy_loss", lambda *, options: _Noisy(options), NoisyOptions, "floods stdout on every call")
+
+
+class SlowOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sleep_s: float = Field(0.02, ge=0, le=1, description="seconds every call waits before computing the loss")
+
+
+class _Slow(torch.nn.Module):
+    def __init__(self, options: SlowOptions):
+        super().__init__()
+        self.sleep_s = options.sleep_s
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.sleep_s)  # a step that lasts long enough to stop a job in the middle of its run
+        return torch.nn.functional.cross_entropy(output, target)
+
+
+slow_loss = Plugin("slow_loss", lambda *, options: _Slow(options), SlowOptions, "cross entropy, after a short sleep")
