@@ -68,15 +68,16 @@ def _load_plugins() -> None:
 def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | None = None) -> FastAPI:
     """pool_lock: run the job pool only if this process takes that file lock (several API
     processes of one service, see api/workers.py); without it, the pool always runs here."""
-    settings = (settings or ServiceSettings()).resolved()
+    cfg: ServiceSettings = (settings or ServiceSettings()).resolved()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        nonlocal settings
-        assert settings.db and settings.jobs_dir
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.db, checkpoint_thread=True)
+        nonlocal cfg
+        assert cfg.db and cfg.jobs_dir
+        db_url = cfg.db
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
+        store = JobStore(cfg.db, checkpoint_thread=True)
         await anyio.to_thread.run_sync(store.migrate)
         # Plugins load on first use; loading them now keeps that import time out of the first
         # submissions, which would otherwise all wait on it at once.
@@ -85,8 +86,8 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
         pool = None
         slots, gpus = default_slots()
         # The submit route's policy reads the limits from here: --max-procs-per-job's default too.
-        app.state.settings = settings = host_slots(settings, gpus)
-        max_concurrent = settings.max_concurrent if settings.max_concurrent is not None else slots
+        app.state.settings = cfg = host_slots(cfg, gpus)
+        max_concurrent = cfg.max_concurrent if cfg.max_concurrent is not None else slots
         lock = None
         if max_concurrent > 0 and pool_lock is not None:
             lock = PoolLock(pool_lock)
@@ -97,21 +98,21 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
             pool = WorkerPool(
                 store,
                 WorkerSettings(
-                    db_url=settings.db,
-                    jobs_dir=str(settings.jobs_dir),
-                    data_root=str(settings.data_root),
-                    tracking_uri=settings.tracking_uri,
-                    allowed_tracking_uris=tuple(settings.allowed_tracking_uris),
-                    limits=settings.limits.model_dump(),
-                    max_log_bytes=settings.max_log_bytes,
+                    db_url=db_url,
+                    jobs_dir=str(cfg.jobs_dir),
+                    data_root=str(cfg.data_root),
+                    tracking_uri=cfg.tracking_uri,
+                    allowed_tracking_uris=tuple(cfg.allowed_tracking_uris),
+                    limits=cfg.limits.model_dump(),
+                    max_log_bytes=cfg.max_log_bytes,
                 ),
                 PoolSettings(
                     max_concurrent=max_concurrent,
-                    slots=settings.slots,
-                    lease_s=settings.lease_s,
-                    cancel_grace_s=settings.cancel_grace_s,
+                    slots=cfg.slots,
+                    lease_s=cfg.lease_s,
+                    cancel_grace_s=cfg.cancel_grace_s,
                     gpus=gpus,
-                    worker_id=settings.worker_id or "",
+                    worker_id=cfg.worker_id or "",
                 ),
                 on_job_end=metrics.job_ended,
             )
@@ -139,7 +140,7 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     )
     # Read at scrape time: the lifespan above puts the store on the app once it is open.
     metrics = ServiceMetrics(lambda: getattr(app.state, "store", None))
-    app.state.settings = settings
+    app.state.settings = cfg
     app.state.metrics = metrics
     app.state.store = None
     app.state.pool = None
@@ -156,6 +157,6 @@ def create_app(settings: ServiceSettings | None = None, *, pool_lock: Path | Non
     app.include_router(docs_router)
     # The last added is outermost: metrics see every answer, 413s included; the body limit
     # answers before any route reads the body.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
