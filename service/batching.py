@@ -125,6 +125,10 @@ class Batches(Protocol):
         """A few inputs (for a model signature or a compile warm-up)."""
         ...
 
+    def close(self) -> None:
+        """Release what the batches hold beyond the run (DataLoader workers); epoch() may start again after."""
+        ...
+
 
 class TensorBatches:
     """Batches of an in-memory TensorData by permutation and slicing, on the device."""
@@ -180,6 +184,9 @@ class TensorBatches:
 
     def example_input(self) -> Any:
         return self.data.x[: min(self.batch_size, 8)]
+
+    def close(self) -> None:
+        pass  # nothing beyond the tensors, which the caller owns
 
 
 class LoaderBatches:
@@ -262,6 +269,15 @@ class LoaderBatches:
             )
         return self._loader
 
+    def close(self) -> None:
+        """Stop the persistent workers now. Left to garbage collection, they are stopped at exit,
+        where torch's shutdown waits out each worker's status-check interval before it goes."""
+        loader, self._loader = self._loader, None
+        workers = getattr(loader, "_iterator", None)  # the iterator that owns the worker processes
+        shutdown = getattr(workers, "_shutdown_workers", None)  # what torch's own __del__ calls
+        if shutdown is not None:
+            shutdown()
+
     def example_input(self) -> Any:
         x, _ = _split_batch(self.dataset[0])
         if isinstance(x, Mapping):
@@ -283,7 +299,7 @@ class _EpochBatches:
 
 
 class _SeededItems(Dataset):
-    """dataset[index] for the key (epoch, index), drawn with torch's and Python's RNGs seeded from
+    """dataset[index] for the key (epoch, index), drawn with torch's CPU and Python's RNGs seeded from
     (seed, epoch, index). Only used in DataLoader workers, whose RNG nothing else relies on."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -295,7 +311,10 @@ class _SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         sample_seed = derive_seed(self.seed, epoch, index)
-        torch.manual_seed(sample_seed)
+        # The CPU generator only (what transforms draw from): torch.manual_seed would also queue
+        # the seeding of every CUDA device, with a captured stack, once per sample -- and a
+        # worker never runs CUDA.
+        torch.default_generator.manual_seed(sample_seed)
         random.seed(sample_seed)
         return self.dataset[index]
 

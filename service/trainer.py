@@ -250,7 +250,16 @@ class Trainer:
         finally:
             if step_hook is not None:
                 step_hook.remove()  # the optimizer may outlive this trainer (and must not keep it alive)
-            self._finish_observers(status, error)
+            try:
+                self._close_batches()
+            finally:
+                self._finish_observers(status, error)  # the run's end is reported even if a close fails
+
+    def _close_batches(self) -> None:
+        """DataLoader workers stop when the run ends (finished, stopped or failed), not at exit."""
+        for batches in (self.parts.train, self.parts.val):
+            if batches is not None:
+                batches.close()
 
     def _check_skipped_share(self) -> None:
         """A run that skipped most of its steps did not train: it ends FAILED, saying so."""

@@ -144,6 +144,29 @@ def test_bert_trains_on_jsonl_and_tokenization_is_cached_beside_the_data(tmp_pat
     assert int(x["attention_mask"].sum()) < 48 and y.dtype == torch.int64
 
 
+def test_hf_batch_read_equals_row_by_row_reads(tmp_path):
+    from torch.utils.data import DataLoader
+
+    root = tmp_path / "data"
+    make_texts(root, n=40)
+    opts = {"path": "texts.jsonl", "text_column": "text", "label_column": "label", "max_length": 32}
+    rows = build_data(load_config(_hf_cfg(root, tmp_path, opts)).data, 0).train
+    indices = [7, 0, 29, 3, 3, 15]
+    batch = rows.__getitems__(indices)
+    assert len(batch) == len(indices)
+    for i, (x, y) in zip(indices, batch):
+        x1, y1 = rows[i]
+        assert x.keys() == x1.keys() and y.dtype == y1.dtype and torch.equal(y, y1)
+        for key in x1:
+            assert x[key].dtype == x1[key].dtype and torch.equal(x[key], x1[key]), key
+    # A DataLoader reads through __getitems__ and collates the same batch as row-by-row reads.
+    xb, yb = next(iter(DataLoader(rows, batch_sampler=[indices])))
+    one_by_one = [rows[i] for i in indices]
+    assert torch.equal(yb, torch.stack([y for _, y in one_by_one]))
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(xb[key], torch.stack([x[key] for x, _ in one_by_one])), key
+
+
 def test_hf_dataset_reads_csv_with_a_local_tokenizer_folder(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
