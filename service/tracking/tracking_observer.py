@@ -130,7 +130,7 @@ class MlflowObserver:
             },
         }
         warm = (["gradloop.tracking.plots"] if self.tcfg.plots else []) + (
-            ["torch", "mlflow.pytorch", "mlflow.models"] if self.tcfg.log_model else []
+            ["torch", "mlflow.pytorch", "mlflow.models", "mlflow.pyfunc"] if self.tcfg.log_model else []
         )
         if warm:
             spec["warm"] = warm
@@ -162,7 +162,7 @@ class MlflowObserver:
 
         tags = {
             "gradloop.version": __version__,
-            "torch.version": torch.__version__,
+            "torch.version": str(torch.__version__),  # (a str: torch.__version__ would import torch to unpickle)
             "gradloop.device": str(ctx.device),
             "gradloop.device_name": device_name(ctx.device),
             "gradloop.precision": self.config.trainer.precision,
