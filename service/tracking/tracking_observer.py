@@ -101,9 +101,10 @@ class MlflowObserver:
         params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
         self._layout = StatLayout.build(list(zip(ctx.param_names, params)), self.tcfg.grad_stats)
 
-        # A resume continues the checkpoint's run (or, for a checkpoint written before the store
-        # had created it, the run tracking.json names).
-        resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and ctx.start_step else None)
+        # A resume continues the checkpoint's run, or, for a checkpoint written before the store
+        # had created it (a step-0 checkpoint included), the run this directory's tracking.json names.
+        continued = bool(ctx.start_step) or ctx.resumed
+        resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and continued else None)
         resumed = resume_id is not None
         # A new run is named after the config and the run directory's short id (`<time>-<6 hex>`).
         short_id = self.run_dir.name.rsplit("-", 1)[-1]
