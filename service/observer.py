@@ -45,6 +45,7 @@ class RunContext:
     param_names: list[str]  # optimizer parameters' names, in group order
     total_steps: int  # optimizer steps the run will take in all
     start_step: int = 0  # > 0 when resumed from a checkpoint
+    resumed: bool = False  # continued from a checkpoint (of any step, 0 included)
     mlflow_run_id: str | None = None  # the run to continue, when resumed
     job_id: str | None = None  # set when the HTTP service runs the job
     extra_tags: dict[str, str] = field(default_factory=dict)

@@ -163,6 +163,7 @@ class Trainer:
         self.skipped_steps = 0
         self.last_val_step = -1
         self.start_step = 0
+        self.resumed = False  # load_state_dict ran: this run continues a checkpoint
         self.resumed_mlflow_run_id: str | None = None
         self._pending_rng: dict[str, Any] | None = None
 
@@ -675,6 +676,7 @@ class Trainer:
         self.skipped_steps = int(progress.get("skipped_steps", 0))
         self.last_val_step = int(progress.get("last_val_step", -1))
         self.resumed_mlflow_run_id = state.get("mlflow_run_id")
+        self.resumed = True
         # Restored in fit(), after the observers start: nothing they draw may shift dropout's RNG.
         # A checkpoint of as many ranks gives each rank its own generators back.
         rng_ranks = state.get("rng_ranks")
@@ -734,6 +736,7 @@ class Trainer:
             param_names=list(self.param_names),
             total_steps=self.total_steps,
             start_step=self.start_step,
+            resumed=self.resumed,
             mlflow_run_id=self.resumed_mlflow_run_id,
             job_id=self.job_id,
             example_input=self.parts.train.example_input(),

@@ -33,7 +33,7 @@ def save_model(ctx: RunContext, directory: Path, uri: str) -> dict[str, Any]:
 
     directory.mkdir(parents=True, exist_ok=True)
     model = ctx.model
-    args: dict[str, Any] = {"model_path": str(directory / "model.pt"), "uri": uri, "torch": torch.__version__}
+    args: dict[str, Any] = {"model_path": str(directory / "model.pt"), "uri": uri, "torch": str(torch.__version__)}
     torch.save(model, args["model_path"], pickle_module=cloudpickle)
     if isinstance(ctx.example_input, torch.Tensor):
         try:
@@ -72,7 +72,7 @@ def log_model(client: MlflowClient, run_id: str, args: dict[str, Any]) -> None:
     # log_model resolves the store from the process-wide tracking URI; point it at ours.
     # Pickle is chosen on purpose (any nn.Module logs, no export step); MLflow's warning
     # about it would print on every run, so it is silenced for this one call.
-    with _use_tracking_uri(args["uri"]), quiet_logger("mlflow.pytorch"):
+    with _use_tracking_uri(args["uri"]), quiet_logger("mlflow.pytorch"), no_requirement_check():
         mlflow.pytorch.log_model(
             model,
             name="model",
@@ -83,6 +83,25 @@ def log_model(client: MlflowClient, run_id: str, args: dict[str, Any]) -> None:
             pip_requirements=[f"torch=={str(args['torch']).split('+')[0]}"],
         )
     shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def no_requirement_check() -> Iterator[None]:
+    """Skip MLflow's check that the model's pip requirements match this environment: they are
+    this environment's own torch (and MLflow) by construction, and the check lists the files of
+    every installed package, the most CPU a store process spends on one call."""
+    import mlflow.utils.environment as environment
+
+    name = "warn_dependency_requirement_mismatches"
+    original = getattr(environment, name, None)
+    if original is None:  # (a MLflow without the check: nothing to skip)
+        yield
+        return
+    setattr(environment, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, original)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,10 @@ def loss_curves(records: list[Record], path: Path, title: str = "") -> Path | No
         ax2.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins instead of tight_layout, which lays every tick label out once more to
+    # measure it: that pass was a third of the plots' CPU time at the end of each run.
+    width = 6.0 * ncols
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.12, top=0.84 if title else 0.9, wspace=0.25)
     return _save(fig, path)
 
 
@@ -115,7 +118,10 @@ def grad_norm_heatmap(records: list[Record], path: Path, title: str = "") -> Pat
     ax.set_xlabel("optimizer step")
     ax.set_title(title or "gradient norm per layer")
     fig.colorbar(image, ax=ax, label="log10 ||grad||")
-    fig.tight_layout()
+    width, height = fig.get_size_inches()
+    # Room on the left for the longest layer name (8-point labels: about 0.075 inch a character).
+    left = min(0.6, (0.3 + 0.075 * max(map(len, layers))) / width)
+    fig.subplots_adjust(left=left, right=0.98, bottom=0.55 / height + 0.05, top=1 - 0.45 / height)
     return _save(fig, path)
 
 

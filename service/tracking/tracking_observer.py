@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,9 +103,10 @@ class MlflowObserver:
         params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
         self._layout = StatLayout.build(list(zip(ctx.param_names, params)), self.tcfg.grad_stats)
 
-        # A resume continues the checkpoint's run (or, for a checkpoint written before the store
-        # had created it, the run tracking.json names).
-        resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and ctx.start_step else None)
+        # A resume continues the checkpoint's run, or, for a checkpoint written before the store
+        # had created it (a step-0 checkpoint included), the run this directory's tracking.json names.
+        continued = bool(ctx.start_step) or ctx.resumed
+        resume_id = ctx.mlflow_run_id or (previous.run_id if previous is not None and continued else None)
         resumed = resume_id is not None
         # A new run is named after the config and the run directory's short id (`<time>-<6 hex>`).
         short_id = self.run_dir.name.rsplit("-", 1)[-1]
@@ -132,7 +133,7 @@ class MlflowObserver:
             },
         }
         warm = (["gradloop.tracking.plots"] if self.tcfg.plots else []) + (
-            ["torch", "mlflow.pytorch", "mlflow.models"] if self.tcfg.log_model else []
+            ["torch", "mlflow.pytorch", "mlflow.models", "mlflow.pyfunc"] if self.tcfg.log_model else []
         )
         if warm:
             spec["warm"] = warm
@@ -161,7 +162,7 @@ class MlflowObserver:
     def _tags(self, ctx: RunContext) -> dict[str, str]:
         tags = {
             "gradloop.version": __version__,
-            "torch.version": torch.__version__,
+            "torch.version": str(torch.__version__),  # (a str: torch.__version__ would import torch to unpickle)
             "gradloop.device": str(ctx.device),
             "gradloop.device_name": device_name(ctx.device),
             "gradloop.precision": self.config.trainer.precision,
@@ -336,21 +337,22 @@ class MlflowObserver:
                 stacklevel=2,
             )
 
-    def _final_ops(self, status: RunStatus, error: BaseException | None) -> list[Op]:
+    def _final_ops(self, status: RunStatus, error: BaseException | None) -> Iterator[Op]:
+        """The end-of-run ops in their order, each yielded as soon as it is known: finish() hands
+        it over at once, so the store's process draws the plots while this one saves the model."""
         art = self.run_dir / ARTIFACT_DIR
-        ops: list[Op] = []
         if self.tcfg.system_metrics:
-            ops.append(Op("system_metrics", {"start": False}))
+            yield Op("system_metrics", {"start": False})
         if self.tcfg.plots and self._journal is not None:
             # Drawn by the store's process (matplotlib is imported there, not here).
             args = {"journal": str(self._journal.path), "local_dir": str(art / "plots"), "title": self.config.name}
-            ops.append(Op("log_plots", args))
+            yield Op("log_plots", args)
         for data, png, folder in self._figures:  # drawn by the store's process too
-            ops.append(Op("log_figure", {"data": str(data), "local_path": str(png), "artifact_path": folder}))
+            yield Op("log_figure", {"data": str(data), "local_path": str(png), "artifact_path": folder})
         if (art / "histograms").is_dir():
-            ops.append(Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"}))
+            yield Op("log_artifacts", {"local_dir": str(art / "histograms"), "artifact_path": "histograms"})
         if self.tcfg.log_checkpoint and self._checkpoint is not None:
-            ops.append(Op("log_artifact", {"local_path": str(self._checkpoint), "artifact_path": "checkpoints"}))
+            yield Op("log_artifact", {"local_path": str(self._checkpoint), "artifact_path": "checkpoints"})
         # The run's log: *.log in the run directory, or the file named by $GRADLOOP_LOG_FILE
         # (set by whoever sends this process's output to a file, e.g. the job worker).
         logs = sorted(self.run_dir.glob("*.log"))
@@ -358,17 +360,19 @@ class MlflowObserver:
         if named and Path(named).is_file():
             logs.append(Path(named))
         for log_file in logs:
-            ops.append(Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"}))
+            yield Op("log_artifact", {"local_path": str(log_file), "artifact_path": "logs"})
         if self.tcfg.log_model and status == "FINISHED" and self._ctx is not None:
+            model_args: dict[str, Any] | None = None
             try:
-                ops.append(Op("log_model", save_model(self._ctx, art / "model", self.uri)))
+                model_args = save_model(self._ctx, art / "model", self.uri)
             except Exception as exc:  # a model that cannot be pickled is never worth a failed run
                 log.warning("the model is not logged: %s", exc)
+            if model_args is not None:
+                yield Op("log_model", model_args)
         tags = error_tags(error)
         if tags:
-            ops.append(Op("set_tags", {"tags": tags}))
-        ops.append(Op("set_terminated", {"status": status}))
-        return ops
+            yield Op("set_tags", {"tags": tags})
+        yield Op("set_terminated", {"status": status})
 
 
 def _git_commit() -> str | None:

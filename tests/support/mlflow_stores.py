@@ -142,6 +142,7 @@ def hand_loop(
     run_id: str | None = None,
     model: nn.Module | None = None,
     fail_at: int | None = None,
+    resumed: bool = False,
 ) -> nn.Module:
     """A real model and optimizer driven exactly as the observer contract says."""
     torch.manual_seed(0)
@@ -159,6 +160,7 @@ def hand_loop(
         param_names=names,
         total_steps=steps,
         start_step=start_step,
+        resumed=resumed or bool(start_step),
         mlflow_run_id=run_id,
         example_input=x[:4],
     )

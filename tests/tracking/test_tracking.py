@@ -159,6 +159,38 @@ def test_resume_continues_the_same_run_without_duplicate_points(tmp_path: Path, 
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
 
 
+def test_a_resume_from_a_checkpoint_without_the_run_id_continues_the_directorys_run(
+    tmp_path: Path, sqlite_uri: str
+) -> None:
+    # The checkpoint was written before the store had created the run (it names no MLflow run,
+    # and it is at step 0: killed before the first step); tracking.json in the same directory
+    # names the run by now, and the resume continues it instead of starting a second one.
+    cfg = tiny_config(sqlite_uri, log_model=False, plots=False, histogram_every=0)
+    first = make_observer(cfg, tmp_path / "run")
+    model = hand_loop(first, cfg, tmp_path / "run", steps=10)
+    second = make_observer(cfg, tmp_path / "run")
+    hand_loop(second, cfg, tmp_path / "run", steps=20, start_step=0, run_id=None, model=model, resumed=True)
+    assert second.mlflow_run_id == first.mlflow_run_id
+    client = MlflowClient(sqlite_uri)
+    run = client.get_run(first.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [5, 10, 15, 20]
+
+
+def test_what_the_store_process_is_sent_unpickles_without_torch(tmp_path: Path, sqlite_uri: str) -> None:
+    # torch.__version__ is a TorchVersion: pickled into the run's tags, it made the store's
+    # process import torch before it could create the run (seconds, while the metrics waited).
+    cfg = tiny_config(sqlite_uri, plots=False, histogram_every=0)
+    obs = make_observer(cfg, tmp_path / "run")
+    hand_loop(obs, cfg, tmp_path / "run", steps=10)
+    assert obs._sender is not None
+    tags = obs._sender._run_spec["tags"]
+    assert tags["torch.version"] and all(type(v) is str for v in tags.values())  # plain str, not a subclass
+    model_op = [op for op in obs._final_ops("FINISHED", None) if op.name == "log_model"]
+    assert model_op and all(type(v) is str for v in model_op[0].args.values())
+
+
 FOUR_RUNS = textwrap.dedent("""
     import sys, warnings
     from pathlib import Path
