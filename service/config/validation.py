@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -162,7 +162,10 @@ def _valid_sections(raw: Any) -> dict[str, Any]:
     return found
 
 
-def without_bad_fields(model: type[BaseModel], value: Any) -> BaseModel | None:
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def without_bad_fields(model: type[Section], value: Any) -> Section | None:
     """The section validated with its invalid fields left at their defaults, so that one bad
     field (trainer.epochs: 0) does not hide the checks that read its neighbours
     (grad_clip_norm with grad_clip_value); None when a required field itself is wrong."""
@@ -291,9 +294,10 @@ def _runtime_checks(sections: Mapping[str, Any], err: Any) -> None:
         err("device", str(exc))
         # The device a fixed config gets here: with no CUDA at all, the CPU whatever it names,
         # so a CPU-only problem (fp16) is reported now rather than in a second round.
-        device = cpu_if_no_cuda()
-        if device is None:
+        fallback = cpu_if_no_cuda()
+        if fallback is None:
             return
+        device = fallback
     trainer = sections.get("trainer")
     if trainer is not None and trainer.precision == "fp16" and device.type != "cuda":
         where = "this machine has none" if device_failed else f"this run uses {device}"
