@@ -38,8 +38,6 @@ PLUGIN_FIELDS = (
     ("scheduler", "schedulers"),
 )
 
-SectionT = TypeVar("SectionT", bound=BaseModel)
-
 
 def is_import_path(name: str) -> bool:
     """`package.module:factory` names a factory by import path instead of a registered plugin."""
@@ -164,7 +162,10 @@ def _valid_sections(raw: Any) -> dict[str, Any]:
     return found
 
 
-def without_bad_fields(model: type[SectionT], value: Any) -> SectionT | None:
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def without_bad_fields(model: type[Section], value: Any) -> Section | None:
     """The section validated with its invalid fields left at their defaults, so that one bad
     field (trainer.epochs: 0) does not hide the checks that read its neighbours
     (grad_clip_norm with grad_clip_value); None when a required field itself is wrong."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 from gradloop.devices import autocast_dtype
 from gradloop.torch_ops import foreach_norm
@@ -40,7 +41,7 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device, precis
     only while that layer runs. On CUDA, bf16/fp16 compute through FSDP's MixedPrecisionPolicy:
     parameters all-gathered in that dtype, gradients reduced in float32, the sharded weights and
     the optimizer state kept in float32."""
-    from torch.distributed.device_mesh import init_device_mesh
+    # torch's FSDP modules: a large import, only for sharded runs (every run imports this module).
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (ctx.world_size,))
@@ -88,6 +89,7 @@ def sharded_grad_scaler(device_type: str) -> torch.amp.GradScaler:
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Write model and optimizer state to `directory` (every rank its shards; rank 0 the metadata,
     once every rank has written)."""
+    # torch.distributed.checkpoint: only when a sharded run saves or loads (as FSDP's modules above).
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -97,6 +99,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Read model and optimizer state from `directory` into this rank's shards."""
+    # torch.distributed.checkpoint: only when a sharded run saves or loads (see save_sharded).
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
