@@ -70,3 +70,18 @@ def default_signals(*signals: signal.Signals) -> None:
 
 
 __all__ = ["STOP_SIGNALS", "default_signals", "ignore_signals", "stop_on_signals"]
+
+
+@contextlib.contextmanager
+def handlers_restored(*signals: signal.Signals) -> Iterator[None]:
+    """Whatever handles `signals` now handles them again on the way out: library code that calls
+    something which installs handlers and leaves them (torch's elastic agent) gives a caller of
+    train() (a notebook, a service, a test) its own back. Only the main thread can set them."""
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)

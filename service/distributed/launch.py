@@ -21,12 +21,14 @@ import dataclasses
 import logging
 import os
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradloop.distributed.checks import nproc_per_node
 from gradloop.errors import ConfigError, TrainingError
+from gradloop.lifecycle import handlers_restored
 
 if TYPE_CHECKING:
     from gradloop.config.schema import RunConfig
@@ -37,6 +39,8 @@ SHUTDOWN_TIMEOUT_S = 3
 # The signals torch's agent turns into "stop the workers now" (torch reads this variable).
 _AGENT_SIGNALS_VAR = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 _AGENT_SIGNALS_NOT_TERM = "SIGINT,SIGHUP,SIGQUIT"
+# The signals torch's agent takes over by default, and leaves taken when it returns.
+_AGENT_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def launch(
@@ -93,7 +97,7 @@ def launch(
     # The agent narrates every rendezvous round at INFO/WARNING; the run's own output says enough.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     try:
-        with _agent_signals(agent_signals):
+        with _agent_signals(agent_signals), handlers_restored(*_AGENT_HANDLED):
             return dict(elastic_launch(LaunchConfig(**options), entry)(*args))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()

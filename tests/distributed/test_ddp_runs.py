@@ -7,6 +7,7 @@ several things: parity with one process at the global batch, metrics, checkpoint
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -82,7 +83,10 @@ def test_sgd_accumulation_clipping_parity_metrics_and_checkpoint_with_one_proces
     """SGD with momentum, windows of 2 with a short last one, clipping on the global norm, uneven
     data: 2 ranks x 8 train to the weights of 1 process x 16; val/accuracy is equal exactly."""
     one = train(_config(tmp_path / "one", ranks=1, batch=16))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     two = train(_config(tmp_path / "two"))
+    # torch's launcher installs its own handlers; the caller of train() gets its own back.
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     assert (two.status, two.steps, two.world_size, two.global_batch_size) == ("FINISHED", one.steps, 2, 32)
     _assert_close(model_state(two.checkpoint_path), model_state(one.checkpoint_path))
     assert two.metrics["val/accuracy"] == one.metrics["val/accuracy"]

@@ -70,11 +70,23 @@ def _dist_config(tmp_path, **distributed):
     return h.base_config(tmp_path, distributed={"strategy": "ddp", **distributed})
 
 
-def test_the_http_policy_refuses_distributed_jobs(tmp_path):
+def test_the_http_policy_holds_distributed_jobs_to_one_host_and_the_process_limit(tmp_path):
+    """The job limits leave a distributed job to the HTTP policy, which refuses what one host
+    cannot run: several machines, a chosen rendezvous, more ranks than --max-procs-per-job."""
+    from gradloop.http_policy import HttpPolicy, _distributed_rule
     from gradloop.limits import ServiceLimits, check_limits
 
-    errors = check_limits(load_config(_dist_config(tmp_path)), ServiceLimits(), tmp_path)
-    assert [e.path for e in errors] == ["distributed.strategy"]
+    two_ranks = load_config(_dist_config(tmp_path, nproc_per_node=2))
+    assert check_limits(two_ranks, ServiceLimits(), tmp_path) == []
+    assert (
+        _distributed_rule(two_ranks, HttpPolicy(data_root=tmp_path, limits=ServiceLimits(max_procs_per_job=2)), False)
+        == []
+    )
+    one_proc = HttpPolicy(data_root=tmp_path, limits=ServiceLimits(max_procs_per_job=1))
+    two_nodes = load_config(_dist_config(tmp_path, nproc_per_node=2, nnodes=2, rdzv_endpoint="127.0.0.1:29400"))
+    errors = _distributed_rule(two_nodes, one_proc, False)
+    assert [e.path for e in errors] == ["distributed.nnodes", "distributed.rdzv_endpoint", "distributed.nproc_per_node"]
+    assert "limit of 1" in errors[-1].message
 
 
 def test_nccl_without_gpus_is_a_config_error_before_anything_starts(tmp_path):

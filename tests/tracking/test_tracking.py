@@ -195,8 +195,7 @@ FOUR_RUNS = textwrap.dedent("""
     import sys, warnings
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from tests.support import marks
-from tests.support.mlflow_stores import hand_loop, tiny_config
+    from tests.support.mlflow_stores import hand_loop, tiny_config
     from gradloop.tracking import make_observer
     uri, run_dir = sys.argv[1], Path(sys.argv[2])
     cfg = tiny_config(uri, log_model=False, histogram_every=0, log_every=1)
