@@ -8,6 +8,7 @@ follows the job's event stream with a progress bar and exits with the job's outc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -449,21 +450,24 @@ def _follow(client: Client, job_id: str) -> int:
         expand=False,
     ) as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None, steps=status, info="")
-        for _, event, data in client.events(job_id):
-            if event == "progress":
-                metrics = data.get("metrics") or {}
-                info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (
-                    f" loss {_fmt_metric(metrics['train/loss'])}" if "train/loss" in metrics else ""
-                )
-                total = data.get("total_steps") or None
-                steps = _steps_text(total, data.get("step"), status)
-                bar.update(task, total=total, completed=data.get("step") or 0, steps=steps, info=info)
-            elif event == "state":
-                status = data.get("status", status)
-                if bar.tasks[0].total is None:
-                    bar.update(task, steps=status)
-                else:
-                    bar.update(task, info=status)
+        # Closed here, not at interpreter exit: a Ctrl-C leaves the stream open otherwise.
+        events = contextlib.closing(client.events(job_id))
+        with events as stream:
+            for _, event, data in stream:
+                if event == "progress":
+                    metrics = data.get("metrics") or {}
+                    info = f"epoch {data.get('epoch')}/{data.get('epochs')}" + (
+                        f" loss {_fmt_metric(metrics['train/loss'])}" if "train/loss" in metrics else ""
+                    )
+                    total = data.get("total_steps") or None
+                    steps = _steps_text(total, data.get("step"), status)
+                    bar.update(task, total=total, completed=data.get("step") or 0, steps=steps, info=info)
+                elif event == "state":
+                    status = data.get("status", status)
+                    if bar.tasks[0].total is None:
+                        bar.update(task, steps=status)
+                    else:
+                        bar.update(task, info=status)
     job = client.call("GET", f"/v1/jobs/{job_id}").json()
     _print_job(job)
     return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(job["status"], EXIT_FAILED)

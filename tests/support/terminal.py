@@ -61,8 +61,14 @@ class Terminal:
     def finish(self, timeout: float = 120) -> int:
         """Read to the end; the exit code."""
         self.read_until(lambda _: False, timeout)
-        code = self.proc.wait(timeout=30)
-        os.close(self.primary)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            tail = self.screen[-1500:]
+            raise AssertionError(f"{self.proc.args[:4]} still runs; its screen ends with:\n{tail}") from None
+        finally:
+            os.close(self.primary)
         return code
 
     def lines(self) -> list[str]:
