@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +342,7 @@ class Client:
             _fail_problem(response)
         return response
 
-    def events(self, job_id: str, last_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    def events(self, job_id: str, last_id: str | None = None) -> Generator[tuple[str, str, dict[str, Any]], None, None]:
         """(id, event, data) from the job's SSE stream, reconnecting with Last-Event-ID."""
         import httpx  # (see __init__)
 
