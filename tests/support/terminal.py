@@ -20,6 +20,10 @@ def plain(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """`argv` with stdin, stdout and stderr on one pseudo-terminal of `columns` columns."""
 
@@ -28,7 +32,16 @@ class Terminal:
         env = {**os.environ, **(env or {}), "COLUMNS": str(columns), "LINES": "40", "TERM": "xterm-256color"}
         env.pop("NO_COLOR", None)
         self.proc = subprocess.Popen(
-            list(argv), stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=cwd, close_fds=True
+            list(argv),
+            stdin=secondary,
+            stdout=secondary,
+            stderr=secondary,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+            # As from a person's shell: Ctrl-C interrupts, even when the tests run where SIGINT is
+            # ignored (a background job of a non-interactive shell), which a child would inherit.
+            preexec_fn=_default_sigint,
         )
         os.close(secondary)
         self.primary = primary
