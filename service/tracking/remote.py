@@ -1,6 +1,6 @@
 """The store's process: an MlflowClient in a child process, so MLflow never runs in the training one.
 
-`RemoteClient(uri)` starts `python -m gradloop.tracking.remote` at once; the child imports
+`RemoteClient(uri)` starts a Python process running this module's `main` at once; the child imports
 MLflow and opens the store (a new sqlite file gets its tables) while the training process
 builds its data and model, then answers the sender's calls over a pair of pipes: the run's
 creation, metric lines and ops (params, tags, artifacts, plots, the model, system metrics,
@@ -166,6 +166,9 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
             pass
 
 
+_CHILD_MAIN = "import sys; from gradloop.tracking.remote import main; main(sys.argv[1:])"
+
+
 class RemoteClient:
     """The parent's end: one call at a time, from the sender's thread."""
 
@@ -181,7 +184,9 @@ class RemoteClient:
         down_r, down_w = os.pipe()  # parent -> child
         up_r, up_w = os.pipe()  # child -> parent
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gradloop.tracking.remote", str(down_r), str(up_w), self.uri],
+            # -c, not -m: gradloop.tracking imports this module, and runpy warns when running a
+            # module its package has already imported.
+            [sys.executable, "-c", _CHILD_MAIN, str(down_r), str(up_w), self.uri],
             pass_fds=(down_r, up_w),
             stdin=subprocess.DEVNULL,
             start_new_session=False,
