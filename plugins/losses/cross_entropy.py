@@ -54,6 +54,15 @@ class CrossEntropy(nn.Module):
                 f"cross_entropy needs logits (N, C) with int64 class indices (N,), or (N, T, C) with (N, T); "
                 f"got outputs {tuple(output.shape)} and targets {tuple(target.shape)} of {target.dtype}"
             )
+        if output.dim() == 2 and self.class_weights is None:
+            # Per sample, unweighted: torch's own mean over the non-ignored targets, which is the
+            # same quantity in one kernel (this is every step of a classifier, where the ops of
+            # the sum-then-divide path below cost a measurable share of a small model's step).
+            # A batch whose targets are all ignore_index has no mean (NaN): its step is skipped
+            # as not finite. Per token, all-padding micro-batches are common; they take the path below.
+            return F.cross_entropy(
+                output.float(), target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
+            )
         weight = self.class_weights.to(output.device) if self.class_weights is not None else None
         # A sum divided by the real targets' count: equal to the "mean" reduction, and 0 rather
         # than NaN for a micro-batch that is all padding (its share of a window is then 0).

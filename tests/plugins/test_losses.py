@@ -46,6 +46,24 @@ def test_cross_entropy_plain_smoothing_and_weights():
     assert "class_weights" in dict(weighted.named_buffers())  # moves with loss.to(device)
 
 
+def test_cross_entropy_per_sample_and_per_token_paths_agree():
+    """Per sample the loss is torch's mean in one kernel; per token it is a sum over real targets
+    divided by their count. Both are the mean over the non-ignored targets, also with smoothing."""
+    g = torch.Generator().manual_seed(2)
+    logits, target = torch.randn(6, 4, generator=g), torch.randint(4, (6,), generator=g)
+    target[1] = -100  # an ignored sample counts for nothing in either path
+    for options in ({}, {"label_smoothing": 0.2}):
+        loss = losses.build("cross_entropy", options)
+        per_sample = loss(logits, target)
+        per_token = loss(logits.unsqueeze(0), target.unsqueeze(0))  # one sequence of 6 tokens
+        assert torch.allclose(per_sample, per_token, rtol=1e-6)
+        assert loss.units(target).item() == 5
+    # All padding: per token the micro-batch counts for nothing; per sample there is no mean.
+    empty = torch.full((6,), -100)
+    assert losses.build("cross_entropy")(logits.unsqueeze(0), empty.unsqueeze(0)).item() == 0.0
+    assert torch.isnan(losses.build("cross_entropy")(logits, empty))
+
+
 def test_cross_entropy_rejects_float_targets():
     with pytest.raises(TrainingError, match="int64 class indices"):
         losses.build("cross_entropy")(torch.randn(4, 1), torch.ones(4, 1))
