@@ -23,7 +23,7 @@ from typing import Any
 from gradloop.jobs.records import Fence, StaleAttemptError
 from gradloop.jobs.store import JobStore
 from gradloop.observer import NullObserver, RunContext, RunStatus
-from gradloop.tracking.gradstats import metric_safe
+from gradloop.tracking.metric_keys import metric_safe
 from gradloop.tracking.state import TrackingState
 
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job goes on elsewhere

@@ -8,6 +8,7 @@ The training process never imports MLflow.
 Module map (one job each):
 - tracking_observer  MlflowObserver: what the trainer's calls become (the training thread's part)
 - gradstats          gradient/update/weight norms on the device; host arithmetic per window
+- metric_keys        metric keys as MLflow accepts them (torch-free: the job service uses it)
 - updatering         per-layer norms of CPU runs, reduced a batch of windows at a time
 - windows            a logging window's values, held until the once-a-second write
 - histograms         per-layer histograms: captured and counted with torch, one JSON file per step

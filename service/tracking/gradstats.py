@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -28,17 +27,10 @@ import torch
 
 from gradloop.distributed.fsdp import is_sharded
 from gradloop.torch_ops import foreach_copy_, foreach_norm, foreach_sub_
+from gradloop.tracking.metric_keys import metric_safe
 from gradloop.tracking.updatering import PendingNorms, UpdateRing
 
 GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
-
-_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-@functools.lru_cache(maxsize=4096)  # the same few keys come back every logging window
-def metric_safe(name: str) -> str:
-    """MLflow metric keys allow letters, digits, `_-. /`; anything else becomes `_`."""
-    return _BAD_KEY_CHARS.sub("_", name)
 
 
 def module_of(param_name: str) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from gradloop.tracking import gradstats
-from gradloop.tracking.gradstats import GradSnapshot, SnapshotShape, StatLayout, metric_safe
+from gradloop.tracking.gradstats import GradSnapshot, SnapshotShape, StatLayout
+from gradloop.tracking.metric_keys import metric_safe
 
 
 @dataclass(slots=True)

@@ -145,3 +145,17 @@ def test_the_cli_and_the_http_policy_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_http_app_and_the_job_progress_observer_import_no_torch():
+    """The API process builds the app (api.app, api.workers) and its routes import the job
+    machinery, job_progress included: none of it imports torch (metric keys are made in a
+    torch-free module; torch comes in only once a job's child trains)."""
+    code = (
+        "import sys, gradloop.api.app, gradloop.api.workers, gradloop.jobs.job_progress\n"
+        "from gradloop.tracking.metric_keys import metric_safe\n"
+        "assert metric_safe('val/acc@1 (top)') == 'val/acc_1 _top_'\n"
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True)
+    assert out.stdout.strip() == "[]"
