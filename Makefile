@@ -66,7 +66,7 @@ typecheck: setup-dev
 
 bench: setup-dev
 	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/tracking.py --pairs 5 --ab ring,hold
+	$(BIN)/python bench/tracking.py --pairs 5 --ab hold
 	$(BIN)/python bench/tracking_switch.py
 	$(BIN)/python bench/api.py
 

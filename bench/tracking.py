@@ -319,18 +319,6 @@ def ingest_server(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
-def _no_ring() -> Iterator[None]:
-    from gradloop.tracking.gradstats import UpdateRing
-
-    fits = UpdateRing.__dict__["fits"]
-    UpdateRing.fits = staticmethod(lambda *args, **kwargs: False)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        UpdateRing.fits = fits  # type: ignore[method-assign]
-
-
-@contextlib.contextmanager
 def _no_hold() -> Iterator[None]:
     from gradloop.tracking import tracking_observer
 
@@ -343,7 +331,6 @@ def _no_hold() -> Iterator[None]:
 
 
 AB_VARIANTS: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager]]] = {
-    "ring": ("per-layer norms of CPU runs batched in updatering's ring (off: foreach ops per window)", _no_ring),
     "hold": ("windows held and written once a second (off: each written at once)", _no_hold),
 }
 

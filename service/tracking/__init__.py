@@ -9,7 +9,6 @@ Module map (one job each):
 - tracking_observer  MlflowObserver: what the trainer's calls become (the training thread's part)
 - gradstats          gradient/update/weight norms on the device; host arithmetic per window
 - metric_keys        metric keys as MLflow accepts them (torch-free: the job service uses it)
-- updatering         per-layer norms of CPU runs, reduced a batch of windows at a time
 - windows            a logging window's values, held until the once-a-second write
 - histograms         per-layer histograms: captured and counted with torch, one JSON file per step
 - jsonl              the journal (metrics.jsonl, metrics.sent), written before anything is sent
@@ -20,8 +19,8 @@ Module map (one job each):
 - mlflow_params      the config as MLflow params
 - status             FINISHED / FAILED / KILLED, error tags, SIGTERM while a run is tracked
 - state, sync        tracking.json (what is owed) and `gradloop sync RUN_DIR`
-updatering and windows exist for speed only; docs/benchmarks.md ("What each optimisation
-saves") has what each saves end to end, measured by bench/tracking.py --ab.
+windows exists for speed only; docs/benchmarks.md ("What each optimisation saves") has what it
+saves end to end, measured by bench/tracking.py --ab.
 """
 
 from __future__ import annotations

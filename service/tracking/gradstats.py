@@ -4,9 +4,7 @@ On the device, per logging window: one `torch._foreach_norm` over all gradients 
 optimizer step (the trainer's own, at logging steps) and one fused copy of the weights into
 buffers kept for the whole run, and after the step one in-place `_foreach_sub_` (the update)
 and one `_foreach_norm` over updates and weights together. The observer moves those norms to
-the host with the window's loss, in one transfer for all held windows. On the CPU, where foreach
-ops are loops of small kernels, a small model's weights go to updatering's ring instead and
-their norms are computed a batch of windows at a time. Everything
+the host with the window's loss, in one transfer for all held windows. Everything
 derived from them (total norm, non-finite count, update/weight ratios, per-module norms) is
 a handful of float operations on the host, so it adds no kernels and no synchronisation.
 
@@ -28,7 +26,6 @@ import torch
 from gradloop.distributed.fsdp import is_sharded
 from gradloop.torch_ops import foreach_copy_, foreach_norm, foreach_sub_
 from gradloop.tracking.metric_keys import metric_safe
-from gradloop.tracking.updatering import PendingNorms, UpdateRing
 
 GradStatsMode = Literal["none", "total", "per_layer", "per_module"]
 
@@ -54,9 +51,6 @@ class StatLayout:
     # fresh tensors per window cost more than the copy itself on a small model).
     _before: list[torch.Tensor] | None = field(init=False, default=None)
     all_params: bool = field(init=False, default=False)
-    # per_layer modes on the CPU, where the parameters fit: windows' weights are copied into a
-    # ring and reduced in batches instead (see updatering).
-    ring: UpdateRing | None = field(init=False, default=None)
     # DTensor shards (FSDP): only the trainer's full gradient norms are used (module docstring).
     sharded: bool = field(init=False, default=False)
 
@@ -82,8 +76,6 @@ class StatLayout:
             for i, name in enumerate(layout.names):
                 modules.setdefault(module_of(name), []).append(i)
             layout.groups, layout.members = list(modules), list(modules.values())
-        if layout.per_layer and not layout.sharded and UpdateRing.fits(layout.weights):
-            layout.ring = UpdateRing(layout.weights)
         return layout
 
     @property
@@ -114,7 +106,6 @@ class StatLayout:
 class SnapshotShape(NamedTuple):
     grad_norms: int  # how many gradient norms lead the values
     with_updates: bool  # whether update and weight norms follow them
-    late: PendingNorms | None = None  # ...or come from the ring (replacing any that follow)
 
 
 @dataclass
@@ -125,13 +116,10 @@ class GradSnapshot:
     grad_norms: torch.Tensor  # 1-d, one per watched parameter
     weights_before: list[torch.Tensor] | None  # per_layer modes: the layout's buffers
     update_weight_norms: list[torch.Tensor] | None = None  # after the step: updates, then weights
-    pending: PendingNorms | None = None  # per_layer modes with the layout's ring
 
     def shape(self) -> SnapshotShape:
         """What host_metrics needs besides the values: kept once the tensors are gone."""
-        return SnapshotShape(
-            len(self.grad_norms), self.update_weight_norms is not None or self.pending is not None, self.pending
-        )
+        return SnapshotShape(len(self.grad_norms), self.update_weight_norms is not None)
 
     def tensors(self) -> list[torch.Tensor]:
         """The norms in the order host_metrics reads them, flattened (the observer moves them to
@@ -158,22 +146,14 @@ def snapshot(step: int, layout: StatLayout, measured: torch.Tensor | None = None
 
 
 def _with_weights(snap: GradSnapshot, layout: StatLayout) -> GradSnapshot:
-    """per_layer modes: the weights before the step, in the ring or in the layout's buffers."""
-    if layout.sharded:
-        return snap
-    if layout.ring is not None:
-        snap.pending = layout.ring.before_step()
-    elif layout.per_layer:
+    """per_layer modes: the weights before the step, in the layout's buffers."""
+    if layout.per_layer and not layout.sharded:
         snap.weights_before = layout.weights_before()
     return snap
 
 
 def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
-    """Add the update and weight norms (device tensors, or pending in the ring) once the
-    optimizer has stepped."""
-    if snap.pending is not None and layout.ring is not None:
-        layout.ring.after_step(snap.pending)
-        return
+    """Add the update and weight norms (device tensors) once the optimizer has stepped."""
     if snap.weights_before is None:
         return
     # before - after, in the buffers themselves: the same norm as the update, no new tensors.
@@ -184,13 +164,8 @@ def after_step(snap: GradSnapshot, layout: StatLayout) -> None:
 
 def host_metrics(shape: SnapshotShape, values: list[float], layout: StatLayout) -> dict[str, float]:
     """Metrics from a snapshot's norms (GradSnapshot.shape() describes them), given as host
-    floats in `tensors()` order; norms pending in the layout's ring are computed now (with
-    every other window of its batch)."""
-    n, with_updates, late = shape
-    if late is not None:
-        if late.values is None and layout.ring is not None:
-            layout.ring.compute()
-        values, with_updates = values[:n] + (late.values or []), late.values is not None
+    floats in `tensors()` order."""
+    n, with_updates = shape
     gn = values[:n]
     out = {
         "train/grad_norm": math.sqrt(sum(v * v for v in gn)),

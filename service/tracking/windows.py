@@ -4,9 +4,8 @@ On the training thread a window only keeps what the trainer and gradstats handed
 GPU the device tensors themselves (moved to the host together at write time, one
 synchronisation a second), on the CPU their values, read at once (no synchronisation to save,
 and no tensors kept alive for the garbage collector to walk). The write pass turns each into
-its metrics with `HeldWindow.host_values`: by then updatering's ring has reduced the window's
-per-layer norms with its batch's, and the journal lines and the sender's requests are made
-for a second's windows at once (what that saves: docs/benchmarks.md).
+its metrics with `HeldWindow.host_values`, and the journal lines and the sender's requests
+are made for a second's windows at once (what that saves: docs/benchmarks.md).
 """
 
 from __future__ import annotations

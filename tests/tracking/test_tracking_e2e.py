@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from gradloop import train
@@ -216,6 +217,60 @@ def test_failed_run_through_train_is_failed(tmp_path: Path, sqlite_uri: str) -> 
     assert len(runs) == 1
     assert runs[0].info.status == "FAILED"
     assert runs[0].data.tags["gradloop.error.type"] == type(info.value).__name__
+
+
+class WeightsAround(NullObserver):
+    """Copies of every weight and gradient around each optimizer step, for checking by hand."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def start(self, ctx: Any) -> None:
+        self.named = list(ctx.model.named_parameters())
+
+    def wants_step_stats(self, step: int) -> bool:
+        return True
+
+    def before_optimizer_step(self, step: int, model: Any) -> Any:
+        return {n: (p.detach().clone(), p.grad.detach().clone()) for n, p in self.named}
+
+    def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
+        self.steps[step] = {n: (*snapshot[n], p.detach().clone()) for n, p in self.named}
+
+
+@pytest.mark.parametrize("grad_stats", ["per_layer", "per_module"])
+def test_logged_per_layer_norms_are_the_norms_of_each_steps_weights_and_update(
+    tmp_path: Path, sqlite_uri: str, grad_stats: str
+) -> None:
+    """A real run through train(): every logged grad_norm/, weight_norm/ and update_ratio/
+    point is torch.linalg.vector_norm of that step's gradient, weights after the step and
+    weight difference (per module: the root of its parameters' summed squares)."""
+    weights = WeightsAround()
+    result = train(small_config(tmp_path, sqlite_uri, epochs=2, grad_stats=grad_stats), observers=[weights])
+    client = MlflowClient(sqlite_uri)
+    norm = torch.linalg.vector_norm
+    labels = {n: n.rsplit(".", 1)[0] if grad_stats == "per_module" else n for n, _ in weights.named}
+    assert len(set(labels.values())) == (2 if grad_stats == "per_module" else 4)
+    for label in set(labels.values()):
+        members = [n for n in labels if labels[n] == label]
+        logged = {
+            kind: {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, f"{kind}/{label}")}
+            for kind in ("grad_norm", "weight_norm", "update_ratio")
+        }
+        assert sorted(logged["weight_norm"]) == list(range(2, 17, 2))  # log_every: 2, 16 steps
+        for step, weight_norm in logged["weight_norm"].items():
+            around = weights.steps[step]
+
+            def joint(norms: list[torch.Tensor]) -> float:
+                return math.sqrt(sum(float(x) ** 2 for x in norms))
+
+            grad = joint([norm(around[n][1]) for n in members])
+            after = joint([norm(around[n][2]) for n in members])
+            update = joint([norm(around[n][0] - around[n][2]) for n in members])
+            assert update > 0  # the step moved the weights: the ratio checks something
+            assert logged["grad_norm"][step] == pytest.approx(grad, rel=1e-5)
+            assert weight_norm == pytest.approx(after, rel=1e-5)
+            assert logged["update_ratio"][step] == pytest.approx(update / after, rel=1e-4)
 
 
 def test_resume_through_train_continues_the_run(tmp_path: Path, sqlite_uri: str) -> None:
