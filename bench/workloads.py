@@ -13,8 +13,9 @@ of the last step, so worker start-up and first-step allocations are left out), i
 (min-max), the median steps/s over the whole loop (gradloop: Trainer.fit's duration, which also
 holds the observers' start; the hand loop: first step to last), the median wall time of the whole
 process and its CPU time (process + children, e.g. DataLoader workers), and the ratios of
-medians. Then one hand-loop run split into data wait, forward+backward and optimizer step, and
-gradloop's tracking cost as tracking on vs off.
+medians. Then where the time goes: one hand-loop run's steady-state steps split into data wait,
+forward+backward and optimizer step (ms per step and share), gradloop's tracking cost as tracking
+on vs off, and the loop's own cost as gradloop untracked against the hand loop.
 
 --threads N sets torch's intra-op threads in every run (0: torch's default, one per core). On a
 machine shared with other jobs, more threads than free cores makes every op wait for a
@@ -158,9 +159,10 @@ def run_hand(workload: str, steps: int, warmup: int, root: str, split: bool) -> 
         opt.zero_grad(set_to_none=True)
         float(loss.detach())  # a user's loop looks at its loss; gradloop syncs once a step as well
         t3 = time.perf_counter()
-        parts["data_s"] += t1 - t0
-        parts["fwd_bwd_s"] += t2 - t1
-        parts["opt_s"] += t3 - t2
+        if step > warmup:  # the steady state, as the steps/s: worker start-up is not data wait
+            parts["data_s"] += t1 - t0
+            parts["fwd_bwd_s"] += t2 - t1
+            parts["opt_s"] += t3 - t2
         if step == warmup:
             warm = t3
     end = time.perf_counter()
@@ -262,10 +264,13 @@ def main() -> None:
             whole = [statistics.median(r["loop_steps_per_s"] for r in runs[v]) for v in ("hand", "gradloop")]
             print(f"  gradloop / hand: {ours / hand:.3f} steady, {whole[1] / whole[0]:.3f} whole loop")
             split = child("hand-split", workload, args, root)
-            total = split["loop_s"]
+            total, counted = split["steady_s"], args.steps - args.warmup
             print(
-                "  where a hand step's time goes: "
-                + ", ".join(f"{k[:-2]} {100 * split[k] / total:.0f}%" for k in ("data_s", "fwd_bwd_s", "opt_s"))
+                f"  where a hand step's time goes (one more run, {counted / total:.2f} steps/s, steady state): "
+                + ", ".join(
+                    f"{k[:-2]} {1000 * split[k] / counted:.1f} ms ({100 * split[k] / total:.0f}%)"
+                    for k in ("data_s", "fwd_bwd_s", "opt_s")
+                )
             )
             on, off = [], []
             for _ in range(max(2, args.pairs // 2)):
@@ -275,6 +280,7 @@ def main() -> None:
                 f"  tracking: {statistics.median(on):.2f} steps/s on vs {statistics.median(off):.2f} off "
                 f"({len(on)} pairs, steady state; ratio {statistics.median(on) / statistics.median(off):.3f})"
             )
+            print(f"  the loop itself: gradloop untracked / hand {statistics.median(off) / hand:.3f} (steady state)")
 
 
 if __name__ == "__main__":

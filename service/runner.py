@@ -287,7 +287,7 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
     loss_fn = build_loss(cfg.loss)
     val = splits.val if splits.val is not None and len(cast(Sized, splits.val)) > 0 else None
     has_val = val is not None
-    # Without validation data no metric is computed: torchmetrics (seconds to import) stays unloaded.
+    # Without validation data no metric is computed: torchmetrics stays unloaded.
     metrics = (
         build_metric_set(
             cfg.metrics,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from gradloop import registry
+from gradloop import registry, torchmetrics_import
 from gradloop.errors import ConfigError, FieldError, TrainingError
 from gradloop.outputs import IGNORE_INDEX, logits_of
 
@@ -163,12 +163,17 @@ def build_metric_set(
 ) -> MetricSet:
     """Each metric built for this data; a metric for another task is a ConfigError naming it."""
     ctx = MetricContext(task, num_classes, num_outputs)
+    specs = metric_specs(raw, task, defaults)
+    plugins = [registry.metrics.get(spec.name) for spec in specs]
+    if any(plugin.source != "builtin" for plugin in plugins):
+        # The built-in metrics import torchmetrics without its other domains' packages; a
+        # plugin from elsewhere may need those, so it gets torchmetrics in full.
+        torchmetrics_import.full()
     built: dict[str, Any] = {}
     figures: list[str] = []
     errors: list[FieldError] = []
-    for i, spec in enumerate(metric_specs(raw, task, defaults)):
+    for i, (spec, plugin) in enumerate(zip(specs, plugins, strict=True)):
         field = f"metrics.{i}"
-        plugin = registry.metrics.get(spec.name)
         tasks = plugin.capabilities.get("tasks", ())
         if tasks and task not in tasks:
             fitting = [p.name for p in registry.metrics if task in p.capabilities.get("tasks", ())]

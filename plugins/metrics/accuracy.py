@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
+from gradloop import torchmetrics_import
 from gradloop.plugins.metrics._common import CLASSIFICATION, Average, AveragedOptions
 from gradloop.registry import metrics
 from gradloop.val_metrics import MetricContext
@@ -19,7 +20,8 @@ class AccuracyOptions(AveragedOptions):
 @metrics.register("accuracy", options=AccuracyOptions, tasks=CLASSIFICATION)
 def build_accuracy(*, options: AccuracyOptions, ctx: MetricContext) -> Any:
     """Fraction of samples (or tokens) whose predicted class is the target."""
-    # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
+    # imported only when a run builds it, and without the packages of torchmetrics' other domains
+    torchmetrics_import.light()
     from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
     if ctx.task == "binary":

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gradloop import torchmetrics_import
 from gradloop.plugins.metrics._common import CLASSIFICATION
 from gradloop.registry import metrics
 from gradloop.val_metrics import MetricContext
@@ -19,7 +20,8 @@ class AUROCOptions(BaseModel):
 @metrics.register("auroc", options=AUROCOptions, tasks=CLASSIFICATION)
 def build_auroc(*, options: AUROCOptions, ctx: MetricContext) -> Any:
     """Area under the ROC curve (exact, from every validation score; one-vs-rest for many classes)."""
-    # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
+    # imported only when a run builds it, and without the packages of torchmetrics' other domains
+    torchmetrics_import.light()
     from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
     if ctx.task == "binary":

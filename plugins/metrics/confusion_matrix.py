@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gradloop import torchmetrics_import
 from gradloop.plugins.metrics._common import CLASSIFICATION
 from gradloop.registry import metrics
 from gradloop.val_metrics import MetricContext
@@ -21,7 +22,8 @@ class ConfusionOptions(BaseModel):
 @metrics.register("confusion_matrix", options=ConfusionOptions, tasks=CLASSIFICATION, figure=True)
 def build_confusion_matrix(*, options: ConfusionOptions, ctx: MetricContext) -> Any:
     """Rows are true classes, columns predicted ones; drawn to confusion_matrix.png (not a scalar)."""
-    # torchmetrics takes seconds to import (it loads its every domain): only when a run builds it
+    # imported only when a run builds it, and without the packages of torchmetrics' other domains
+    torchmetrics_import.light()
     from torchmetrics.classification import BinaryConfusionMatrix, MulticlassConfusionMatrix
 
     if ctx.task == "binary":

@@ -3,7 +3,11 @@ over a whole set, per sample and per token (padding left out)."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -121,3 +125,64 @@ def test_defaults_per_task_and_a_metric_for_another_task_is_a_config_error():
     text = str(info.value)
     assert "metrics.0" in text and "regression" in text
     assert "metrics.1" in text and "at least 6 classes" in text
+
+
+# Packages torchmetrics imports for domains gradloop's metrics do not use (see gradloop.torchmetrics_import).
+OTHER_DOMAINS = ("transformers", "torchvision", "matplotlib")
+
+RUN_WITH_ACCURACY = textwrap.dedent("""
+    import json, sys
+    from gradloop import train
+    result = train(json.loads(sys.argv[1]))
+    loaded = [m for m in ("torchmetrics",) + tuple(sys.argv[2].split(",")) if m in sys.modules]
+    print("RESULT", result.status, result.metrics.get("val/accuracy", "none"), ",".join(loaded), flush=True)
+""")
+
+
+def test_a_run_validated_with_accuracy_does_not_import_other_domains_packages(tmp_path):
+    """The digits MLP with `metrics: [accuracy]`, in a fresh process: torchmetrics without transformers & co."""
+    cfg = {
+        "name": "imports",
+        "seed": 0,
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "mlp", "options": {"in_features": 64, "hidden": [8], "out_features": 10}},
+        "data": {"name": "sklearn", "options": {"dataset": "digits"}, "batch_size": 64, "val_fraction": 0.2},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "metrics": ["accuracy"],
+        "trainer": {"epochs": 1, "progress": "none"},
+        "tracking": {"enabled": False},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_WITH_ACCURACY, json.dumps(cfg), ",".join(OTHER_DOMAINS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, accuracy, loaded = proc.stdout.split("RESULT ", 1)[1].split()
+    assert status == "FINISHED" and 0.0 <= float(accuracy) <= 1.0
+    assert loaded.split(",") == ["torchmetrics"], loaded
+
+
+METRIC_FROM_ELSEWHERE = textwrap.dedent("""
+    import sys
+    from gradloop import registry
+    from gradloop.val_metrics import build_metric_set
+
+    @registry.metrics.register("outside")
+    def build(*, options, ctx):
+        from torchmetrics.classification import MulticlassAccuracy  # torchmetrics as its writer knows it
+        return MulticlassAccuracy(ctx.classes)
+
+    build_metric_set(["accuracy", "outside"], "classification", 3, 3)
+    print("LOADED", "matplotlib" in sys.modules, flush=True)
+""")
+
+
+def test_a_metric_plugin_from_elsewhere_gets_torchmetrics_in_full():
+    """Built after a built-in one in the same run, it still finds every domain (here: matplotlib's plots)."""
+    proc = subprocess.run([sys.executable, "-c", METRIC_FROM_ELSEWHERE], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("LOADED ", 1)[1].split() == ["True"]
