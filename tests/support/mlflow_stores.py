@@ -196,4 +196,18 @@ def hand_loop(
         observer.finish(status_for(exc), exc)
         raise
     observer.finish("FINISHED", None)
+    all_logged()  # the end-of-run artifacts are logged in the background: the tests read them
     return model
+
+
+def all_logged(*run_dirs: Path, timeout: float = 120.0) -> None:
+    """Wait until MLflow has the end-of-run artifacts (plots, histograms, the model) of this
+    process's runs, and of the runs in `run_dirs` that other processes (the CLI, a job) made."""
+    import gradloop.tracking
+
+    assert gradloop.tracking.wait(timeout), "the store process did not finish the end-of-run ops"
+    deadline = time.monotonic() + timeout
+    for run_dir in run_dirs:
+        while gradloop.tracking.background_logger(run_dir) is not None:
+            assert time.monotonic() < deadline, f"{run_dir}'s end-of-run ops were not logged in {timeout} s"
+            time.sleep(0.05)
