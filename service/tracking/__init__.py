@@ -104,15 +104,22 @@ def background_logger(run_dir: Path) -> int | None:
     """The pid of the process still logging the run's end-of-run artifacts, or None when MLflow
     has them (or they are owed to `gradloop sync`: tracking.json's pending_ops says)."""
     state = TrackingState.load(Path(run_dir))
-    if state is None or state.background_pid is None:
-        return None
-    try:
-        os.kill(state.background_pid, 0)
-    except ProcessLookupError:
-        return None  # it died: what it left is in pending_ops
-    except PermissionError:
-        pass  # alive, another user's
+    if state is None or state.background_pid is None or not _alive(state.background_pid):
+        return None  # (one that died left what it did not do in pending_ops)
     return state.background_pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    try:  # a zombie (dead, not yet reaped by its parent) answers the signal too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # (no /proc: trust the signal)
 
 
 def resolve_uri(uri: str | None = None) -> str:

@@ -27,7 +27,6 @@ there: the sender's warning says what did not arrive.
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import os
 import signal
@@ -109,13 +108,7 @@ class _Child:
     def start_run(self, spec: dict[str, Any]) -> dict[str, str]:
         from gradloop.tracking.mlflow_store import start_run  # MLflow: in the store's process only
 
-        started = start_run(self.open(), self.uri, spec)
-        # What the end of the run will need (matplotlib for the plots, torch and mlflow.pytorch
-        # for the model) is imported now, while this process waits for metrics anyway, so that
-        # the end of the run does not wait for the imports.
-        if spec.get("warm"):
-            threading.Thread(target=_import_all, args=(spec["warm"],), daemon=True).start()
-        return started
+        return start_run(self.open(), self.uri, spec)
 
     def log_lines(self, run_id: str, lines: bytes) -> int:
         from gradloop.tracking.mlflow_store import log_lines  # MLflow: in the store's process only
@@ -186,14 +179,6 @@ def _record_progress(handover: _Handover, done: dict[str, Any] | None) -> None:
         if not handover.ops:
             state.background_pid = None
         state.save(handover.run_dir)
-
-
-def _import_all(modules: list[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass  # the op that needs it reports the error
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:

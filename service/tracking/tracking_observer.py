@@ -136,11 +136,6 @@ class MlflowObserver:
                 "model.num_trainable_params": str(trainable),
             },
         }
-        warm = (["gradloop.tracking.plots"] if self.tcfg.plots else []) + (
-            ["torch", "mlflow.pytorch", "mlflow.models", "mlflow.pyfunc"] if self.tcfg.log_model else []
-        )
-        if warm:
-            spec["warm"] = warm
         if resumed:
             spec["run_id"] = resume_id
             spec["resume_tags"] = {"gradloop.resumed_from_step": str(ctx.start_step)}
