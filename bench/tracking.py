@@ -16,11 +16,13 @@ Scenarios (--only, comma-separated; all but `ab` by default):
   ab      tracked runs of the mlp scenario with and without one optimisation (--ab NAME), to
           decide whether the code it costs pays for itself: see AB_VARIANTS.
 Pairs run one after the other, the order swapped every pair, so that a drift of the machine's
-speed hits both alike. Each run reports its wall time (what the user waits for, start to
-finish), the CPU time of the training process and of its child processes (the store's process
-included: the CLI reaps it, and the in-process runs count it live), and for the in-process runs
-the loop's own time (RunResult.duration_s), the time outside it (start and end of the run) and
-how long `Sender.close` took. Ratios are untracked/tracked wall time of the same pair (1.0
+speed hits both alike. Each run reports its wall time (what the user waits for: until the
+command is done, or `train()` returns), the CPU time of the training process and of its child
+processes (the store's process included: the CLI's wrapper reaps it, and the in-process runs
+count it live), how long the store's process then went on logging the end-of-run artifacts in
+the background (the next run starts after it), and for the in-process runs the loop's own time
+(RunResult.duration_s), the time outside it (start and end of the run) and how long
+`Sender.close` took. Ratios are untracked/tracked wall time of the same pair (1.0
 means free); compare ratios of one invocation only, never against another day's.
 
 Torch runs on one thread (--threads 1) in every process: on a shared 2-core machine torch's
@@ -57,8 +59,12 @@ CNN_EPOCHS = 15
 
 # Runs the CLI in a wrapper that reports its own CPU time and its reaped children's (the
 # store's process, which the CLI waits for at exit) as JSON on the last line of stderr.
+# Runs the CLI in a wrapper that says when the command was done for its user (after its atexit
+# hooks: the moment `gradloop run` would give the prompt back), then waits for the store's
+# process, which finishes the end-of-run artifacts on its own, and reports the CPU time of the
+# command and of its reaped children (the store's process) as JSON on the last line of stderr.
 CLI_WRAPPER = """
-import json, resource, sys
+import json, os, resource, sys, time
 from gradloop.cli.main import main
 code = 0
 try:
@@ -67,9 +73,17 @@ except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else 0
 finally:
     import atexit
-    atexit._run_exitfuncs()  # (the store's process is reaped there: count it)
+    atexit._run_exitfuncs()
+    done = time.time()
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    sys.stderr.write("\\n" + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime}) + "\\n")
+    idle = time.time()
+    cpu = {"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime, "done": done, "idle": idle}
+    sys.stderr.write("\\n" + json.dumps(cpu) + "\\n")
 sys.exit(code)
 """
 
@@ -81,6 +95,9 @@ class Sample:
     cpu_children: float
     loop: float | None = None  # RunResult.duration_s (in-process runs)
     close: float | None = None  # Sender.close (in-process tracked runs)
+    # After the run was done for its user, until the store's process had logged the end-of-run
+    # artifacts in the background (tracked runs): the next run starts only after it.
+    background: float | None = None
 
 
 def config(epochs: int, out: str, uri: str | None, device: str = "cpu") -> dict:
@@ -178,14 +195,20 @@ def _cpu() -> tuple[float, float]:
 def run_in_process(cfg: dict) -> Sample:
     from gradloop import train
 
+    import gradloop.tracking
+
     closes = len(_close_times)
     s0, c0 = _cpu()
     t0 = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t0
+    background = None
+    if result.mlflow_run_id is not None:
+        gradloop.tracking.wait()  # (its CPU time is the children's of this run, not of the next one)
+        background = time.perf_counter() - t0 - wall
     s1, c1 = _cpu()
     close = _close_times[-1] if len(_close_times) > closes else None
-    return Sample(wall, s1 - s0, c1 - c0, result.duration_s, close)
+    return Sample(wall, s1 - s0, c1 - c0, result.duration_s, close, background)
 
 
 def run_cli(cwd: Path, tracked: bool) -> Sample:
@@ -194,13 +217,13 @@ def run_cli(cwd: Path, tracked: bool) -> Sample:
         args += ["--set", "tracking.enabled=false"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    t0 = time.perf_counter()
+    t0 = time.time()
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"gradloop run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     cpu = json.loads(proc.stderr.strip().splitlines()[-1])
-    return Sample(wall, cpu["self"], cpu["children"])
+    background = cpu["idle"] - cpu["done"] if tracked else None
+    return Sample(cpu["done"] - t0, cpu["self"], cpu["children"], background=background)
 
 
 # -- pairs and their report ----------------------------------------------------------------
@@ -246,6 +269,9 @@ def report(name: str, got: list[tuple[Sample, Sample]], labels: tuple[str, str] 
         closes = [r.close for r in runs if r.close is not None]
         if closes:
             line += f"  Sender.close {_spread(closes, 3)} s"
+        later = [r.background for r in runs if r.background is not None]
+        if later:
+            line += f"  then in the background {_spread(later)} s"
         print(line)
     a, b = labels
     print(f"  {b}/{a} wall, per pair: {' '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")

@@ -170,7 +170,7 @@ def _print_result(result: Any, config: Path | None = None, overrides: list[str] 
 def _print_dashboard(result: Any) -> None:
     """The link to the run's charts, on a line of its own (a terminal must not cut or wrap it), and
     for a local store the command that serves them."""
-    from gradloop.tracking import dashboard  # (no MLflow import: tracking.json says where)
+    from gradloop.tracking import background_logger, dashboard  # (no MLflow import: tracking.json says)
 
     link = dashboard(result.run_dir) if result.mlflow_run_id else None
     if link is None:
@@ -178,6 +178,15 @@ def _print_dashboard(result: Any) -> None:
     out.print(f"charts: {link.url}", soft_wrap=True, highlight=False, markup=False)
     if link.command:
         out.print(f"  (serve them first: {link.command})", soft_wrap=True, highlight=False, markup=False)
+    pid = background_logger(result.run_dir)
+    if pid is not None:
+        out.print(
+            f"  (plots and the model are being logged by process {pid}, in the background; "
+            f"whatever it cannot log, `gradloop sync {result.run_dir}` sends)",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
 
 
 def _set_args(overrides: list[str] | None) -> list[str]:
@@ -350,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     finally:
-        close_shared()  # reaped, the store processes' CPU counts as this command's children's
+        # The store processes finish the runs' end-of-run artifacts on their own: the user does
+        # not wait for them (tracking.json lists them as owed until they are done).
+        close_shared()
 
 
 if __name__ == "__main__":

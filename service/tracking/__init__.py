@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gradloop.observer import NullObserver, Observer
-from gradloop.tracking.remote import shared_client
+from gradloop.tracking.remote import shared_client, wait_idle
 from gradloop.tracking.state import TrackingState
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ __all__ = [
     "dashboard",
     "Dashboard",
     "DEFAULT_URI",
+    "wait",
+    "background_logger",
 ]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -88,6 +90,36 @@ def prestart(config: RunConfig) -> None:
     and opens the store while the caller builds the data and the model."""
     if config.tracking.enabled:
         shared_client(resolve_uri(config.tracking.uri))
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Wait until MLflow has every tracked run of this process in full. A run's end hands its
+    artifacts (plots, histograms, the model, logs) to the store process,
+    which logs them in the background; `train()` returns without waiting for them. False when
+    `timeout` passed first (they are still being logged; tracking.json lists what is owed)."""
+    return wait_idle(timeout)
+
+
+def background_logger(run_dir: Path) -> int | None:
+    """The pid of the process still logging the run's end-of-run artifacts, or None when MLflow
+    has them (or they are owed to `gradloop sync`: tracking.json's pending_ops says)."""
+    state = TrackingState.load(Path(run_dir))
+    if state is None or state.background_pid is None or not _alive(state.background_pid):
+        return None  # (one that died left what it did not do in pending_ops)
+    return state.background_pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    try:  # a zombie (dead, not yet reaped by its parent) answers the signal too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # (no /proc: trust the signal)
 
 
 def resolve_uri(uri: str | None = None) -> str:

@@ -7,31 +7,43 @@ creation, metric lines and ops (params, tags, artifacts, plots, the model, syste
 the final status). A failure there comes back as a `StoreError` with
 MLflow's error code, so the sender can tell a refusal from an outage without importing MLflow.
 
+The end of a run's slow ops (plots, histograms, the model, the log files)
+are handed over with `background`: the child accepts them at once and does them whenever no
+call is waiting, so the run's end does not wait for them. tracking.json lists them as owed
+until they are done, and names this process (`background_pid`); the child rewrites it as it
+goes, so `gradloop sync` sends exactly what a killed child left. A child whose parent has
+gone still finishes what it accepted, then exits.
+
 A plain subprocess rather than multiprocessing's spawn: spawn re-imports the user's main
 script in the child, and a script without a `__main__` guard would train again there. The
 child ignores SIGINT/SIGTERM (a Ctrl-C to the process group must not kill it before the run
 flushes) and exits when its pipe closes, so it never outlives its parent by more than the call
-in hand. The parent waits for it at exit (`close_shared`, registered with atexit), so that it
-is reaped and its CPU time counts among the parent's children. MLflow's own log lines about
+in hand. `close_shared` ends it at the end of a command without waiting for its background work
+(`wait_idle` waits for that). MLflow's own log lines about
 requests that failed (e.g. its system-metrics thread while the server is down) are silenced
 there: the sender's warning says what did not arrive.
 """
 
 from __future__ import annotations
 
-import importlib
+import collections
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import warnings
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
+from gradloop.filelock import FileLock
 from gradloop.lifecycle import ignore_signals
+from gradloop.tracking.state import STATE_NAME, TrackingState
 
-ALLOWED = frozenset({"start_run", "log_lines", "op", "ping"})
+ALLOWED = frozenset({"start_run", "log_lines", "op", "ping", "background", "wait_idle"})
 
 # Error codes MLflow uses for requests that a retry cannot fix.
 PERMANENT_CODES = frozenset(
@@ -65,6 +77,15 @@ def is_permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in PERMANENT_CODES
 
 
+@dataclass
+class _Handover:
+    """One run's end-of-run ops, accepted by `background` and done in order."""
+
+    run_dir: Path
+    run_id: str
+    ops: collections.deque[dict[str, Any]]
+
+
 class _Child:
     """What the child process does with each call (it owns the client)."""
 
@@ -72,6 +93,7 @@ class _Child:
         self.uri = uri
         self.client: Any = None
         self.monitors: dict[str, Any] = {}
+        self.handovers: collections.deque[_Handover] = collections.deque()
 
     def open(self) -> Any:
         if self.client is None:
@@ -86,13 +108,7 @@ class _Child:
     def start_run(self, spec: dict[str, Any]) -> dict[str, str]:
         from gradloop.tracking.mlflow_store import start_run  # MLflow: in the store's process only
 
-        started = start_run(self.open(), self.uri, spec)
-        # What the end of the run will need (matplotlib for the plots, torch and mlflow.pytorch
-        # for the model) is imported now, while this process waits for metrics anyway, so that
-        # the end of the run does not wait for the imports.
-        if spec.get("warm"):
-            threading.Thread(target=_import_all, args=(spec["warm"],), daemon=True).start()
-        return started
+        return start_run(self.open(), self.uri, spec)
 
     def log_lines(self, run_id: str, lines: bytes) -> int:
         from gradloop.tracking.mlflow_store import log_lines  # MLflow: in the store's process only
@@ -107,6 +123,37 @@ class _Child:
 
         run_op(self.open(), run_id, name, args)
 
+    def background(self, run_dir: str, run_id: str, ops: list[dict[str, Any]]) -> int:
+        """Accept a run's end-of-run ops (already listed as owed in its tracking.json); they are
+        done between calls (`work`). Returns this process's pid."""
+        self.handovers.append(_Handover(Path(run_dir), run_id, collections.deque(ops)))
+        return os.getpid()
+
+    def wait_idle(self) -> None:
+        """Answer once every accepted op is done (or failed and left in tracking.json)."""
+        while self.work():
+            pass
+
+    def work(self) -> bool:
+        """Do one accepted op; False when there is none."""
+        if not self.handovers:
+            return False
+        handover = self.handovers[0]
+        op = handover.ops.popleft()
+        done = True
+        try:
+            with warnings.catch_warnings():  # (nobody may be reading this process's stderr now)
+                warnings.simplefilter("ignore")
+                self.op(handover.run_id, op["name"], op.get("args", {}))
+        except Exception as exc:
+            # Still owed, for `gradloop sync`; unless MLflow refused it, which it would again
+            # (dropped, as the sender drops a refused request).
+            done = is_permanent(exc)
+        if not handover.ops:
+            self.handovers.popleft()
+        _record_progress(handover, op if done else None)
+        return True
+
     def system_metrics(self, run_id: str, start: bool, resumed: bool = False) -> None:
         monitor = self.monitors.pop(run_id, None)
         if monitor is not None:
@@ -119,16 +166,25 @@ class _Child:
             self.monitors[run_id] = monitor
 
 
-def _import_all(modules: list[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass  # the op that needs it reports the error
+def _record_progress(handover: _Handover, done: dict[str, Any] | None) -> None:
+    """Rewrite the run's tracking.json: the op just done is no longer owed, and once the last
+    one is through this process is no longer on it. Under the run directory's lock, against
+    a `gradloop sync` of the same directory."""
+    with FileLock(handover.run_dir / (STATE_NAME + ".lock")):
+        state = TrackingState.load(handover.run_dir)
+        if state is None or state.run_id != handover.run_id:
+            return  # (the directory was reused for another run meanwhile)
+        if done is not None and done in state.pending_ops:
+            state.pending_ops.remove(done)
+        if not handover.ops:
+            state.background_pid = None
+        state.save(handover.run_dir)
 
 
 def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
-    ignore_signals(signal.SIGINT, signal.SIGTERM)  # this process's parent ends it
+    # This process's parent ends it; and it may outlive a parent in a terminal that closes,
+    # to finish the ops it accepted.
+    ignore_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     # mlflow.pytorch imports pytorch_lightning, where it is installed, for an autologging
     # callback this process never uses; with it come torchmetrics, torchvision and torch._dynamo,
     # more CPU than everything else this process does. Marked absent, mlflow.pytorch skips it.
@@ -143,6 +199,9 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
         pass  # (a server that is down; each call tries again and reports the error)
     while True:
         try:
+            # Accepted end-of-run ops are done one at a time while no call waits.
+            while child.handovers and not conn_in.poll(0):
+                child.work()
             msg = conn_in.recv()
         except (EOFError, OSError):
             break
@@ -164,6 +223,7 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
             monitor.finish()
         except Exception:
             pass
+    child.wait_idle()  # the parent has gone or is done with this process: finish what was accepted
 
 
 _CHILD_MAIN = "import sys; from gradloop.tracking.remote import main; main(sys.argv[1:])"
@@ -188,7 +248,12 @@ class RemoteClient:
             # module its package has already imported.
             [sys.executable, "-c", _CHILD_MAIN, str(down_r), str(up_w), self.uri],
             pass_fds=(down_r, up_w),
+            # Not the parent's output: it may outlive the parent (finishing the end-of-run ops),
+            # and a pipe it held open would keep `gradloop run | tee` waiting for it. Its calls'
+            # errors come back over the pipe.
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=False,
         )
         os.close(down_r)
@@ -232,7 +297,13 @@ class RemoteClient:
         if proc is not None and proc.poll() is None:
             proc.kill()
 
-    def close(self, timeout: float = 5.0) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """End the child: it finishes the ops it accepted, then exits. With a timeout, wait that
+        long for it and kill it after; with None, leave it to finish on its own."""
         with self._lock:
             if self._to is not None:
                 try:
@@ -240,13 +311,13 @@ class RemoteClient:
                 except OSError:
                     pass
             self._close_pipes()
-            if self._proc is not None:
+            if self._proc is not None and timeout is not None:
                 try:
                     self._proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait(2)
-                self._proc = None
+            self._proc = None
 
 
 _shared: dict[str, RemoteClient] = {}
@@ -265,15 +336,35 @@ def shared_client(uri: str) -> RemoteClient:
         return client
 
 
-def close_shared(timeout: float = 5.0) -> None:
-    """End every store process this process started and wait for each to exit: reaped, it
-    leaves no zombie, and its CPU time counts as this process's children's (the CLI's
-    resource usage then says what a tracked run cost). Any later call starts a fresh one."""
+def close_shared(timeout: float | None = None) -> None:
+    """End every store process this process started. Each finishes the end-of-run ops it
+    accepted on its own (the user does not wait for them; tracking.json says what is owed
+    until they are done); with a timeout, wait that long for each and kill it after. Any later
+    call starts a fresh one."""
     with _shared_lock:
         clients = list(_shared.values())
         _shared.clear()
     for client in clients:
         client.close(timeout)
+
+
+def wait_idle(timeout: float | None = None) -> bool:
+    """Wait until the store processes of this process have done every end-of-run op they
+    accepted (plots, histograms, the model, logs). False when `timeout` passed first."""
+    with _shared_lock:
+        clients = list(_shared.values())
+    done = threading.Event()
+
+    def wait_all() -> None:
+        for client in clients:
+            try:
+                client.wait_idle()
+            except StoreError:
+                pass  # (a process that went away has nothing left to wait for)
+        done.set()
+
+    threading.Thread(target=wait_all, name="gradloop-wait-idle", daemon=True).start()
+    return done.wait(timeout)
 
 
 def main(argv: list[str]) -> None:

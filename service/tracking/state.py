@@ -1,7 +1,9 @@
 """tracking.json in the run directory: which MLflow run this directory feeds, and what is owed.
 
 Written when a run starts and again when it ends. `pending_ops` are the params, tags,
-artifacts and final status that could not reach MLflow before the end-of-run deadline;
+artifacts and final status that MLflow does not have yet: those that could not reach it before
+the end-of-run deadline, and those the store process is doing in the background (then
+`background_pid` names it, and it rewrites this file as it goes);
 `create` describes a run that could not even be created (server down at start).
 `gradloop sync` reads this file, does what is owed and rewrites it.
 """
@@ -28,6 +30,9 @@ class TrackingState:
     create: dict[str, Any] | None = None  # {"tags": {...}, "parent_run_id": ...} while not created
     pending_ops: list[dict[str, Any]] = field(default_factory=list)
     unsent_points: int = 0
+    # The store process still doing the end-of-run ops in pending_ops, in the background; None
+    # once it has done them (or when nothing was handed over).
+    background_pid: int | None = None
 
     def save(self, run_dir: Path) -> None:
         path = Path(run_dir) / STATE_NAME

@@ -9,15 +9,19 @@ second sync sends nothing twice. It runs in this process: a sync has no training
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradloop.errors import GradloopError
+from gradloop.tracking import background_logger
 from gradloop.tracking.jsonl import Journal, read_records, unsent_records
 from gradloop.tracking.mlflow_store import log_lines, open_client, run_op, start_run
 from gradloop.tracking.remote import is_permanent
 from gradloop.tracking.sender import line_requests
 from gradloop.tracking.state import TrackingState
+
+BACKGROUND_WAIT_S = 120.0  # how long a sync waits for the run's own store process to finish
 
 
 class SyncError(GradloopError):
@@ -61,6 +65,7 @@ def sync_run_dir(path: str | Path) -> SyncReport:
             f"{run_dir} has no tracking.json; give the directory of a gradloop run "
             "(under output_dir, e.g. runs/<name>/<id>)"
         )
+    state = _after_background(run_dir, state)
     try:
         client = open_client(state.uri)
         created = False
@@ -108,3 +113,17 @@ def sync_run_dir(path: str | Path) -> SyncReport:
         raise SyncError(
             f"could not sync {run_dir} to {state.uri} ({hint}): {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
+
+
+def _after_background(run_dir: Path, state: TrackingState) -> TrackingState:
+    """The run's store process may still be logging its end-of-run artifacts: doing them here
+    too would log them twice. Wait for it, then read what it left owed."""
+    deadline = time.monotonic() + BACKGROUND_WAIT_S
+    while (pid := background_logger(run_dir)) is not None:
+        if time.monotonic() >= deadline:
+            raise SyncError(
+                f"process {pid} is still logging {run_dir}'s end-of-run artifacts to MLflow; "
+                "run the sync again once it has exited (or stop it first)"
+            )
+        time.sleep(0.2)
+    return TrackingState.load(run_dir) or state

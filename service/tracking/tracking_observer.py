@@ -5,8 +5,10 @@ On the training thread this class does only cheap things: fused device-side stat
 written together: appended to metrics.jsonl and put on the sender's queue. It never imports
 MLflow: the sender's thread hands everything (the run's creation, params, tags, metrics,
 artifacts, the final status) to the store's process (remote), which was started before the run
-was built. The end of a run waits for what the last second produced and for the end-of-run
-artifacts, within tracking.flush_timeout_s, and not at all for a store known to be down.
+was built. The end of a run waits for what the last second produced, within
+tracking.flush_timeout_s, and not at all for a store known to be down; the end-of-run artifacts
+(plots, histograms, the model, logs) are handed to the store process, which logs them in the
+background (`gradloop.tracking.wait` waits for them).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gradloop.tracking.jsonl import Journal, read_records
 from gradloop.tracking.mlflow_params import config_params
 from gradloop.tracking.modellog import save_model
 from gradloop.tracking.remote import shared_client
-from gradloop.tracking.sender import Op, Sender
+from gradloop.tracking.sender import Op, Sender, SendReport
 from gradloop.tracking.state import TrackingState
 from gradloop.tracking.status import error_tags, status_for
 from gradloop.tracking.windows import HeldWindow, held_window, to_host
@@ -46,6 +48,8 @@ log = logging.getLogger("gradloop.tracking")
 ARTIFACT_DIR = "tracking"  # run_dir/tracking/: what this package writes besides the journal
 WRITE_SECONDS = 1.0  # how long logging windows are held before they are written
 MAX_HELD_WINDOWS = 1000  # ...or how many (log_every: 1 on a fast model), whichever comes first
+# End-of-run ops the run's end does not wait for: the store process does them in the background.
+BACKGROUND_OPS = frozenset({"log_plots", "log_figure", "log_artifacts", "log_artifact", "log_model"})
 
 
 class TrackingWarning(UserWarning):
@@ -132,11 +136,6 @@ class MlflowObserver:
                 "model.num_trainable_params": str(trainable),
             },
         }
-        warm = (["gradloop.tracking.plots"] if self.tcfg.plots else []) + (
-            ["torch", "mlflow.pytorch", "mlflow.models", "mlflow.pyfunc"] if self.tcfg.log_model else []
-        )
-        if warm:
-            spec["warm"] = warm
         if resumed:
             spec["run_id"] = resume_id
             spec["resume_tags"] = {"gradloop.resumed_from_step": str(ctx.start_step)}
@@ -306,8 +305,15 @@ class MlflowObserver:
                 self._histograms.failed,
                 self._histograms.last_error,
             )
-        for op in self._final_ops(status, error):
-            self._sender.submit_op(op)
+        # The slow end-of-run ops (artifacts, the model) are handed to the store process to do
+        # in the background; the rest, the final status included, is sent now with the last
+        # metrics, so the run is finished in MLflow when this returns (MLflow takes artifacts
+        # and models for a finished run).
+        final = list(self._final_ops(status, error))
+        later = [op for op in final if op.name in BACKGROUND_OPS]
+        for op in final:
+            if op.name not in BACKGROUND_OPS:
+                self._sender.submit_op(op)
         report = self._sender.close(timeout)
         state = self._state
         state.status = status
@@ -316,26 +322,46 @@ class MlflowObserver:
             state.create = None
         self.mlflow_run_id = state.run_id
         # (an op not done before the run exists is owed in full; system metrics cannot be sent later)
-        state.pending_ops = [op.to_dict() for op in report.pending_ops if op.name != "system_metrics"]
+        owed = [op.to_dict() for op in report.pending_ops if op.name != "system_metrics"]
         self.unsent_points = state.unsent_points = report.unsent_points
-        state.save(self.run_dir)
+        handed_over = bool(later) and self._hand_over(report, owed, [op.to_dict() for op in later])
+        if not handed_over:
+            owed += [op.to_dict() for op in later]
+            state.pending_ops, state.background_pid = owed, None
+            state.save(self.run_dir)
         self._journal.close()
         if report.failed_requests:
             log.warning(
                 "MLflow refused %d tracking request(s); last error: %s", report.failed_requests, self._sender.last_error
             )
-        if self.unsent_points or state.pending_ops or state.create is not None:
+        if self.unsent_points or owed or state.create is not None:
             why = "was unreachable" if report.store_down or state.create is not None else "did not answer in time"
-            calls = ", ".join(sorted({op["name"] for op in state.pending_ops})) or "none"
+            calls = ", ".join(sorted({op["name"] for op in owed})) or "none"
             warnings.warn(
                 TrackingWarning(
                     f"MLflow at {self.uri} {why}: {self.unsent_points} metric points and "
-                    f"{len(state.pending_ops)} other tracking calls ({calls}) are kept in "
+                    f"{len(owed)} other tracking calls ({calls}) are kept in "
                     f"{self.run_dir}; run `gradloop sync {self.run_dir}` to send them"
                     + ("" if state.create is None else " (it creates the MLflow run too)")
                 ),
                 stacklevel=2,
             )
+
+    def _hand_over(self, report: SendReport, owed: list[dict[str, Any]], later: list[dict[str, Any]]) -> bool:
+        """Give the end-of-run ops to the store process, which does them in the background.
+        tracking.json lists them as owed, naming that process, before it can start on them: it
+        removes each as it is done, so whatever a crash leaves is what `gradloop sync` sends."""
+        state = self._state
+        if state is None or not report.run_id or report.store_down or report.abandoned or self._client.pid is None:
+            return False
+        state.pending_ops, state.background_pid = owed + later, self._client.pid
+        state.save(self.run_dir)
+        try:
+            self._client.background(str(self.run_dir), report.run_id, later)
+        except Exception as exc:  # (its process went away): the ops stay owed
+            log.debug("end-of-run ops not handed over: %s", exc)
+            return False
+        return True
 
     def _final_ops(self, status: RunStatus, error: BaseException | None) -> Iterator[Op]:
         """The end-of-run ops in their order, each yielded as soon as it is known: finish() hands

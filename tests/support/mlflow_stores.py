@@ -143,8 +143,10 @@ def hand_loop(
     model: nn.Module | None = None,
     fail_at: int | None = None,
     resumed: bool = False,
+    wait: bool = True,
 ) -> nn.Module:
-    """A real model and optimizer driven exactly as the observer contract says."""
+    """A real model and optimizer driven exactly as the observer contract says; with `wait`,
+    then waits for the end-of-run artifacts (logged in the background), as a reader of MLflow must."""
     torch.manual_seed(0)
     model = model or nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -196,4 +198,19 @@ def hand_loop(
         observer.finish(status_for(exc), exc)
         raise
     observer.finish("FINISHED", None)
+    if wait:
+        all_logged()
     return model
+
+
+def all_logged(*run_dirs: Path, timeout: float = 120.0) -> None:
+    """Wait until MLflow has the end-of-run artifacts (plots, histograms, the model) of this
+    process's runs, and of the runs in `run_dirs` that other processes (the CLI, a job) made."""
+    import gradloop.tracking
+
+    assert gradloop.tracking.wait(timeout), "the store process did not finish the end-of-run ops"
+    deadline = time.monotonic() + timeout
+    for run_dir in run_dirs:
+        while gradloop.tracking.background_logger(run_dir) is not None:
+            assert time.monotonic() < deadline, f"{run_dir}'s end-of-run ops were not logged in {timeout} s"
+            time.sleep(0.05)
