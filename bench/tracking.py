@@ -193,9 +193,8 @@ def _cpu() -> tuple[float, float]:
 
 
 def run_in_process(cfg: dict) -> Sample:
-    from gradloop import train
-
     import gradloop.tracking
+    from gradloop import train
 
     closes = len(_close_times)
     s0, c0 = _cpu()
