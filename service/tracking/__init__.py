@@ -3,7 +3,9 @@
 The training process appends each logging window to the run's journal (metrics.jsonl) and hands
 it to a sender thread; the store's own process (started first thing, so that MLflow's import and
 the store's opening overlap with building the run) creates the MLflow run and writes to it.
-The training process never imports MLflow.
+The training process never imports MLflow. A run's end waits for its last metrics and final
+status only: its artifacts (plots, histograms, the model) are logged by the store's process in
+the background (`wait()` waits for them; tracking.json lists them as owed until then).
 
 Module map (one job each):
 - tracking_observer  MlflowObserver: what the trainer's calls become (the training thread's part)
@@ -13,7 +15,7 @@ Module map (one job each):
 - histograms         per-layer histograms: captured and counted with torch, one JSON file per step
 - jsonl              the journal (metrics.jsonl, metrics.sent), written before anything is sent
 - sender             the background thread: batches, retries, the end-of-run deadline
-- remote             the store's process, the pipe to it, and waiting for it at exit
+- remote             the store's process, the pipe to it, and the end-of-run ops it does in the background
 - mlflow_store       every call to MLflow (only the store's process and `gradloop sync` import it)
 - plots, modellog    end-of-run artifacts, made in the store's process
 - mlflow_params      the config as MLflow params
