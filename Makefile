@@ -69,6 +69,8 @@ bench: setup-dev
 	$(BIN)/python bench/tracking.py --pairs 5 --ab hold
 	$(BIN)/python bench/tracking_switch.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/workloads.py --threads 1
 
 clean:
 	rm -rf $(VENV) build runs mlruns mlflow.db gradloop-state *.egg-info .mypy_cache .ruff_cache
