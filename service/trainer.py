@@ -11,8 +11,9 @@ window's last one run without gradient sync, so gradients are reduced once per w
 and validation are summed over the ranks; a stop request takes effect once every rank knows of it
 (they agree at each logging step); rank 0 alone writes checkpoint files (observers run on rank 0
 only). Under FSDP each rank holds shards: the gradient norm is measured every step from the shards
-(one small all-reduce, so every rank clips and skips alike), and every rank writes its shards of a
-checkpoint (torch.distributed.checkpoint) beside rank 0's file.
+(one small all-reduce, so every rank clips and skips alike), every rank helps gather the whole
+tensors rank 0's tracking logs (at histogram steps, and the final model), and every rank writes its
+shards of a checkpoint (torch.distributed.checkpoint) beside rank 0's file.
 
 The trainer is handed built components (gradloop.runner builds them from a config); it owns the
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a

@@ -21,6 +21,7 @@ Every function here is a collective: every rank calls it at the same point of th
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,8 @@ from gradloop.torch_ops import foreach_norm
 
 if TYPE_CHECKING:
     from gradloop.distributed.process_group import DistContext
+
+log = logging.getLogger("gradloop.tracking")
 
 
 def shard_model(model: nn.Module, ctx: DistContext, device: torch.device, precision: str) -> nn.Module:
@@ -109,8 +112,12 @@ def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module], is_main: bo
     state = get_model_state_dict(model, options=options)  # empty on every rank but 0
     if not is_main:
         return None
-    plain = build()
-    plain.load_state_dict(state)
+    try:
+        plain = build()
+        plain.load_state_dict(state)
+    except Exception as exc:  # (as in tracking.modellog: never worth failing a finished run)
+        log.warning("the model is not logged: its unsharded copy could not be built (%s)", exc)
+        return None
     return plain
 
 
