@@ -54,6 +54,20 @@ class RunContext:
     # order) when the trainer measured them for the step being observed (logging steps,
     # clipping); else None. An observer reuses them instead of measuring them a second time.
     grad_norms: Callable[[], torch.Tensor | None] = field(default=lambda: None)
+    # Sharded parameters (FSDP), whose gradients and weights are each rank's shards: at the
+    # steps of tracking.histogram_every, the whole gradients (None where absent) and weights of
+    # the optimizer's trainable parameters, in param_names order, gathered by every rank; else None.
+    full_tensors: Callable[[], tuple[list[torch.Tensor | None], list[torch.Tensor]] | None] = field(
+        default=lambda: None
+    )
+    # Sharded parameters: the final weights in a plain model (rank 0's CPU), which the trainer
+    # builds at the end of a finished run when tracking.log_model is on; None before then.
+    unsharded_model: Callable[[], torch.nn.Module | None] | None = None
+
+    def model_to_log(self) -> torch.nn.Module | None:
+        """The model as it is logged at the end: `model`, or the unsharded copy of a sharded one
+        (None when there is none: a sharded model cannot be saved or run by rank 0 alone)."""
+        return self.unsharded_model() if self.unsharded_model is not None else self.model
 
 
 class Observer(Protocol):

@@ -363,7 +363,13 @@ def build_components(cfg: RunConfig, device: torch.device, dist_ctx: DistContext
         metrics=metrics,
         class_names=list(splits.class_names) if splits.class_names else None,
         parallel=parallel,
+        unsharded_model=_model_builder(cfg) if parallel is not None and parallel.sharded else None,
     )
+
+
+def _model_builder(cfg: RunConfig) -> Callable[[], torch.nn.Module]:
+    """The model built afresh from the config (FSDP: the plain copy that the final weights go into)."""
+    return lambda: build_model(cfg.model, cfg.data.root)
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

@@ -11,8 +11,9 @@ window's last one run without gradient sync, so gradients are reduced once per w
 and validation are summed over the ranks; a stop request takes effect once every rank knows of it
 (they agree at each logging step); rank 0 alone writes checkpoint files (observers run on rank 0
 only). Under FSDP each rank holds shards: the gradient norm is measured every step from the shards
-(one small all-reduce, so every rank clips and skips alike), and every rank writes its shards of a
-checkpoint (torch.distributed.checkpoint) beside rank 0's file.
+(one small all-reduce, so every rank clips and skips alike), every rank helps gather the whole
+tensors rank 0's tracking logs (at histogram steps, and the final model), and every rank writes its
+shards of a checkpoint (torch.distributed.checkpoint) beside rank 0's file.
 
 The trainer is handed built components (gradloop.runner builds them from a config); it owns the
 loop's state (step, epoch, position in the epoch) and how that state goes in and out of a
@@ -66,6 +67,8 @@ class Components:
     metrics: MetricSet | None = None  # validation metrics (torchmetrics), updated batch by batch
     class_names: list[str] | None = None  # for the confusion matrix's axes
     parallel: Parallel | None = None  # DDP or FSDP and the process group, on several ranks
+    # FSDP: builds the model afresh, unsharded (the logged model gets the final weights in it).
+    unsharded_model: Callable[[], nn.Module] | None = None
 
 
 @dataclass
@@ -152,6 +155,14 @@ class Trainer:
 
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._step_grad_norms: torch.Tensor | None = None  # this step's, for observers
+        # FSDP: rank 0's histograms and logged model need whole tensors, which every rank must
+        # help gather, observers or not (they run on rank 0 alone): at the steps of
+        # tracking.histogram_every, and once at the end of a finished run.
+        tracking = config.tracking
+        self._full_every = tracking.histogram_every if self._sharded and tracking.enabled else 0
+        self._full_tensors: tuple[list[torch.Tensor | None], list[torch.Tensor]] | None = None
+        self._gather_model = self._sharded and tracking.enabled and tracking.log_model
+        self._unsharded: nn.Module | None = None
         self._same_dtype = len({(p.dtype, p.device) for p in self.params}) <= 1
         self.param_names = _param_names(self.optimizer, self.model)
         self._monitor = self._plateau_monitor()
@@ -230,6 +241,9 @@ class Trainer:
                 self._log_figures()
             if status == "KILLED" or self.tc.checkpoint_at_end:
                 self.save_checkpoint()
+            if status == "FINISHED" and self._gather_model and self.parts.unsharded_model is not None:
+                assert self.dist is not None  # (sharded: several ranks)
+                self._unsharded = fsdp.unsharded_copy(self.model, self.parts.unsharded_model, self.dist.is_main)
             return FitOutcome(
                 status,
                 self.step,
@@ -318,11 +332,14 @@ class Trainer:
                     measure = tc.grad_clip_norm is not None or log_window.is_log_step(step) or self._sharded
                     grad_norm = self._total_grad_norm() if measure else None
                     ok = self._check_finite(step, window_loss, grad_norm)
+                    if ok and self._full_every and step % self._full_every == 0:
+                        self._gather_full_tensors()
                     stats = (
                         [(o, o.before_optimizer_step(step, model)) for o in self.observers if o.wants_step_stats(step)]
                         if ok
                         else []
                     )
+                    self._full_tensors = None  # the observers copied what they keep
 
                     # 3. Clip and step; a skipped step leaves the weights untouched.
                     if ok:
@@ -422,6 +439,12 @@ class Trainer:
     # -- pieces of a step ---------------------------------------------------------------------
     def _grad_sync(self, on: bool) -> Any:
         return self.parallel.grad_sync(on) if self.parallel is not None else contextlib.nullcontext()
+
+    def _gather_full_tensors(self) -> None:
+        """FSDP: the whole gradients and weights of the trainable parameters, for rank 0's
+        histograms (RunContext.full_tensors); every rank takes part, only rank 0 keeps them."""
+        full = fsdp.full_tensors([p for p in self.params if p.requires_grad])
+        self._full_tensors = full if self.dist is not None and self.dist.is_main else None
 
     def _mark_stepped(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped = True
@@ -741,6 +764,8 @@ class Trainer:
             job_id=self.job_id,
             example_input=self.parts.train.example_input(),
             grad_norms=lambda: self._step_grad_norms,
+            full_tensors=lambda: self._full_tensors,
+            unsharded_model=(lambda: self._unsharded) if self._sharded else None,
             extra_tags=self._distributed_tags(),
         )
         for obs in self.observers:

@@ -9,8 +9,9 @@
 - sampler.py: which samples of each global batch belong to which rank (a partition, no padding).
 - wrap.py: DistributedDataParallel around the model, or FSDP2's sharding, and gradient sync on or
   off inside an accumulation window.
-- fsdp.py: FSDP2 (`strategy: fsdp`): fully_shard, full gradient norms from the shards, and
-  sharded checkpoints through torch.distributed.checkpoint.
+- fsdp.py: FSDP2 (`strategy: fsdp`): fully_shard, full gradient norms from the shards, the
+  whole tensors rank 0 logs (histograms, the final model), and sharded checkpoints through
+  torch.distributed.checkpoint.
 
 The trainer (gradloop.trainer) runs the same loop on every rank; rank 0 alone logs and writes
 checkpoint files (under FSDP every rank writes its shards beside them).

@@ -63,8 +63,6 @@ def check_distributed(cfg: RunConfig, err: Report) -> None:
         )
     if cfg.device.startswith("cuda:") and nproc > 1:
         err("device", f"{cfg.device} would put every rank on one GPU; use device: cuda (rank i takes cuda:i)")
-    if d.strategy == "fsdp":
-        _check_fsdp(cfg, err)
     if cfg.optimizer.name in registry.optimizers and registry.optimizers.get(cfg.optimizer.name).capabilities.get(
         "closure"
     ):
@@ -74,26 +72,6 @@ def check_distributed(cfg: RunConfig, err: Report) -> None:
             "optimizer.name",
             f"{cfg.optimizer.name} re-evaluates the loss and cannot train on several ranks; "
             "use another optimizer or strategy: none",
-        )
-
-
-def _check_fsdp(cfg: RunConfig, err: Report) -> None:
-    """What rank 0's tracking would do with sharded parameters on its own: a collective that the
-    other ranks never join (the run would hang), so it is refused up front."""
-    tracking = cfg.tracking
-    if not tracking.enabled:
-        return
-    if tracking.histogram_every:
-        err(
-            "tracking.histogram_every",
-            "histograms are not recorded under strategy fsdp (each rank holds shards of the weights); "
-            "set tracking.histogram_every: 0",
-        )
-    if tracking.log_model:
-        err(
-            "tracking.log_model",
-            "the model is not logged under strategy fsdp (each rank holds shards of it; the sharded "
-            "checkpoints hold the weights); set tracking.log_model: false",
         )
 
 

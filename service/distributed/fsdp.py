@@ -10,6 +10,9 @@ gradients (averaged over the ranks, as DDP does). What the trainer needs besides
 - `full_norms`: the L2 norm of each whole (unsharded) tensor, from the local shards and one
   all-reduce of their squared norms; every rank gets the same values. The trainer clips with
   them and hands them to the observers, whose per-layer gradient norms are then the full ones.
+- `full_tensors`: whole gradients and weights, all-gathered, for rank 0's histograms (at their
+  steps only: every rank holds a full copy of them while it lasts).
+- `unsharded_copy`: the final weights in a plain model on rank 0's CPU, for the logged model.
 - `save_sharded` / `load_sharded`: model and optimizer state through torch.distributed.checkpoint
   (each rank writes and reads its own shards; a checkpoint loads on another number of ranks too).
 
@@ -18,7 +21,9 @@ Every function here is a collective: every rank calls it at the same point of th
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +37,8 @@ from gradloop.torch_ops import foreach_norm
 
 if TYPE_CHECKING:
     from gradloop.distributed.process_group import DistContext
+
+log = logging.getLogger("gradloop.tracking")
 
 
 def shard_model(model: nn.Module, ctx: DistContext, device: torch.device, precision: str) -> nn.Module:
@@ -79,6 +86,41 @@ def full_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return squares.sqrt()
 
 
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor, all-gathered from every rank's shard (a collective), or `t`."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
+def full_tensors(params: list[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+    """The whole gradient (None where a parameter has none) and weight of each of `params`, on
+    every rank. A collective: every rank passes the same parameters, in the same order (the
+    ranks' gradients are present alike, since every rank runs the same model)."""
+    grads = [None if p.grad is None else whole(p.grad) for p in params]
+    weights = [whole(p.detach()) for p in params]
+    return grads, weights
+
+
+def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module], is_main: bool) -> nn.Module | None:
+    """On rank 0, a plain model from `build` (the same architecture, unsharded) holding the
+    sharded model's weights, on the CPU; None on the other ranks. A collective: every rank
+    gathers its shards into rank 0's full state dict, layer by layer, so rank 0 alone holds the
+    whole model and only in CPU memory."""
+    # torch.distributed.checkpoint's state dicts: only for a sharded run that logs its model.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)  # empty on every rank but 0
+    if not is_main:
+        return None
+    try:
+        plain = build()
+        plain.load_state_dict(state)
+    except Exception as exc:  # (as in tracking.modellog: never worth failing a finished run)
+        log.warning("the model is not logged: its unsharded copy could not be built (%s)", exc)
+        return None
+    return plain
+
+
 def sharded_grad_scaler(device_type: str) -> torch.amp.GradScaler:
     """fp16 loss scaling whose overflow check is all-reduced, so every rank skips the same steps."""
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # fp16 runs only
@@ -112,10 +154,13 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: 
 
 __all__ = [
     "full_norms",
+    "full_tensors",
     "is_sharded",
     "load_sharded",
     "local",
     "save_sharded",
     "shard_model",
     "sharded_grad_scaler",
+    "unsharded_copy",
+    "whole",
 ]

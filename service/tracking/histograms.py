@@ -71,14 +71,20 @@ class Capture:
 
 
 def capture(
-    names: list[str], params: list[torch.nn.Parameter], bins: int = BINS, weights: list[torch.Tensor] | None = None
+    names: list[str],
+    params: list[torch.nn.Parameter],
+    bins: int = BINS,
+    weights: list[torch.Tensor] | None = None,
+    grads: list[torch.Tensor | None] | None = None,
 ) -> Capture | None:
     """Take the histograms' inputs now (before the optimizer step changes the weights).
-    weights: the parameters, detached (StatLayout.weights), if the caller keeps them."""
+    weights: the parameters, detached (StatLayout.weights), if the caller keeps them.
+    grads: the gradients, if not the parameters' own (whole ones gathered from FSDP's shards,
+    with those weights)."""
     labels: list[str] = []
     tensors: list[torch.Tensor] = []
-    for name, p, w in zip(names, params, weights or [p.detach() for p in params]):
-        g = p.grad
+    given = grads if grads is not None else [p.grad for p in params]
+    for name, g, w in zip(names, given, weights or [p.detach() for p in params]):
         if g is None or w.numel() == 0:
             continue
         labels.append(name)

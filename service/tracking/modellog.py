@@ -10,6 +10,7 @@ reached, `gradloop sync` logs it later from those files (deleted once it is logg
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 from collections.abc import Iterator
@@ -31,13 +32,16 @@ def save_model(ctx: RunContext, directory: Path, uri: str) -> dict[str, Any]:
     """Write the model and an example batch's inputs/outputs; returns the log_model op's args."""
     import cloudpickle  # only when a run logs its model
 
+    model = ctx.model_to_log()
+    if model is None:
+        raise RuntimeError("the sharded (FSDP) model's whole weights were not gathered")
     directory.mkdir(parents=True, exist_ok=True)
-    model = ctx.model
     args: dict[str, Any] = {"model_path": str(directory / "model.pt"), "uri": uri, "torch": str(torch.__version__)}
     torch.save(model, args["model_path"], pickle_module=cloudpickle)
     if isinstance(ctx.example_input, torch.Tensor):
         try:
-            x = ctx.example_input[:5]
+            # (FSDP's unsharded copy is on the CPU, whatever device the run's batches are on.)
+            x = ctx.example_input[:5].to(_device_of(model, ctx.example_input.device))
             was_training = model.training
             model.eval()
             with torch.no_grad():
@@ -49,6 +53,12 @@ def save_model(ctx: RunContext, directory: Path, uri: str) -> dict[str, Any]:
         except Exception as exc:
             log.warning("no model signature: %s", exc)
     return args
+
+
+def _device_of(model: torch.nn.Module, default: torch.device) -> torch.device:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return default
 
 
 def log_model(client: MlflowClient, run_id: str, args: dict[str, Any]) -> None:

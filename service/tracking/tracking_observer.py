@@ -204,10 +204,19 @@ class MlflowObserver:
             if self._grad_step(step)
             else None
         )
-        hist = (
-            histograms.capture(layout.names, layout.params, weights=layout.weights) if self._hist_step(step) else None
-        )
+        hist = self._capture_histograms(layout) if self._hist_step(step) else None
         return StepSnapshot(grads, hist) if grads is not None or hist is not None else None
+
+    def _capture_histograms(self, layout: StatLayout) -> histograms.Capture | None:
+        if not layout.sharded:
+            return histograms.capture(layout.names, layout.params, weights=layout.weights)
+        # FSDP: a shard is not the layer; every rank gathered the whole tensors for this step
+        # (RunContext.full_tensors), in the order of the layout's parameters.
+        full = self._ctx.full_tensors() if self._ctx is not None else None
+        if full is None or len(full[1]) != len(layout.params):
+            return None
+        grads, weights = full
+        return histograms.capture(layout.names, layout.params, weights=weights, grads=grads)
 
     def after_optimizer_step(self, step: int, snapshot: Any, metrics: Mapping[str, Any]) -> None:
         snap = snapshot.grads if isinstance(snapshot, StepSnapshot) else None

@@ -145,12 +145,19 @@ def test_two_nodes_then_stop_and_resume_are_bitwise_identical(tmp_path):
     assert (resumed.steps, resumed.run_dir) == (6, cut.run_dir)
     assert_bitwise_equal(model_state(resumed.checkpoint_path), model_state(uninterrupted))
 
-    # The 2-rank checkpoint resumes in one process at the same global batch: same weights loaded.
+    # The 2-rank checkpoint resumes in one process at the same global batch, and that process's
+    # checkpoint in 2 ranks: the same weights loaded. (Each resume at step 4 rewrites the step-4
+    # file it loaded, so the weights are read before.)
+    at_4 = model_state(cut.checkpoint_path)
     single = _config(tmp_path / "cut", ranks=1, batch=16, **changes)
     single["trainer"]["max_steps"] = 4
     same = train(single, resume=str(cut.checkpoint_path))
-    assert same.steps == 4
-    assert_bitwise_equal(model_state(same.checkpoint_path), model_state(cut.checkpoint_path))
+    assert same.steps == 4 and "world_size" not in torch.load(same.checkpoint_path, weights_only=True)
+    assert_bitwise_equal(model_state(same.checkpoint_path), at_4)
+    back = train({**cfg, "trainer": {**cfg["trainer"], "max_steps": 4}}, resume=str(same.checkpoint_path))
+    assert (back.steps, back.world_size) == (4, 2)
+    assert torch.load(back.checkpoint_path, weights_only=True)["world_size"] == 2
+    assert_bitwise_equal(model_state(back.checkpoint_path), at_4)
 
 
 def test_a_rank_that_raises_fails_the_run_at_once_with_exit_1_and_no_orphans(tmp_path):

@@ -1,5 +1,6 @@
 """FSDP2 (`strategy: fsdp`) on CPU with gloo: parity with DDP and with one process, full gradient
-norms, sharded checkpoints that resume bitwise, and sync once per accumulation window.
+norms, histograms of the whole tensors, the logged model, sharded checkpoints that resume bitwise
+(and on another number of ranks), and sync once per accumulation window.
 
 Each launch costs a few seconds (two spawned interpreters import torch), so each run checks
 several things. Where the installed torch cannot shard on CPU with gloo, the tests are skipped
@@ -9,6 +10,7 @@ with a message naming its version.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,13 @@ import tests.support.trainer_helpers as h
 from gradloop import train
 from gradloop.checkpoint import CheckpointError
 from gradloop.config import load_config
+from gradloop.distributed import fsdp as fsdp_mod
 from gradloop.distributed.process_group import DistContext
 from gradloop.distributed.wrap import Parallel
 from gradloop.runner import build_components
 from gradloop.trainer import Trainer
 from tests.distributed.test_ddp_runs import _assert_close, _config
+from tests.support import marks
 from tests.support.trainer_helpers import assert_bitwise_equal, model_state
 
 CPU = torch.device("cpu")
@@ -45,7 +49,7 @@ def _fsdp_on_cpu() -> str | None:
 pytestmark = pytest.mark.skipif(_fsdp_on_cpu() is not None, reason=str(_fsdp_on_cpu()))
 
 
-def _tracking(tmp_path: Path) -> dict[str, Any]:
+def _tracking(tmp_path: Path, **changes: Any) -> dict[str, Any]:
     return {
         "enabled": True,
         "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -55,12 +59,34 @@ def _tracking(tmp_path: Path) -> dict[str, Any]:
         "histogram_every": 0,
         "log_model": False,
         "system_metrics": False,
+        "plots": False,
         "flush_timeout_s": 300,  # a loaded machine must not leave points for `gradloop sync`
+        **changes,
     }
 
 
 def _fsdp(tmp_path: Path, **changes: Any) -> dict[str, Any]:
     return _config(tmp_path, distributed={"strategy": "fsdp", "nproc_per_node": 2}, **changes)
+
+
+def _histograms(uri: str, run_id: str, into: Path) -> dict[str, Any]:
+    """The run's histogram files, from its MLflow artifacts: file name -> content."""
+    import mlflow
+
+    local = Path(mlflow.MlflowClient(uri).download_artifacts(run_id, "histograms", str(into)))
+    return {p.name: json.loads(p.read_text()) for p in sorted(local.iterdir())}
+
+
+def _assert_same_histograms(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    assert sorted(ours) == sorted(theirs)
+    for name, mine in ours.items():
+        assert mine["layers"].keys() == theirs[name]["layers"].keys(), name
+        for layer, parts in mine["layers"].items():
+            for part in ("grad", "weight"):
+                a, b = parts[part], theirs[name]["layers"][layer][part]
+                where = (name, layer, part)
+                assert [a["min"], a["max"]] == pytest.approx([b["min"], b["max"]], rel=1e-5, abs=1e-7), where
+                assert a["counts"] == b["counts"], where
 
 
 def _grad_norms(uri: str, run_id: str) -> dict[str, dict[int, float]]:
@@ -71,14 +97,19 @@ def _grad_norms(uri: str, run_id: str) -> dict[str, dict[int, float]]:
     return {k: {m.step: m.value for m in client.get_metric_history(run_id, k)} for k in keys}
 
 
+@marks.heavy
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_mlp_matches_ddp_and_one_process_with_accumulation_clipping_and_full_grad_norms(tmp_path):
+def test_mlp_matches_ddp_and_one_process_with_full_grad_norms_histograms_and_logged_model(tmp_path, monkeypatch):
     """Windows of 2 with a short last one, clipping on the global norm, uneven data: FSDP 2 x 8
-    trains to DDP 2 x 8's weights; its per-layer gradient norms are the one-process ones."""
-    one = train(_config(tmp_path / "one", ranks=1, batch=16, tracking=_tracking(tmp_path / "one")))
+    trains to DDP 2 x 8's weights; its per-layer gradient norms and its histograms (of the whole
+    gradients and weights, gathered from the shards) are the one-process ones; it logs the
+    final model, whole, with tracking.log_model left at its default."""
+    one = train(_config(tmp_path / "one", ranks=1, batch=16, tracking=_tracking(tmp_path / "one", histogram_every=3)))
     ddp = train(_config(tmp_path / "ddp"))
-    fsdp = train(_fsdp(tmp_path / "fsdp", tracking=_tracking(tmp_path / "fsdp")))
+    tracked = _tracking(tmp_path / "fsdp", histogram_every=3)
+    del tracked["log_model"]  # (its default: true)
+    fsdp = train(_fsdp(tmp_path / "fsdp", tracking=tracked))
     assert (fsdp.status, fsdp.steps, fsdp.world_size, fsdp.global_batch_size) == ("FINISHED", ddp.steps, 2, 32)
     _assert_close(model_state(fsdp.checkpoint_path), model_state(ddp.checkpoint_path))
     assert fsdp.metrics["val/accuracy"] == one.metrics["val/accuracy"]
@@ -92,6 +123,23 @@ def test_mlp_matches_ddp_and_one_process_with_accumulation_clipping_and_full_gra
         assert sorted(ours[key]) == list(range(1, one.steps + 1)), key  # every step, logged once
         for step, value in theirs[key].items():
             assert ours[key][step] == pytest.approx(value, rel=1e-5), (key, step)
+
+    hist_fsdp = _histograms(f"sqlite:///{tmp_path / 'fsdp' / 'mlflow.db'}", fsdp.mlflow_run_id, tmp_path / "h1")
+    hist_one = _histograms(f"sqlite:///{tmp_path / 'one' / 'mlflow.db'}", one.mlflow_run_id, tmp_path / "h2")
+    assert sorted(hist_fsdp) == ["step_000003.json", "step_000006.json"]
+    _assert_same_histograms(hist_fsdp, hist_one)
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'fsdp' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_run(fsdp.mlflow_run_id).info.experiment_id
+    (logged,) = client.search_logged_models(experiment_ids=[experiment])
+    assert logged.source_run_id == fsdp.mlflow_run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # load_model reads the process-wide store
+    model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+    assert not any(fsdp_mod.is_sharded(p) for p in model.parameters())
+    assert_bitwise_equal(model.state_dict(), model_state(fsdp.checkpoint_path))
 
     # Rank 0's file names the shards, which every rank wrote into the directory beside it.
     names = sorted(p.name for p in (fsdp.run_dir / "checkpoints").iterdir())
@@ -150,6 +198,31 @@ def test_stopped_and_resumed_run_is_bitwise_identical_and_keeps_n_checkpoints(tm
     single = _config(tmp_path / "cut", ranks=1, batch=16, **changes)
     with pytest.raises(CheckpointError, match="sharded FSDP checkpoint.*distributed.strategy is none"):
         train(single, resume=str(resumed.checkpoint_path))  # (the cut's own files are pruned by now)
+
+
+@marks.heavy
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_two_rank_sharded_checkpoint_resumes_on_one_rank(tmp_path):
+    """DCP reshards on load: the shards 2 ranks wrote (model, SGD momentum and learning rate) load
+    into 1 rank's at the same global batch, which finishes the run as one uninterrupted process
+    does. The resumed config names another lr: the optimizer's comes back from the checkpoint, so a
+    run that started afresh instead of loading the shards would end elsewhere."""
+    whole = train(_config(tmp_path / "whole", ranks=1, batch=16))  # in this process: no launch
+    cfg = _fsdp(tmp_path / "cut")
+    cut = train({**cfg, "trainer": {**cfg["trainer"], "max_steps": 4}})  # mid-epoch 2 (3 steps an epoch)
+    assert torch.load(cut.checkpoint_path, weights_only=True)["world_size"] == 2
+
+    one_rank = _config(
+        tmp_path / "cut",
+        ranks=1,
+        batch=16,
+        distributed={"strategy": "fsdp", "nproc_per_node": 1},
+        optimizer__options={"lr": 0.05, "momentum": 0.9},
+    )
+    resumed = train(one_rank, resume=str(cut.checkpoint_path))
+    assert (resumed.status, resumed.steps, resumed.world_size, resumed.run_dir) == ("FINISHED", 6, 1, cut.run_dir)
+    _assert_close(model_state(resumed.checkpoint_path), model_state(whole.checkpoint_path))
 
 
 @pytest.fixture
