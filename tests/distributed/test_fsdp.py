@@ -29,6 +29,7 @@ from gradloop.runner import build_components
 from gradloop.trainer import Trainer
 from tests.distributed.test_ddp_runs import _assert_close, _config
 from tests.support import marks
+from tests.support.mlflow_stores import all_logged
 from tests.support.trainer_helpers import assert_bitwise_equal, model_state
 
 CPU = torch.device("cpu")
@@ -110,6 +111,7 @@ def test_mlp_matches_ddp_and_one_process_with_full_grad_norms_histograms_and_log
     tracked = _tracking(tmp_path / "fsdp", histogram_every=3)
     del tracked["log_model"]  # (its default: true)
     fsdp = train(_fsdp(tmp_path / "fsdp", tracking=tracked))
+    all_logged(one.run_dir, fsdp.run_dir)  # (histograms and the model: logged in the background)
     assert (fsdp.status, fsdp.steps, fsdp.world_size, fsdp.global_batch_size) == ("FINISHED", ddp.steps, 2, 32)
     _assert_close(model_state(fsdp.checkpoint_path), model_state(ddp.checkpoint_path))
     assert fsdp.metrics["val/accuracy"] == one.metrics["val/accuracy"]
