@@ -14,7 +14,11 @@ CPU time of the process and its children, and training samples/s (samples / the 
 training loop itself, from inside rank 0), with min-max spread; then the ratios and the scaling
 efficiency (samples/s of 2 processes / (2 x samples/s of 1)).
 
-    python bench/distributed.py [--repeats 5] [--epochs 3]
+    python bench/distributed.py [--repeats 5] [--epochs 3] [--batch 64]
+
+--batch sets the batch per process: the step's compute grows with it and the all-reduce does
+not (it is the model's size), so a larger batch shows what the scaling is once the step is not
+dominated by the gradients' exchange.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, LR = 64, 3e-3
+# The batch per process: --batch sets it for the variants' processes through the environment.
+BATCH, LR = int(os.environ.get("BENCH_DISTRIBUTED_BATCH", "64")), 3e-3
 CNN = {"in_channels": 1, "image_size": 8, "channels": [16, 32], "out_features": 10}
 VARIANTS = ("gradloop-1", "hand-1", "gradloop-2", "hand-2", "lightning-2", "fsdp-2")
 
@@ -190,8 +195,8 @@ def one_variant(name: str, epochs: int) -> None:
 # -- the driver ----------------------------------------------------------------------------------------
 
 
-def timed(name: str, epochs: int) -> dict[str, float] | None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def timed(name: str, epochs: int, batch: int) -> dict[str, float] | None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "BENCH_DISTRIBUTED_BATCH": str(batch)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
@@ -218,18 +223,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64, help="batch per process")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="*", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
     if args.variant:
         one_variant(args.variant, args.epochs)
         return
-    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} cores", flush=True)
+    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} cores; batch {args.batch} per process", flush=True)
     rows: dict[str, list[dict[str, float]]] = {v: [] for v in args.only}
     for i in range(args.repeats):
         order = args.only if i % 2 == 0 else list(reversed(args.only))  # alternate, both directions
         for name in order:
-            sample = timed(name, args.epochs)
+            sample = timed(name, args.epochs, args.batch)
             if sample is not None:
                 rows[name].append(sample)
                 print(f"  round {i + 1} {name}: {sample}", flush=True)
