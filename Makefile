@@ -44,7 +44,7 @@ run: setup
 	$(BIN)/gradloop run $(CONFIG)
 
 test: setup-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	GRADLOOP_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not server and not postgres and not slow" $(PYTEST_ARGS)
