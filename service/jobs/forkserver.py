@@ -41,6 +41,7 @@ from gradloop.jobs.job_log import LogPump
 from gradloop.jobs.records import Fence, capped_text
 from gradloop.jobs.worker import LOG_ERROR_BYTES, WorkerSettings, job_dir, log_path, run_job
 from gradloop.lifecycle import default_signals, ignore_signals, stop_on_signals
+from gradloop.tracking.remote import fork_store_processes
 
 if TYPE_CHECKING:
     from gradloop.jobs.records import JobRecord
@@ -158,6 +159,10 @@ def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> No
 def serve(settings: WorkerSettings, pending: bytes = b"") -> None:
     """Run commands from stdin (`pending`: what was read after the settings) until it closes."""
     preload(settings.tracking_uri)
+    # A job's MLflow store process is forked from the job, which has MLflow imported from here,
+    # instead of starting afresh and importing it while the job trains (the end of a short job
+    # would wait for that import).
+    fork_store_processes()
     children: dict[int, str] = {}
     logs = LogPump(settings.max_log_bytes)
     _emit({"event": "ready", "pid": os.getpid()})

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -228,6 +229,72 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
 
 _CHILD_MAIN = "import sys; from gradloop.tracking.remote import main; main(sys.argv[1:])"
 
+# Set by a process that has MLflow imported already and forks safely (the job service's fork
+# server, for its jobs): its store processes are forked from it, and so start with MLflow
+# imported instead of spending a second or more importing it while the job trains.
+_fork_store = False
+
+
+def fork_store_processes() -> None:
+    """Store processes started from now on in this process (and in processes forked from it)
+    are forked, not started afresh. Only for a process that forks safely: one thread, no torch
+    thread pools running (see gradloop.jobs.forkserver)."""
+    global _fork_store
+    _fork_store = True
+
+
+class _Forked:
+    """What RemoteClient needs of a store process it forked (the subset of Popen it uses)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 0
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"store process {self.pid}", timeout or 0.0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _fork_child(down_r: int, up_w: int, uri: str) -> _Forked:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    try:  # the store process: nothing of its parent's but the two pipe ends (as Popen leaves it)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        keep = sorted({0, 1, 2, down_r, up_w})
+        for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
+            os.closerange(low + 1, high)
+        main([str(down_r), str(up_w), uri])
+    finally:
+        os._exit(0)
+
 
 class RemoteClient:
     """The parent's end: one call at a time, from the sender's thread."""
@@ -235,7 +302,7 @@ class RemoteClient:
     def __init__(self, uri: str):
         self.uri = uri
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | _Forked | None = None
         self._to: Connection | None = None
         self._from: Connection | None = None
         self._spawn()
@@ -243,6 +310,13 @@ class RemoteClient:
     def _spawn(self) -> None:
         down_r, down_w = os.pipe()  # parent -> child
         up_r, up_w = os.pipe()  # child -> parent
+        if _fork_store:
+            self._proc = _fork_child(down_r, up_w, self.uri)
+            os.close(down_r)
+            os.close(up_w)
+            self._to = Connection(down_w, readable=False)
+            self._from = Connection(up_r, writable=False)
+            return
         self._proc = subprocess.Popen(
             # -c, not -m: gradloop.tracking imports this module, and runpy warns when running a
             # module its package has already imported.

@@ -65,3 +65,48 @@ def test_a_sync_waits_for_the_store_process_and_logs_nothing_twice(tmp_path: Pat
     assert [m.source_run_id for m in models] == [obs.mlflow_run_id]
     state = TrackingState.load(run_dir)
     assert state is not None and state.pending_ops == [] and state.background_pid is None
+
+
+FORKED_STORE_SCRIPT = """
+import json, sys
+import mlflow  # (imported already, as in the job service's fork server)
+import gradloop.tracking
+from gradloop import train
+from gradloop.tracking import remote
+remote.fork_store_processes()
+result = train(json.loads(sys.argv[1]))
+client = remote.shared_client(gradloop.tracking.resolve_uri(json.loads(sys.argv[1])["tracking"]["uri"]))
+assert gradloop.tracking.wait(120)
+print("RESULT", result.mlflow_run_id, type(client._proc).__name__, flush=True)
+"""
+
+
+def test_a_store_process_forked_from_a_process_with_mlflow_logs_the_whole_run(tmp_path: Path, sqlite_uri: str) -> None:
+    """The job service's way: the store process is forked from the job (MLflow already imported)."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = {
+        "name": "forked",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "mlp", "options": {"in_features": 64, "hidden": [16], "out_features": 10}},
+        "data": {"name": "sklearn", "options": {"dataset": "digits"}, "batch_size": 64},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "sgd", "options": {"lr": 0.1}},
+        "trainer": {"epochs": 2, "progress": "none"},
+        "tracking": {"uri": sqlite_uri, "log_every": 2, "system_metrics": False, "log_model": True},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED_STORE_SCRIPT, json.dumps(cfg)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id, kind = proc.stdout.split("RESULT ")[1].split()
+    assert kind == "_Forked"
+    client = MlflowClient(sqlite_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["optimizer.options.lr"] == "0.1"
+    assert len(client.get_metric_history(run_id, "train/loss")) > 0
+    assert {"plots", "config"} <= _artifacts(client, run_id)
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [run_id]
