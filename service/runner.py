@@ -37,6 +37,7 @@ from gradloop.build import build_data, build_loss, build_model, check_compatible
 from gradloop.checkpoint import LAST, CheckpointError, load_checkpoint, resolve_resume, run_dir_of
 from gradloop.config import RunConfig, load_config
 from gradloop.devices import resolve_device
+from gradloop.distributed import node_metrics
 from gradloop.distributed.launch import launch
 from gradloop.distributed.process_group import DistContext, destroy, in_worker, init_process_group, worker_device
 from gradloop.distributed.sampler import Shard
@@ -190,7 +191,17 @@ def _train_on(
         trainer.load_state_dict(checkpoint)
         del checkpoint  # its tensors are now the model's and optimizer's; free the copies
 
-    outcome = trainer.fit()
+    # Several machines: each one's system metrics, in rank 0's MLflow run (its id, once rank 0 has it).
+    machine = (
+        node_metrics.start(cfg, dist_ctx, trainer.current_mlflow_run_id, checkpoint_path is not None)
+        if dist_ctx is not None
+        else None
+    )
+    try:
+        outcome = trainer.fit()
+    finally:
+        if machine is not None:
+            machine.close()
     mlflow_run_id = trainer.current_mlflow_run_id()
     if dist_ctx is not None:
         mlflow_run_id = dist_ctx.broadcast_object(mlflow_run_id)  # every rank's result names the run

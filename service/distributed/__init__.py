@@ -12,6 +12,8 @@
 - fsdp.py: FSDP2 (`strategy: fsdp`): fully_shard, full gradient norms from the shards, the
   whole tensors rank 0 logs (histograms, the final model), and sharded checkpoints through
   torch.distributed.checkpoint.
+- node_metrics.py: on several machines, each machine's system metrics in rank 0's MLflow run,
+  under its node id (the run's id reaches the other machines through the rendezvous store).
 
 The trainer (gradloop.trainer) runs the same loop on every rank; rank 0 alone logs and writes
 checkpoint files (under FSDP every rank writes its shards beside them).

@@ -155,14 +155,16 @@ class _Child:
         _record_progress(handover, op if done else None)
         return True
 
-    def system_metrics(self, run_id: str, start: bool, resumed: bool = False) -> None:
+    def system_metrics(self, run_id: str, start: bool, resumed: bool = False, node_id: str | None = None) -> None:
+        """Start (or stop) MLflow's monitor of this machine for the run; `node_id` puts this
+        machine's keys under `system/<node_id>/` (a run of several machines)."""
         monitor = self.monitors.pop(run_id, None)
         if monitor is not None:
             monitor.finish()
         if start:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # (as above)
 
-            monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=self.uri)
+            monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, node_id=node_id, tracking_uri=self.uri)
             monitor.start()
             self.monitors[run_id] = monitor
 

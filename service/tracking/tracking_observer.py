@@ -28,6 +28,7 @@ import torch
 
 from gradloop import __version__
 from gradloop.devices import device_name
+from gradloop.distributed.node_metrics import node_id
 from gradloop.observer import RunContext, RunStatus
 from gradloop.tracking import gradstats, histograms, resolve_uri
 from gradloop.tracking.gradstats import GradSnapshot, StatLayout
@@ -147,7 +148,11 @@ class MlflowObserver:
         self._sender = Sender(self._client, spec, self._journal, on_run=self._created, catch_up=resumed)
         self._sender.submit_op(Op("log_artifact", {"local_path": str(config_file), "artifact_path": "config"}))
         if self.tcfg.system_metrics:
-            self._sender.submit_op(Op("system_metrics", {"start": True, "resumed": resumed}))
+            monitor: dict[str, Any] = {"start": True, "resumed": resumed}
+            node = node_id()
+            if node is not None:  # several machines: each one's keys carry its node id (rank 0's: node0)
+                monitor["node_id"] = node
+            self._sender.submit_op(Op("system_metrics", monitor))
 
     def _created(self, run: dict[str, str]) -> None:
         """On the sender's thread: the store has the run; tracking.json says which."""

@@ -20,6 +20,7 @@ import torch
 
 from gradloop import train
 from tests.support import marks
+from tests.support.empty_store import put_empty_store
 from tests.support.ports import free_port
 from tests.support.trainer_helpers import assert_bitwise_equal, model_state
 
@@ -158,6 +159,45 @@ def test_two_nodes_then_stop_and_resume_are_bitwise_identical(tmp_path):
     assert (back.steps, back.world_size) == (4, 2)
     assert torch.load(back.checkpoint_path, weights_only=True)["world_size"] == 2
     assert_bitwise_equal(model_state(back.checkpoint_path), at_4)
+
+
+def test_two_nodes_log_each_machines_system_metrics_into_the_one_run_under_its_node_id(tmp_path):
+    """Rank 0 holds its first forward until the store has system metrics of both machines (or
+    gives up after minutes), so the run lasts until node1's monitor, started once the run id
+    reached it, has logged."""
+    import mlflow
+
+    db = put_empty_store(tmp_path / "mlflow.db")
+    uri = f"sqlite:///{db}"
+    cfg = _config(tmp_path / "nodes", tracking={"enabled": True, "uri": uri, "experiment": "nodes", "plots": False})
+    cfg["model"]["options"].update(hold_db=str(db), hold_prefixes=["system/node0/", "system/node1/"])
+    cfg["tracking"].update(log_model=False, histogram_every=0)
+    cfg_file = tmp_path / "nodes.json"
+    cfg_file.write_text(__import__("json").dumps(cfg))
+    port = free_port()
+    env = _env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.5", MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1")
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gradloop", "run", str(cfg_file), "--nnodes", "2", "--node-rank", str(rank)]
+            + ["--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=280) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    client = mlflow.MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "nodes"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    for node in ("node0", "node1"):
+        assert f"system/{node}/cpu_utilization_percentage" in system, sorted(system)
+    assert all(k.split("/")[1] in ("node0", "node1") for k in system), sorted(system)  # no untagged keys
+    assert "train/loss" in run.data.metrics
 
 
 def test_a_rank_that_raises_fails_the_run_at_once_with_exit_1_and_no_orphans(tmp_path):
