@@ -41,7 +41,8 @@ from gradloop.jobs.job_log import LogPump
 from gradloop.jobs.records import Fence, capped_text
 from gradloop.jobs.worker import LOG_ERROR_BYTES, WorkerSettings, job_dir, log_path, run_job
 from gradloop.lifecycle import default_signals, ignore_signals, stop_on_signals
-from gradloop.tracking.remote import fork_store_processes
+from gradloop.tracking import resolve_uri
+from gradloop.tracking.remote import start_forked
 
 if TYPE_CHECKING:
     from gradloop.jobs.records import JobRecord
@@ -144,6 +145,14 @@ def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> No
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.environ.update(command.get("env") or {})
+        if settings.tracking_uri:
+            # The job's MLflow store process, forked now while this process is still a copy of
+            # the fork server (one thread, MLflow imported, no store opened): it starts without
+            # importing MLflow, so a short job's end does not wait for that import.
+            try:
+                start_forked(resolve_uri(settings.tracking_uri))
+            except OSError as exc:  # (the job starts its own later, as anywhere else)
+                print(f"gradloop: no early MLflow store process: {exc}", file=sys.stderr, flush=True)
         with stop_on_signals(signals=(signal.SIGTERM,)) as stop:  # the pool's cancel: stop at a step boundary
             code = run_job(settings, job_id, Fence(int(command["attempt"]), command["worker_id"]), stop)
     except BaseException as exc:
@@ -159,10 +168,6 @@ def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> No
 def serve(settings: WorkerSettings, pending: bytes = b"") -> None:
     """Run commands from stdin (`pending`: what was read after the settings) until it closes."""
     preload(settings.tracking_uri)
-    # A job's MLflow store process is forked from the job, which has MLflow imported from here,
-    # instead of starting afresh and importing it while the job trains (the end of a short job
-    # would wait for that import).
-    fork_store_processes()
     children: dict[int, str] = {}
     logs = LogPump(settings.max_log_bytes)
     _emit({"event": "ready", "pid": os.getpid()})

@@ -231,19 +231,6 @@ def serve(conn_in: Connection, conn_out: Connection, uri: str) -> None:
 
 _CHILD_MAIN = "import sys; from gradloop.tracking.remote import main; main(sys.argv[1:])"
 
-# Set by a process that has MLflow imported already and forks safely (the job service's fork
-# server, for its jobs): its store processes are forked from it, and so start with MLflow
-# imported instead of spending a second or more importing it while the job trains.
-_fork_store = False
-
-
-def fork_store_processes() -> None:
-    """Store processes started from now on in this process (and in processes forked from it)
-    are forked, not started afresh. Only for a process that forks safely: one thread, no torch
-    thread pools running (see gradloop.jobs.forkserver)."""
-    global _fork_store
-    _fork_store = True
-
 
 class _Forked:
     """What RemoteClient needs of a store process it forked (the subset of Popen it uses)."""
@@ -301,18 +288,18 @@ def _fork_child(down_r: int, up_w: int, uri: str) -> _Forked:
 class RemoteClient:
     """The parent's end: one call at a time, from the sender's thread."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, *, fork: bool = False):
         self.uri = uri
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | _Forked | None = None
         self._to: Connection | None = None
         self._from: Connection | None = None
-        self._spawn()
+        self._spawn(fork)
 
-    def _spawn(self) -> None:
+    def _spawn(self, fork: bool = False) -> None:
         down_r, down_w = os.pipe()  # parent -> child
         up_r, up_w = os.pipe()  # child -> parent
-        if _fork_store:
+        if fork:
             self._proc = _fork_child(down_r, up_w, self.uri)
             os.close(down_r)
             os.close(up_w)
@@ -410,6 +397,19 @@ def shared_client(uri: str) -> RemoteClient:
         if client is None:
             client = _shared[uri] = RemoteClient(uri)
         return client
+
+
+def start_forked(uri: str) -> None:
+    """Start this process's store process for `uri` by forking it, so that it has MLflow
+    imported already (the job service's fork server imports it once for all jobs): a short
+    job's end then does not wait for a fresh interpreter to import MLflow. Only right after a
+    fork of a single-threaded process that has used neither MLflow's store nor torch's thread
+    pools (a job's process, before it runs the job): the store process inherits this process's
+    memory, MLflow's cached stores and their connections included. A store process started
+    again later (after a crash) is a fresh interpreter, as everywhere else."""
+    with _shared_lock:
+        if uri not in _shared:
+            _shared[uri] = RemoteClient(uri, fork=True)
 
 
 def close_shared(timeout: float | None = None) -> None:

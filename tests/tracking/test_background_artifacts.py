@@ -73,9 +73,10 @@ import mlflow  # (imported already, as in the job service's fork server)
 import gradloop.tracking
 from gradloop import train
 from gradloop.tracking import remote
-remote.fork_store_processes()
+uri = gradloop.tracking.resolve_uri(json.loads(sys.argv[1])["tracking"]["uri"])
+remote.start_forked(uri)
 result = train(json.loads(sys.argv[1]))
-client = remote.shared_client(gradloop.tracking.resolve_uri(json.loads(sys.argv[1])["tracking"]["uri"]))
+client = remote.shared_client(uri)
 assert gradloop.tracking.wait(120)
 print("RESULT", result.mlflow_run_id, type(client._proc).__name__, flush=True)
 """
