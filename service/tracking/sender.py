@@ -272,7 +272,10 @@ class Sender:
                     return "failed"
                 self.down = True
                 log.debug("tracking request failed, retrying in %.1fs: %s", delay, exc)
-            if self._deadline is not None and time.monotonic() >= self._deadline:
+            # At the end of the run a store that fails is down: the end does not wait for it
+            # (the journal has every point, for `gradloop sync`), whether it was known down when
+            # close() began or failed while close() waited for a request in flight.
+            if self._deadline is not None and (self.down or time.monotonic() >= self._deadline):
                 self.abandoned = True
                 return "abandoned"
             if self._deadline is None:
