@@ -21,6 +21,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from gradloop.distributed.process_group import node_id
+
 if TYPE_CHECKING:
     from gradloop.config import RunConfig
     from gradloop.distributed.process_group import DistContext
@@ -30,14 +32,6 @@ log = logging.getLogger("gradloop.tracking")
 RUN_ID_KEY = "mlflow_run_id"
 POLL_SECONDS = 0.5  # how often rank 0 looks for the run id, and the other machines for the key
 STOP_SECONDS = 5.0  # how long the end of a rank waits for its monitor's last flush
-
-
-def node_id() -> str | None:
-    """This machine's id in system-metric keys ("node0", "node1", ...) on a run of several
-    machines; None on one machine, whose keys keep MLflow's plain `system/` prefix."""
-    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) <= 1:
-        return None
-    return f"node{int(os.environ.get('GROUP_RANK', '0'))}"
 
 
 def _store() -> Any:

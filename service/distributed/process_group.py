@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 _WORKER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def node_id() -> str | None:
+    """This machine's id in system-metric keys ("node0", "node1", ...) on a run of several
+    machines; None on one machine, whose keys keep MLflow's plain `system/` prefix."""
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) <= 1:
+        return None
+    return f"node{int(os.environ.get('GROUP_RANK', '0'))}"
+
+
 def in_worker() -> bool:
     """True in a process that torchrun or gradloop's launcher started as one rank of a group."""
     return all(v in os.environ for v in _WORKER_VARS)

@@ -28,7 +28,7 @@ import torch
 
 from gradloop import __version__
 from gradloop.devices import device_name
-from gradloop.distributed.node_metrics import node_id
+from gradloop.distributed.process_group import node_id
 from gradloop.observer import RunContext, RunStatus
 from gradloop.tracking import gradstats, histograms, resolve_uri
 from gradloop.tracking.gradstats import GradSnapshot, StatLayout
