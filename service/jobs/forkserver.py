@@ -5,7 +5,7 @@ child per job, so that a job's first step comes in well under a second instead o
 It is started by the pool (`python -m gradloop.jobs.forkserver --store TAG`) and speaks JSON
 lines: its settings, then commands, on stdin; events on stdout.
   in:  WorkerSettings as JSON (the first line) |
-       {"op": "start", "job_id", "attempt", "worker_id", "env": {...}}
+       {"op": "start", "job_id", "attempt", "worker_id", "env": {...}, "ranks": bool}
   out: {"event": "ready"} | {"event": "started", "job_id", "pid"} |
        {"event": "exited", "job_id", "pid", "code", "signal"[, "error"]}
 The settings hold the database URL, password included: they travel through the pipe, never on
@@ -145,10 +145,11 @@ def _child(settings: WorkerSettings, command: dict[str, Any], output: int) -> No
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.environ.update(command.get("env") or {})
-        if settings.tracking_uri:
+        if settings.tracking_uri and not command.get("ranks"):
             # The job's MLflow store process, forked now while this process is still a copy of
             # the fork server (one thread, MLflow imported, no store opened): it starts without
-            # importing MLflow, so a short job's end does not wait for that import.
+            # importing MLflow, so a short job's end does not wait for that import. Not for a
+            # job whose ranks run in processes of their own: rank 0 has its own store process.
             try:
                 start_forked(resolve_uri(settings.tracking_uri))
             except OSError as exc:  # (the job starts its own later, as anywhere else)

@@ -37,7 +37,7 @@ from gradloop.jobs.forkserver import forkserver_command, is_job_process, stop_lo
 from gradloop.jobs.models import JobState
 from gradloop.jobs.records import Fence, JobRecord, StaleAttemptError
 from gradloop.jobs.store import JobStore
-from gradloop.jobs.worker import WorkerSettings, close_job_runs, log_path
+from gradloop.jobs.worker import WorkerSettings, close_job_runs, log_path, runs_ranks
 
 LOG_TAIL_LINES = 20
 # The API's bearer tokens, the settings (tokens included) that serve --workers hands its
@@ -366,7 +366,14 @@ class WorkerPool:
                 gpus = self.settings.gpus
                 # One GPU per rank (rank i takes the i-th visible one), each slot's own.
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(gpus[slot % len(gpus)] for slot in run.slots))
-            command = {"op": "start", "job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id, "env": env}
+            command = {
+                "op": "start",
+                "job_id": job.id,
+                "attempt": job.attempt,
+                "worker_id": self.worker_id,
+                "env": env,
+                "ranks": runs_ranks(job.config),
+            }
             try:
                 assert self._proc is not None and self._proc.stdin is not None
                 self._proc.stdin.write((json.dumps(command) + "\n").encode())

@@ -105,6 +105,13 @@ def log_path(jobs_dir: str | Path, job_id: str) -> Path:
     return job_dir(jobs_dir, job_id) / LOG_NAME
 
 
+def runs_ranks(config: dict[str, Any]) -> bool:
+    """Whether a stored job config trains data-parallel: its ranks then run in processes of
+    their own, not in the job's process (as `config.distributed.enabled` says once validated)."""
+    distributed = config.get("distributed") or {}
+    return isinstance(distributed, dict) and distributed.get("strategy", "none") != "none"
+
+
 def prepare_config(job: JobRecord, settings: WorkerSettings) -> Any:
     """The job's RunConfig, through the service's HTTP policy again (a job stored by an older
     version, or edited in the database, gets no more than a new submission would), with the

@@ -212,6 +212,10 @@ def test_cancel_stops_every_rank_with_a_checkpoint(start: Callable[..., Service]
     service = start("--slots", "2")
     job_id = service.submit(ddp_config("cancel", steps=2000, sleep_s=0.02)).json()["id"]
     _, pids = _running_past(service, job_id, 30)
+    # The job's process is the one fork of the fork server in its group: rank 0 logs to MLflow
+    # through a store process of its own, so the job forks none early for itself.
+    forks = [p for p in pids if "gradloop.jobs.forkserver" in " ".join(psutil.Process(p).cmdline())]
+    assert forks == [sqlite_job_row(service.state_dir, job_id)["pid"]], forks
     assert service.http.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     job = service.wait_for(job_id, {"cancelled"}, timeout=GRACE_S + 30)
     wait_gone(pids, "the cancelled job's agent and ranks to end")

@@ -342,3 +342,14 @@ def test_a_unique_id_prefix_names_a_job_and_an_ambiguous_one_lists_candidates(st
     with pytest.raises(HTTPException) as short:
         _uuid("abc", store)  # not "no such job": the start of one, too short to take
     assert short.value.status_code == 404 and "at least 4 characters" in short.value.detail
+
+
+@pytest.mark.parametrize("strategy", ["none", "ddp", "fsdp"])
+def test_runs_ranks_reads_a_stored_config_as_validation_does(strategy: str):
+    from gradloop.config.loading import load_config
+    from gradloop.jobs.worker import runs_ranks
+    from tests.support.api_service import iris_config
+
+    config = load_config({**iris_config("ranks"), "distributed": {"strategy": strategy}})
+    assert runs_ranks(config.to_dict()) is config.distributed.enabled is (strategy != "none")
+    assert runs_ranks({}) is False  # (a config stored before `distributed` existed)
