@@ -4,9 +4,10 @@ The training thread only ever calls `submit` (an append) and `submit_op`; it nev
 the store. The sender's first call creates (or reopens) the MLflow run in the store's process;
 until that succeeds, records wait in the queue. When the queue is full (the server has been
 down a long time) a record is dropped from the queue only: it is already in metrics.jsonl,
-and the sender re-reads the journal's unacknowledged records before it closes. Records
-arriving within `flush_interval` go in one request, so the store sees a few requests a
-second, not one per logging window.
+and the sender re-reads the journal's unacknowledged records before it closes. The observer
+hands over a second's records at once and then calls `wake`; the sender sends what the queue
+holds as soon as it has drained it, so the store sees about one request a second, and the end
+of a run waits only for what its last second produced.
 
 Ops (params, tags, artifacts, plots, the model, the final status) travel through the same
 queue so that they keep their order with the metrics; those not done by `close`'s deadline are
@@ -97,14 +98,13 @@ class Sender:
         *,
         on_run: Callable[[dict[str, str]], None] | None = None,
         max_queue: int = 10_000,
-        flush_interval: float = 0.25,
         max_points: int = MAX_POINTS_PER_REQUEST,
         max_backoff: float = 5.0,
         catch_up: bool = False,
     ):
         self.client, self.journal, self._run_spec, self._on_run = client, journal, run, on_run
         self.run_id: str | None = None
-        self.flush_interval, self.max_points, self.max_backoff = flush_interval, max_points, max_backoff
+        self.max_points, self.max_backoff = max_points, max_backoff
         # A deque, not a queue.Queue: the consumer polls (see _loop), so the queue needs no lock
         # or condition, and append/popleft are atomic; put_nowait's locking cost the training
         # thread several microseconds per logging window.
@@ -132,6 +132,11 @@ class Sender:
             self._q.append(record)
         else:
             self.dropped_records += 1  # still in metrics.jsonl; re-read before closing
+
+    def wake(self) -> None:
+        """Send what was submitted now, not at the sender's next look at its queue (the
+        observer calls it once per write pass, not per record)."""
+        self._wake.set()
 
     def submit_op(self, op: Op) -> None:
         with self._ops_lock:
@@ -201,7 +206,6 @@ class Sender:
     def _drain(self) -> None:
         pending: list[Record] = []
         npoints = 0
-        first = 0.0
         while True:
             closing = self._closing.is_set()
             try:
@@ -209,16 +213,12 @@ class Sender:
             except IndexError:
                 item = None
             if isinstance(item, Record):
-                if not pending:
-                    first = time.monotonic()
                 pending.append(item)
                 npoints += len(item.metrics)
-            due = bool(pending) and (
-                npoints >= self.max_points
-                or isinstance(item, Op)
-                or (closing and item is None)  # at the end: whatever is queued, in as few requests
-                or time.monotonic() - first >= self.flush_interval
-            )
+            # Records come a second's worth at once (the observer's write pass), so a drained
+            # queue means the batch is complete: waiting longer would only leave more for the
+            # end of the run to wait for.
+            due = bool(pending) and (npoints >= self.max_points or isinstance(item, Op) or item is None)
             if due:
                 if not self._send(pending):
                     return
@@ -232,10 +232,9 @@ class Sender:
             if item is None and not closing:
                 # Sleep on an event instead of blocking in queue.get(): a consumer blocked in
                 # get() is woken by every put(), once per logging window, and each wake-up
-                # takes the GIL from the training thread in the middle of a step. Ops and
-                # close() set the event, so they are still handled at once.
-                wait = self.flush_interval - (time.monotonic() - first) if pending else POLL_SECONDS
-                self._wake.wait(min(max(wait, 0.001), POLL_SECONDS))
+                # takes the GIL from the training thread in the middle of a step. `wake`, ops
+                # and close() set the event, so they are still handled at once.
+                self._wake.wait(POLL_SECONDS)
                 self._wake.clear()
 
     def _send(self, records: list[Record]) -> bool:

@@ -91,7 +91,7 @@ class MlflowObserver:
         self._held: list[HeldWindow] = []
         self._on_host = False  # a CPU run: a window's values are read at once (see _hold)
         # The first window is written at once, so a new run shows its first points in MLflow
-        # within the sender's flush interval, not a holding period later.
+        # at once, not a holding period later.
         self._written_at = float("-inf")
         # Started now if the runner did not already (gradloop.tracking.prestart): it imports
         # MLflow while the run is being built.
@@ -288,6 +288,8 @@ class MlflowObserver:
             self._held[:0] = held[written:]
         if self._journal is not None and held:
             self._journal.flush()
+            if self._sender is not None:
+                self._sender.wake()  # the second's records go to the store now
         self._histograms.flush()  # held captures are counted here as well, in the same warm pass
 
     def _record(self, step: int, ts: int, values: dict[str, float]) -> None:

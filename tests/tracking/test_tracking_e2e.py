@@ -356,6 +356,34 @@ def test_the_training_process_never_imports_mlflow(tmp_path: Path, sqlite_uri: s
     assert state["pending_ops"] == [] and state["experiment_id"] == run.info.experiment_id
 
 
+def test_a_handed_over_second_is_sent_in_one_request_before_the_run_ends(tmp_path: Path) -> None:
+    """The observer hands a second's records over at once and wakes the sender: they reach the
+    store together, without waiting for the end of the run."""
+    from gradloop.tracking.jsonl import read_sent
+    from gradloop.tracking.sender import Sender
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = RemoteClient(uri)
+    try:
+        journal = Journal(tmp_path)
+        sender = Sender(client, {"experiment": "batch", "run_name": "r"}, journal)
+        records = [journal.append(step, 1000 + step, {"train/loss": 1.0 / step, "lr": 0.1}) for step in range(1, 61)]
+        for record in records:
+            sender.submit(record)
+        sender.wake()
+        deadline = time.monotonic() + 120  # (a store opened on a busy machine)
+        while len(read_sent(journal.sent_path)) < len(records) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert read_sent(journal.sent_path) == {r.seq for r in records}
+        assert journal.sent_path.read_text().splitlines() == [f"{records[0].seq} {records[-1].seq}"]  # one request
+        report = sender.close(timeout=30)
+        assert report.unsent_points == 0 and report.sent_points == 120
+        history = MlflowClient(uri).get_metric_history(report.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, 61))
+    finally:
+        client.close()
+
+
 def test_the_end_of_a_run_does_not_wait_for_a_store_known_to_be_down(tmp_path: Path) -> None:
     from gradloop.tracking.sender import Sender
 
